@@ -1,0 +1,33 @@
+# The two commands of the README. Both set everything up on a fresh machine (a venv in .venv).
+#   make demo   the main job on the embedded demo dataset, offline
+#   make test   the default test suite (about 5 minutes on 2 cores); `make test-slow` adds the end-to-end suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow test-all install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bench cv --dataset pneumonia-demo --backbone mobilenet_v2 --weights none --size 64 \
+	  --folds 5 --epochs 6 --unfrozen all --lr 1e-3 --batch-size 32 --augment light
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'slow or not slow'
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
