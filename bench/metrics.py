@@ -1,0 +1,559 @@
+"""Classification metrics, confusion matrices and bootstrap confidence intervals.
+
+Every function takes the same inputs:
+
+* ``y_true`` - int array ``(n,)`` of class indices ``0..k-1``;
+* ``proba``  - float array ``(n, k)`` of predicted class probabilities (rows sum to 1);
+* ``positive`` - for binary sets (``k == 2``) the index of the positive class, default 1;
+  must be ``None`` for multiclass sets.
+
+The predicted class is ``argmax(proba)``. ``k`` always comes from ``proba.shape[1]``, never
+from the labels that happen to occur, so a test fold that lacks a class is still scored
+against the full label set.
+
+Undefined is NaN, never an exception: a metric that has no value on the data it is given
+(AUC or sensitivity when a class is absent from ``y_true``, specificity when every image is
+positive) returns ``float("nan")``. Macro averages that we compute ourselves (``auc``,
+``sensitivity``, ``specificity``) are NaN if *any* class term is undefined, because an
+average over a subset of the classes is a different number and would not be comparable
+across folds. ``balanced_accuracy`` and ``macro_f1`` keep scikit-learn's definitions, which
+average over the classes that occur (in ``y_true``, or in ``y_true`` or the predictions);
+``mcc`` keeps scikit-learn's 0.0 for a constant predictor.
+
+Metrics live in the ``METRICS`` registry, filled by the ``@metric`` decorator; each is
+defined by a call into scikit-learn. Metrics that are a function of the confusion matrix
+also register a vectorised fast path (``@fast_path``) that scores a whole batch of
+bootstrap resamples from batched confusion matrices at once; the tests check that it
+agrees with the scikit-learn definition.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+from sklearn.metrics import log_loss as _sk_log_loss
+
+from bench.errors import ConfigError, close_matches
+
+__all__ = [
+    "CI",
+    "METRICS",
+    "Metric",
+    "bootstrap_all",
+    "bootstrap_ci",
+    "compute_metrics",
+    "confusion",
+    "fast_path",
+    "get_metric",
+    "metric",
+    "normalize_rows",
+    "per_class_table",
+    "validate_inputs",
+]
+
+# fn(y_true, proba, positive) with validated inputs and ``positive`` already resolved
+# (an int for binary sets, None for multiclass).
+MetricFn = Callable[[np.ndarray, np.ndarray, "int | None"], float]
+# batched(cm, positive): cm is (B, k, k) counts, rows = truth; returns (B,) values.
+BatchedFn = Callable[[np.ndarray, "int | None"], np.ndarray]
+
+# Float32 softmax outputs sum to 1 within ~1e-6; this only has to catch logits, sigmoid
+# outputs or a wrong axis, not rounding.
+_ROW_SUM_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric. Call it like a function: ``METRICS["auc"](y_true, proba)``."""
+
+    name: str
+    fn: MetricFn
+    higher_is_better: bool = True
+    needs_proba: bool = False  # uses the probabilities, not just the argmax prediction
+    batched: BatchedFn | None = None  # vectorised path from confusion counts, if any
+
+    def __call__(
+        self, y_true: np.ndarray, proba: np.ndarray, *, positive: int | None = None
+    ) -> float:
+        y_true, proba = validate_inputs(y_true, proba)
+        return float(self.fn(y_true, proba, _resolve_positive(positive, proba.shape[1])))
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def metric(
+    name: str, higher_is_better: bool = True, needs_proba: bool = False
+) -> Callable[[MetricFn], MetricFn]:
+    """Register ``fn(y_true, proba, positive) -> float`` under ``name``."""
+
+    def register(fn: MetricFn) -> MetricFn:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        METRICS[name] = Metric(name, fn, higher_is_better, needs_proba)
+        return fn
+
+    return register
+
+
+def fast_path(name: str) -> Callable[[BatchedFn], BatchedFn]:
+    """Attach a vectorised ``batched(cm, positive)`` to the already registered ``name``.
+
+    Only for metrics that depend on the predictions alone: it sees the confusion counts of
+    each resample, not the probabilities.
+    """
+
+    def attach(fn: BatchedFn) -> BatchedFn:
+        METRICS[name] = replace(METRICS[name], batched=fn)
+        return fn
+
+    return attach
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric ``name``; ``ConfigError`` naming close matches if unknown."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        # Metric names come from search-space files and command-line flags.
+        raise ConfigError(
+            f"Unknown metric {name!r}. Known metrics: {', '.join(METRICS)}."
+            + close_matches(name, METRICS)
+        ) from None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def validate_inputs(y_true: object, proba: object) -> tuple[np.ndarray, np.ndarray]:
+    """Check the shared inputs and return them as ``(int64 (n,), float64 (n, k))`` arrays.
+
+    Raises ``ValueError`` if shapes disagree, labels are not integer indices in
+    ``0..k-1``, or probabilities are non-finite, outside [0, 1] or rows do not sum to 1
+    (within 1e-3). These are programming errors in the caller, not user errors.
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(proba)
+    if y.ndim != 1:
+        hint = " (labels stored as (n, 1), as MedMNIST does, need .ravel())" if y.ndim == 2 else ""
+        raise ValueError(
+            f"y_true must be 1-D with one class index per image; got shape {y.shape}{hint}"
+        )
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y_true must hold integer class indices; got dtype {y.dtype}")
+    if p.ndim != 2:
+        raise ValueError(f"proba must be 2-D (n_images, n_classes); got shape {p.shape}")
+    if p.shape[1] < 2:
+        raise ValueError(f"proba needs at least 2 class columns; got shape {p.shape}")
+    if p.shape[0] != y.shape[0]:
+        raise ValueError(f"y_true has {y.shape[0]} labels but proba has {p.shape[0]} rows")
+    if y.shape[0] == 0:
+        raise ValueError("no images: y_true and proba are empty")
+    if not np.issubdtype(p.dtype, np.number) or np.issubdtype(p.dtype, np.complexfloating):
+        raise ValueError(f"proba must be real numbers; got dtype {p.dtype}")
+    p = p.astype(np.float64, copy=False)
+    if not np.isfinite(p).all():
+        bad = np.flatnonzero(~np.isfinite(p).all(axis=1))
+        raise ValueError(f"proba has NaN or inf in {bad.size} rows, first row {bad[0]}")
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError(
+            f"proba must be probabilities in [0, 1]; got values in [{p.min():.3g}, {p.max():.3g}]"
+            " (logits? apply softmax first)"
+        )
+    sums = p.sum(axis=1)
+    off = np.abs(sums - 1) > _ROW_SUM_TOL
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise ValueError(
+            f"proba rows must sum to 1; {int(off.sum())} rows do not, e.g. row {row} sums to"
+            f" {sums[row]:.6g} (sigmoid outputs or the wrong axis?)"
+        )
+    k = p.shape[1]
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(
+            f"y_true must be class indices in 0..{k - 1} (proba has {k} columns);"
+            f" got values in [{y.min()}, {y.max()}]"
+        )
+    return y.astype(np.int64, copy=False), p
+
+
+def _resolve_positive(positive: int | None, k: int) -> int | None:
+    if k == 2:
+        pos = 1 if positive is None else positive
+        if pos not in (0, 1):
+            raise ValueError(f"positive must be 0 or 1 for a binary set; got {positive!r}")
+        return int(pos)
+    if positive is not None:
+        raise ValueError(f"positive is only for binary sets; proba has {k} classes")
+    return None
+
+
+def _resolve_names(names: Iterable[str] | str | None) -> list[Metric]:
+    if names is None:
+        return list(METRICS.values())
+    if isinstance(names, str):  # a lone name would otherwise iterate as characters
+        names = [names]
+    return [get_metric(n) for n in names]
+
+
+# ------------------------------------------------------------------ shared arithmetic
+
+
+def _ovr_auc(is_pos: np.ndarray, score: np.ndarray) -> float:
+    # Explicit guard: scikit-learn < 1.6 raises here, newer versions warn and return NaN.
+    if is_pos.all() or not is_pos.any():
+        return float("nan")
+    return float(roc_auc_score(is_pos, score))
+
+
+def _ovr_rates(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class one-vs-rest sensitivity and specificity of ``(..., k, k)`` counts; NaN if 0/0."""
+    cm = cm.astype(np.float64, copy=False)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    actual = cm.sum(axis=-1)  # row sums: images of the class
+    predicted = cm.sum(axis=-2)
+    total = actual.sum(axis=-1, keepdims=True)
+    tn = total - actual - predicted + tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return tp / actual, tn / (total - actual)
+
+
+def _pick(per_class: np.ndarray, positive: int | None) -> np.ndarray:
+    # Binary: the positive class. Multiclass: macro mean, NaN if any class is undefined.
+    return per_class[..., positive] if positive is not None else per_class.mean(axis=-1)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@metric("accuracy")
+def _accuracy(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    return float(accuracy_score(y_true, proba.argmax(axis=1)))
+
+
+@fast_path("accuracy")
+def _accuracy_batched(cm: np.ndarray, positive: int | None) -> np.ndarray:
+    return np.trace(cm, axis1=-2, axis2=-1) / cm.sum(axis=(-2, -1))
+
+
+@metric("balanced_accuracy")
+def _balanced_accuracy(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true": expected on a fold missing a class; the
+        # score then averages recall over the classes present, which is what we document.
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, proba.argmax(axis=1)))
+
+
+@fast_path("balanced_accuracy")
+def _balanced_accuracy_batched(cm: np.ndarray, positive: int | None) -> np.ndarray:
+    recall, _ = _ovr_rates(cm)
+    return np.nanmean(recall, axis=-1)  # like scikit-learn: skip classes absent from y_true
+
+
+@metric("macro_f1")
+def _macro_f1(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    # Default labels (classes in y_true or y_pred) with zero_division=0 give the same
+    # number on every scikit-learn >= 1.4; labels=range(k) with zero_division=nan does not.
+    return float(f1_score(y_true, proba.argmax(axis=1), average="macro", zero_division=0))
+
+
+@fast_path("macro_f1")
+def _macro_f1_batched(cm: np.ndarray, positive: int | None) -> np.ndarray:
+    cm = cm.astype(np.float64, copy=False)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    seen = cm.sum(axis=-1) + cm.sum(axis=-2)  # 0 only for a class neither true nor predicted
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nanmean(2 * tp / seen, axis=-1)
+
+
+@metric("auc", needs_proba=True)
+def _auc(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    if positive is not None:
+        return _ovr_auc(y_true == positive, proba[:, positive])
+    # MedMNIST's evaluator: unweighted mean of per-class one-vs-rest AUCs. Written out
+    # rather than roc_auc_score(multi_class="ovr") because that raises on a fold missing a
+    # class unless given labels, and its behaviour there differs across versions.
+    return float(np.mean([_ovr_auc(y_true == c, proba[:, c]) for c in range(proba.shape[1])]))
+
+
+@metric("sensitivity")
+def _sensitivity(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    return float(_sensitivity_batched(_confusion(y_true, proba, proba.shape[1])[None], positive)[0])
+
+
+@fast_path("sensitivity")
+def _sensitivity_batched(cm: np.ndarray, positive: int | None) -> np.ndarray:
+    return _pick(_ovr_rates(cm)[0], positive)
+
+
+@metric("specificity")
+def _specificity(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    return float(_specificity_batched(_confusion(y_true, proba, proba.shape[1])[None], positive)[0])
+
+
+@fast_path("specificity")
+def _specificity_batched(cm: np.ndarray, positive: int | None) -> np.ndarray:
+    return _pick(_ovr_rates(cm)[1], positive)
+
+
+@metric("mcc")
+def _mcc(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    return float(matthews_corrcoef(y_true, proba.argmax(axis=1)))
+
+
+@fast_path("mcc")
+def _mcc_batched(cm: np.ndarray, positive: int | None) -> np.ndarray:
+    # scikit-learn's multiclass formula, one value per batch row.
+    cm = cm.astype(np.float64, copy=False)
+    t_sum = cm.sum(axis=-1)
+    p_sum = cm.sum(axis=-2)
+    n = t_sum.sum(axis=-1)
+    cov_tp = np.trace(cm, axis1=-2, axis2=-1) * n - (t_sum * p_sum).sum(axis=-1)
+    cov_pp = n**2 - (p_sum * p_sum).sum(axis=-1)
+    cov_tt = n**2 - (t_sum * t_sum).sum(axis=-1)
+    denom = cov_pp * cov_tt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom == 0, 0.0, cov_tp / np.sqrt(denom))
+
+
+@metric("log_loss", higher_is_better=False, needs_proba=True)
+def _log_loss(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    # scikit-learn warns unless rows sum to 1 within ~1.5e-8; float32 softmax is off by
+    # ~1e-7, so renormalise (validate_inputs already rejected anything really off).
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    return float(_sk_log_loss(y_true, proba, labels=np.arange(proba.shape[1])))
+
+
+# ----------------------------------------------------------------------- public API
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    *,
+    positive: int | None = None,
+    names: Iterable[str] | None = None,
+) -> dict[str, float]:
+    """Score ``proba`` against ``y_true``: ``{name: value}`` for ``names`` (default: all).
+
+    Undefined metrics are NaN (see the module docstring); unknown names raise ConfigError.
+    """
+    metrics = _resolve_names(names)
+    y_true, proba = validate_inputs(y_true, proba)
+    pos = _resolve_positive(positive, proba.shape[1])
+    return {m.name: float(m.fn(y_true, proba, pos)) for m in metrics}
+
+
+def _confusion(y_true: np.ndarray, proba: np.ndarray, k: int) -> np.ndarray:
+    return confusion_matrix(y_true, proba.argmax(axis=1), labels=np.arange(k))
+
+
+def confusion(y_true: np.ndarray, y_pred_or_proba: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` int counts, rows = true class, columns = predicted class.
+
+    Accepts predicted labels ``(n,)`` or probabilities ``(n, k)`` (argmax is taken). Every
+    class gets a row and a column, including classes absent from this data.
+    """
+    pred = np.asarray(y_pred_or_proba)
+    if pred.ndim == 2:
+        pred = pred.argmax(axis=1)
+    return confusion_matrix(np.asarray(y_true), pred, labels=np.arange(n_classes))
+
+
+def normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (row = per-class recall profile).
+
+    A class with no images gets a row of NaN rather than zeros: zeros would read as
+    "never recognised", which is not what happened.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return cm / cm.sum(axis=1, keepdims=True)
+
+
+def per_class_table(
+    y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]
+) -> pd.DataFrame:
+    """One row per class: class, precision, recall, f1, support, specificity, auc.
+
+    All one-vs-rest. Undefined entries (precision of a never-predicted class, recall and
+    auc of a class with no images) are NaN.
+    """
+    y_true, proba = validate_inputs(y_true, proba)
+    k = proba.shape[1]
+    if len(class_names) != k:
+        raise ValueError(f"{len(class_names)} class names for {k} probability columns")
+    labels = np.arange(k)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, proba.argmax(axis=1), labels=labels, zero_division=np.nan
+    )
+    _, specificity = _ovr_rates(_confusion(y_true, proba, k))
+    auc = [_ovr_auc(y_true == c, proba[:, c]) for c in labels]
+    return pd.DataFrame(
+        {
+            "class": list(class_names),
+            "precision": precision.astype(float),
+            "recall": recall.astype(float),
+            "f1": f1.astype(float),
+            "support": support.astype(int),
+            "specificity": specificity,
+            "auc": np.asarray(auc, dtype=float),
+        }
+    )
+
+
+# ------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class CI:
+    """A point estimate with a percentile-bootstrap confidence interval.
+
+    ``n`` is the number of images; ``n_boot`` the number of resamples that gave a finite
+    value (NaN resamples are dropped), so it can be below the number requested. If none
+    did, ``low`` and ``high`` are NaN.
+    """
+
+    value: float
+    low: float
+    high: float
+    n: int
+    n_boot: int
+
+
+# Bound the (resamples x images) index block to ~16 MB of int64 per array so large test
+# sets do not need n_boot * n memory at once.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def _resample_indices(
+    y_true: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Yield ``(b, n)`` blocks of image indices, resampled with replacement within each class.
+
+    Stratifying keeps each class's count fixed, so no resample loses a class that the data
+    has (which would make AUC and the macro averages NaN for reasons of luck alone).
+    """
+    groups = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
+    n = y_true.shape[0]
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        yield np.concatenate([g[rng.integers(0, g.size, size=(b, g.size))] for g in groups], axis=1)
+
+
+def _batched_confusion(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """``(b, k, k)`` confusion counts for ``(b, n)`` true and predicted labels, one bincount."""
+    b = t.shape[0]
+    codes = (np.arange(b)[:, None] * k + t) * k + p
+    return np.bincount(codes.ravel(), minlength=b * k * k).reshape(b, k, k)
+
+
+def _bootstrap(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    metrics: list[Metric],
+    *,
+    n_boot: int,
+    alpha: float,
+    seed: int,
+    positive: int | None,
+) -> dict[str, CI]:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1; got {n_boot}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+    y_true, proba = validate_inputs(y_true, proba)
+    k = proba.shape[1]
+    pos = _resolve_positive(positive, k)
+    y_pred = proba.argmax(axis=1)
+    fast = [m for m in metrics if m.batched is not None]
+    slow = [m for m in metrics if m.batched is None]
+    values = {m.name: np.empty(n_boot) for m in metrics}
+
+    # One stream of resamples shared by all metrics: bootstrap_ci(name) and
+    # bootstrap_all()[name] agree for the same seed, and the intervals are paired.
+    rng = np.random.default_rng(seed)
+    start = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined resamples become NaN and are dropped
+        for idx in _resample_indices(y_true, n_boot, rng):
+            stop = start + idx.shape[0]
+            if fast:
+                cm = _batched_confusion(y_true[idx], y_pred[idx], k)
+                for m in fast:
+                    values[m.name][start:stop] = m.batched(cm, pos)
+            for m in slow:
+                values[m.name][start:stop] = [m.fn(y_true[row], proba[row], pos) for row in idx]
+            start = stop
+
+    out = {}
+    for m in metrics:
+        v = values[m.name]
+        v = v[np.isfinite(v)]
+        low, high = np.quantile(v, [alpha / 2, 1 - alpha / 2]) if v.size else (np.nan, np.nan)
+        point = float(m.fn(y_true, proba, pos))
+        out[m.name] = CI(point, float(low), float(high), int(y_true.shape[0]), int(v.size))
+    return out
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    metric: str,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    positive: int | None = None,
+) -> CI:
+    """Percentile-bootstrap ``1 - alpha`` CI of ``metric``, resampling images within each class.
+
+    Metrics with a fast path (all but ``auc`` and ``log_loss``) score every resample in a
+    few vectorised numpy operations; the others call scikit-learn once per resample.
+    """
+    return _bootstrap(
+        y_true,
+        proba,
+        [get_metric(metric)],
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        positive=positive,
+    )[metric]
+
+
+def bootstrap_all(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    names: Iterable[str] | None = None,
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    positive: int | None = None,
+) -> dict[str, CI]:
+    """``bootstrap_ci`` for each of ``names`` (default: all metrics) on the same resamples."""
+    return _bootstrap(
+        y_true,
+        proba,
+        _resolve_names(names),
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        positive=positive,
+    )
