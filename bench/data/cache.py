@@ -1,0 +1,122 @@
+"""Decode once: a uint8 image array per (dataset fingerprint, size, resize mode), memory-mapped.
+
+The fingerprint covers every file's relative path, byte size and mtime, so any change to the
+dataset gives a new cache entry rather than stale pixels. The array is written to a temporary
+file and renamed into place (atomic on POSIX), under a file lock, so two processes asking for
+the same cache at once decode it once and never see half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from bench import paths
+from bench.data import images
+from bench.data.index import DatasetIndex
+
+log = logging.getLogger(__name__)
+
+# Bump when decoding changes what pixels come out, so old caches are not reused.
+DECODER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageCache:
+    """The decoded images of one index, row i = ``index.paths[i]``."""
+
+    array: np.ndarray  # (n, size, size, 3) uint8, memory-mapped read-only
+    key: str
+    path: Path
+    fingerprint: str
+    failed: dict[int, str]  # row -> reason, for files that could not be decoded (rows are zeros)
+    row_hashes: tuple[str, ...]  # digest of each decoded image, for exact-duplicate detection
+    built: bool  # True when this call decoded the images, False when it read an existing cache
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+
+def fingerprint(index: DatasetIndex) -> str:
+    """Digest of relative paths, sizes and mtimes (and labels: a relabelled file is a new dataset)."""
+    h = hashlib.sha256()
+    for rel, label in zip(index.paths, index.labels):
+        st = (index.root / rel).stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n".encode())
+    return h.hexdigest()
+
+
+def _key(index: DatasetIndex, fp: str, size: int, resize: str) -> str:
+    return f"{index.name}-{fp[:16]}-{size}px-{resize}-v{DECODER_VERSION}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCache:
+    meta = json.loads(meta_path.read_text())
+    array = np.load(npy, mmap_mode="r")
+    return ImageCache(
+        array=array,
+        key=key,
+        path=npy,
+        fingerprint=fp,
+        failed={int(k): v for k, v in meta["failed"].items()},
+        row_hashes=tuple(meta["row_hashes"]),
+        built=built,
+    )
+
+
+def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Path, workers: int | None) -> None:
+    n = len(index)
+    fd, tmp_name = tempfile.mkstemp(dir=npy.parent, prefix=npy.name, suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    failed: dict[int, str] = {}
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        files = [index.root / p for p in index.paths]
+        images.decode_many(
+            files, size, resize, workers=workers, out=out,
+            on_error=lambda i, err: failed.__setitem__(i, err.reason),
+        )
+        out.flush()
+        hashes = [hashlib.blake2b(out[i].tobytes(), digest_size=16).hexdigest() for i in range(n)]
+        del out
+        meta = {"paths": list(index.paths), "size": size, "resize": resize, "failed": failed, "row_hashes": hashes}
+        _atomic_write_text(meta_path, json.dumps(meta))
+        os.replace(tmp, npy)  # the commit point: readers look for the .npy
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_or_build(
+    index: DatasetIndex, size: int, resize: str = "squash", *, cache_dir: Path | None = None, workers: int | None = None
+) -> ImageCache:
+    """The decoded images of ``index`` at ``size``; decodes only when no valid cache exists."""
+    root = cache_dir or paths.cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(index)
+    key = _key(index, fp, size, resize)
+    npy, meta_path = root / f"{key}.npy", root / f"{key}.json"
+    if npy.is_file() and meta_path.is_file():
+        return _load(npy, meta_path, key, fp, built=False)
+    with FileLock(str(root / f"{key}.lock")):
+        if npy.is_file() and meta_path.is_file():  # another process built it while we waited
+            return _load(npy, meta_path, key, fp, built=False)
+        log.info("decoding %d images of %s at %d px into %s", len(index), index.name, size, npy)
+        _build(index, size, resize, npy, meta_path, workers)
+    return _load(npy, meta_path, key, fp, built=True)

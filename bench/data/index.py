@@ -1,0 +1,244 @@
+"""The index of a dataset: which files, which labels, which groups, which are official test images.
+
+Building the index reads directory listings and CSVs only, never pixels; decoding happens once,
+in ``cache.py``. Every way a folder or manifest can be unusable is a ``DataError`` that names
+the path, the line or the class.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from bench.config import DatasetSpec
+from bench.data.images import is_image_file
+from bench.errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """Files of one dataset in a fixed order (sorted relative paths)."""
+
+    name: str
+    root: Path
+    paths: tuple[str, ...]  # relative to root, POSIX separators
+    labels: np.ndarray  # int, index into classes
+    classes: tuple[str, ...]
+    groups: tuple[str, ...]  # one group id per image (its own path when the dataset has none)
+    official_test: np.ndarray | None  # bool per image, when the dataset defines its test split
+    spec: DatasetSpec
+    ignored: tuple[str, ...] = field(default=())  # non-image files seen (hidden files not listed)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+    def subset(self, keep: np.ndarray) -> DatasetIndex:
+        """The same index restricted to ``keep`` (bool mask); used to drop unreadable files."""
+        idx = np.flatnonzero(keep)
+        return DatasetIndex(
+            name=self.name,
+            root=self.root,
+            paths=tuple(self.paths[i] for i in idx),
+            labels=self.labels[idx],
+            classes=self.classes,
+            groups=tuple(self.groups[i] for i in idx),
+            official_test=None if self.official_test is None else self.official_test[idx],
+            spec=self.spec,
+            ignored=self.ignored,
+        )
+
+
+def _walk_images(root: Path, ignore: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    images: list[str] = []
+    others: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = (rel_dir / name).as_posix()
+            if any(fnmatch.fnmatch(rel, pat) for pat in ignore):
+                continue
+            (images if is_image_file(Path(name)) else others).append(rel)
+    return images, others
+
+
+def _from_folders(spec: DatasetSpec, root: Path) -> tuple[list[str], list[str], list[dict]]:
+    images, others = _walk_images(root, spec.layout.ignore)
+    test_folder = spec.test.folder if spec.test.kind == "folder" else None
+    paths, labels, rows = [], [], []
+    level = spec.layout.class_level
+    for rel in images:
+        parts = PurePosixPath(rel).parts[:-1]
+        if test_folder is not None and parts and parts[0] in (test_folder, "train", "val", "valid", "validation"):
+            split, parts = parts[0], parts[1:]
+        else:
+            split = None
+        if not parts:
+            continue  # a file directly in the root has no class folder
+        try:
+            label = parts[level]
+        except IndexError:
+            continue
+        paths.append(rel)
+        labels.append(label)
+        rows.append({"split": split})
+    return paths, labels, rows
+
+
+def _read_csv(path: Path, delimiter: str) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f, delimiter=delimiter))
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist.") from None
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a readable CSV file ({err}).") from None
+
+
+def _from_manifest(spec: DatasetSpec, root: Path) -> tuple[list[str], list[str], list[dict]]:
+    lay = spec.layout
+    manifest = root / lay.file
+    rows = _read_csv(manifest, lay.delimiter)
+    if not rows:
+        raise DataError(f"{manifest} has no rows. It needs a header '{lay.path_column},{lay.label_column}[,group]'.")
+    for column in (lay.path_column, lay.label_column):
+        if column not in rows[0]:
+            raise DataError(
+                f"{manifest} has no column '{column}' (columns: {', '.join(rows[0])}). "
+                f"Name the columns in datasets.toml: layout = {{ path_column = ..., label_column = ... }}."
+            )
+    root_resolved = root.resolve()
+    paths, labels = [], []
+    for line, row in enumerate(rows, start=2):
+        rel = (row[lay.path_column] or "").strip()
+        label = (row[lay.label_column] or "").strip()
+        where = f"{manifest}, line {line}"
+        if not rel or not label:
+            raise DataError(f"{where}: empty path or label.")
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root_resolved) or PurePosixPath(rel).is_absolute():
+            raise DataError(f"{where}: path '{rel}' lies outside the dataset folder {root}. Use paths relative to it.")
+        if not target.is_file():
+            raise DataError(f"{where}: label '{label}' names '{rel}', but there is no such file under {root}.")
+        paths.append(PurePosixPath(rel).as_posix())
+        labels.append(label)
+    return paths, labels, rows
+
+
+def _groups(spec: DatasetSpec, paths: list[str], rows: list[dict]) -> list[str]:
+    g = spec.groups
+    if g.kind == "column":
+        if g.column not in rows[0]:
+            raise DataError(
+                f"{spec.name}: groups column '{g.column}' is not in the manifest (columns: {', '.join(rows[0])})."
+            )
+        return [str(row[g.column]).strip() or path for row, path in zip(rows, paths)]
+    if g.kind == "regex":
+        pattern = re.compile(g.pattern or "")
+        out = []
+        for path in paths:
+            name = PurePosixPath(path).name
+            m = pattern.search(name)
+            # An image whose name does not match stands alone: safer than lumping strays together.
+            out.append((m.group(1) if m.groups() else m.group(0)) if m else path)
+        return out
+    return list(paths)
+
+
+def _official_test(spec: DatasetSpec, root: Path, paths: list[str], rows: list[dict]) -> np.ndarray | None:
+    t = spec.test
+    if t.kind == "folder":
+        return np.array([row.get("split") == t.folder for row in rows], dtype=bool)
+    if t.kind == "column":
+        if t.column not in rows[0]:
+            raise DataError(f"{spec.name}: test column '{t.column}' is not in the manifest.")
+        return np.array([str(row[t.column]).strip() == t.value for row in rows], dtype=bool)
+    if t.kind == "file":
+        split_file = (root / (t.file or "")).resolve()
+        if not split_file.is_file():
+            raise DataError(
+                f"{spec.name}: the official split file {split_file} is missing. {spec.notes}".strip()
+            )
+        listed = _read_csv(split_file, t.delimiter)
+        if listed and t.key not in listed[0]:
+            raise DataError(f"{split_file} has no column '{t.key}' (columns: {', '.join(listed[0])}).")
+        names = {
+            PurePosixPath(r[t.key].strip()).name
+            for r in listed
+            if t.column is None or str(r.get(t.column, "")).strip() == t.value
+        }
+        return np.array([PurePosixPath(p).name in names for p in paths], dtype=bool)
+    return None
+
+
+def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
+    """List a dataset's images with labels, groups and official test membership."""
+    if not root.exists():
+        raise DataError(f"Dataset folder {root} does not exist. {_hint(spec)}".strip())
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder. Give a folder with one subfolder per class.")
+    if spec.layout.kind == "manifest":
+        paths, names, rows = _from_manifest(spec, root)
+        others: list[str] = []
+    else:
+        paths, names, rows = _from_folders(spec, root)
+        others = _walk_images(root, spec.layout.ignore)[1]
+    if not paths:
+        raise DataError(
+            f"{root} holds no images in class folders (looked for {', '.join(sorted(_suffixes()))} "
+            f"files in subfolders, one per class)."
+        )
+    classes = spec.classes or tuple(sorted(set(names)))
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise DataError(
+            f"{spec.name}: found images of class(es) {unknown} that datasets.toml does not list "
+            f"(classes = {list(classes)}). Add them to 'classes' or remove those folders."
+        )
+    present = sorted(set(names))
+    if len(present) < 2:
+        raise DataError(
+            f"{root}: all {len(paths)} images are of one class ('{present[0]}'). "
+            f"Classification needs at least two class folders."
+        )
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(f"{spec.name}: no images of class(es) {missing} under {root}.")
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = np.array([lookup[n] for n in names], dtype=np.int64)
+    groups = _groups(spec, paths, rows)
+    official = _official_test(spec, root, paths, rows)
+    return DatasetIndex(
+        name=spec.name,
+        root=root,
+        paths=tuple(paths),
+        labels=labels,
+        classes=tuple(classes),
+        groups=tuple(groups),
+        official_test=official,
+        spec=spec,
+        ignored=tuple(others),
+    )
+
+
+def _suffixes() -> set[str]:
+    from bench.data.images import IMAGE_SUFFIXES
+
+    return set(IMAGE_SUFFIXES)
+
+
+def _hint(spec: DatasetSpec) -> str:
+    if spec.source.kind == "archive":
+        return f"Run `bench fetch {spec.name}` to download it, or unpack it there by hand. {spec.notes}"
+    return spec.notes

@@ -1,0 +1,99 @@
+"""Finding a dataset: a registry name from datasets.toml, or a plain folder on disk."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from bench import paths
+from bench.config import DatasetSpec, GroupSpec, LayoutSpec, SourceSpec, TestSpec, load_registry, validate
+from bench.errors import DataError, close_matches
+
+# Manifest columns recognised as the group (patient) column in a plain folder's manifest.csv.
+GROUP_COLUMNS = ("group", "patient", "patient_id", "subject", "video")
+
+
+def registry(path: Path | None = None) -> dict[str, DatasetSpec]:
+    return load_registry(path or paths.registry_file())
+
+
+def dataset_root(spec: DatasetSpec) -> Path:
+    """Where a registry dataset's images are (or would be, once fetched)."""
+    src = spec.source
+    if src.kind == "embedded":
+        return paths.DEMO_DIR / (src.path or spec.name)
+    if src.kind == "archive":
+        return paths.data_dir() / spec.name / (src.root or "")
+    raw = Path(os.path.expandvars(src.path or spec.name)).expanduser()
+    return raw if raw.is_absolute() else paths.data_dir() / raw
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.startswith(".") or Path(name).is_dir()
+
+
+def folder_spec(folder: Path, *, group_regex: str | None = None) -> DatasetSpec:
+    """A spec for a folder with no registry entry.
+
+    Class-per-folder by default; a ``manifest.csv`` with ``path`` and ``label`` columns in the
+    folder is used instead when present, and its group column (patient, group, ...) keeps
+    patients together.
+    """
+    layout = LayoutSpec(kind="folders")
+    groups = GroupSpec()
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+        if "path" in header and "label" in header:
+            layout = LayoutSpec(kind="manifest", file="manifest.csv")
+            column = next((c for c in GROUP_COLUMNS if c in header), None)
+            if column:
+                groups = GroupSpec(kind="column", column=column)
+    if group_regex:
+        groups = GroupSpec(kind="regex", pattern=group_regex)
+    name = folder.resolve().name or "folder"
+    spec = DatasetSpec(
+        name=name,
+        title=f"Local folder {folder}",
+        task="multiclass",
+        source=SourceSpec(kind="local", path=str(folder.resolve())),
+        layout=layout,
+        groups=groups,
+        test=TestSpec(kind="fraction"),
+        image_size=224,
+        license="unknown (local folder)",
+    )
+    return validate(spec, f"--dataset {folder}")
+
+
+def resolve(name: str, *, registry_path: Path | None = None, group_regex: str | None = None) -> tuple[DatasetSpec, Path]:
+    """``(spec, root)`` for a registry name or a folder path; a clear error otherwise."""
+    specs = registry(registry_path)
+    if name in specs:
+        spec = specs[name]
+        if group_regex:
+            spec = validate(replace(spec, groups=GroupSpec(kind="regex", pattern=group_regex)), name)
+        return spec, dataset_root(spec)
+    if _looks_like_path(name):
+        folder = Path(name).expanduser()
+        if not folder.exists():
+            raise DataError(f"Dataset folder {folder} does not exist.")
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder. --dataset takes a registry name or a class-per-folder directory.")
+        return folder_spec(folder, group_regex=group_regex), folder
+    raise DataError(
+        f"Unknown dataset '{name}'.{close_matches(name, specs)} "
+        f"Run `bench datasets` for the registry, or pass a folder path."
+    )
+
+
+def binary_positive(spec: DatasetSpec, classes: tuple[str, ...]) -> int | None:
+    """Index of the positive class for two-class data (the registry's, else the second class)."""
+    if len(classes) != 2:
+        return None
+    if spec.positive and spec.positive in classes:
+        return classes.index(spec.positive)
+    return 1
