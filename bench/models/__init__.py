@@ -1,0 +1,54 @@
+"""Backbones, the classifier head, ImageNet weights and block-wise unfreezing.
+
+Importing this package registers the built-in backbones.
+"""
+
+from bench.models import backbones as _backbones  # noqa: F401  (registers the built-ins)
+from bench.models.blocks import (
+    block_ends,
+    block_outputs,
+    blocks,
+    cut_points,
+    iter_layers,
+    set_unfrozen,
+)
+from bench.models.head import (
+    Classifier,
+    build_classifier,
+    check_size,
+    describe_backbone,
+    set_bn_momentum,
+)
+from bench.models.preprocess import MODES as PREPROCESS_MODES
+from bench.models.preprocess import Preprocess
+from bench.models.registry import Backbone, backbone_names, get_backbone, register_backbone
+from bench.models.weights import (
+    imagenet_path,
+    load_weights_file,
+    resolve_weights,
+    weights_dirs,
+)
+
+__all__ = [
+    "PREPROCESS_MODES",
+    "Backbone",
+    "Classifier",
+    "Preprocess",
+    "backbone_names",
+    "block_ends",
+    "block_outputs",
+    "blocks",
+    "build_classifier",
+    "check_size",
+    "cut_points",
+    "describe_backbone",
+    "get_backbone",
+    "imagenet_path",
+    "iter_layers",
+    "load_weights_file",
+    "register_backbone",
+    "resolve_weights",
+    "set_bn_momentum",
+    "set_unfrozen",
+    "weights_dirs",
+]

@@ -1,0 +1,75 @@
+"""Input scaling inside the model, so every model takes the same 0..255 RGB images.
+
+Putting the backbone's preprocessing in the graph (rather than in the data pipeline) means the
+image cache, augmentation and the frozen-feature cache never need to know which backbone they
+feed, and a saved model carries its own preprocessing. The modes reproduce
+``keras.applications.<module>.preprocess_input`` (tested against it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+from keras import ops
+
+from bench.errors import ConfigError, close_matches
+
+_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+# Caffe means are in BGR order, applied after the channel flip (as keras' imagenet_utils does).
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def _caffe(x: Any) -> Any:
+    return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+
+
+def _tf(x: Any) -> Any:
+    return x / 127.5 - 1.0
+
+
+def _torch(x: Any) -> Any:
+    mean = ops.convert_to_tensor(_IMAGENET_MEAN_RGB, dtype=x.dtype)
+    std = ops.convert_to_tensor(_IMAGENET_STD_RGB, dtype=x.dtype)
+    return (x / 255.0 - mean) / std
+
+
+def _raw(x: Any) -> Any:
+    return x
+
+
+MODES: dict[str, Callable[[Any], Any]] = {
+    "caffe": _caffe,  # RGB->BGR, minus the ImageNet mean (ResNet50, VGG16)
+    "tf": _tf,  # [-1, 1] (ResNet50V2, InceptionV3, MobileNetV2)
+    "torch": _torch,  # [0, 1], ImageNet mean/std (DenseNet)
+    "raw": _raw,  # 0..255 untouched: the backbone has its own preprocessing layers
+}
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(
+            f"Unknown preprocessing mode {mode!r}.{close_matches(mode, MODES)} "
+            f"Use one of: {', '.join(MODES)}."
+        )
+    return mode
+
+
+@keras.saving.register_keras_serializable(package="bench")
+class Preprocess(keras.layers.Layer):
+    """Map 0..255 RGB (channels last) to what a backbone was trained on."""
+
+    def __init__(self, mode: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mode = check_mode(mode)
+
+    def call(self, inputs: Any) -> Any:
+        return MODES[self.mode](ops.cast(inputs, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}

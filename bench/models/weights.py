@@ -1,0 +1,125 @@
+"""Where a backbone's starting weights come from: none, ImageNet, or a file.
+
+ImageNet weights are looked up as local files first (``$BENCH_WEIGHTS``, then Keras' own cache)
+and only downloaded when missing, so runs on machines without internet work once the files are
+in place, and a failed download says which file to put where instead of a urllib traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import keras
+
+from bench.errors import ConfigError, NetworkError
+from bench.models.registry import Backbone
+
+WEIGHTS_ENV = "BENCH_WEIGHTS"
+NO_WEIGHTS = {"none", "random", "scratch", ""}
+
+
+def keras_cache_dir() -> Path:
+    """Keras' download cache for application weights: ``$KERAS_HOME/models`` or ``~/.keras/models``.
+
+    Read from the environment at call time (Keras reads KERAS_HOME once, at import) so that
+    setting it after ``import keras`` still moves the cache for bench.
+    """
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def weights_dirs() -> list[Path]:
+    """Folders searched for ImageNet weight files, in order."""
+    dirs = [keras_cache_dir()]
+    if os.environ.get(WEIGHTS_ENV):
+        dirs.insert(0, Path(os.environ[WEIGHTS_ENV]).expanduser())
+    return dirs
+
+
+def imagenet_path(backbone: Backbone) -> Path | None:
+    """The local ImageNet weights file for ``backbone``, or None if it is not on this machine."""
+    if backbone.imagenet_file is None:
+        return None
+    for folder in weights_dirs():
+        candidate = folder / backbone.imagenet_file
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def download_imagenet(backbone: Backbone) -> Path:
+    """Fetch the ImageNet file into the first weights folder; NetworkError if that fails."""
+    assert backbone.imagenet_file is not None and backbone.imagenet_url is not None
+    folder = weights_dirs()[0]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = keras.utils.get_file(
+            backbone.imagenet_file,
+            backbone.imagenet_url,
+            cache_dir=str(folder),
+            cache_subdir="",
+        )
+    except Exception as err:  # urllib, socket and HTTP errors all mean the same thing here
+        raise NetworkError(
+            f"Could not download the ImageNet weights for {backbone.name!r} "
+            f"({backbone.imagenet_file}) from {backbone.imagenet_url}: {err}. "
+            f"Without internet, download that file on another machine and put it in {folder}/ "
+            f"(or in the folder named by ${WEIGHTS_ENV}); or use weights 'none'."
+        ) from err
+    return Path(path)
+
+
+def resolve_weights(backbone: Backbone, weights: str | Path | None) -> str | None:
+    """What to build ``backbone`` with: None (random init) or the path of a local weights file.
+
+    ``'imagenet'`` becomes the local copy of the Keras ImageNet file (downloaded if missing);
+    any other string or path must name an existing file.
+    """
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in NO_WEIGHTS):
+        return None
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
+        if not backbone.has_imagenet:
+            raise ConfigError(
+                f"Backbone {backbone.name!r} has no ImageNet weights; use weights 'none' "
+                "(random init) or the path of a weights file."
+            )
+        local = imagenet_path(backbone)
+        return str(local if local is not None else download_imagenet(backbone))
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"Weights file {str(path)!r} for backbone {backbone.name!r} does not exist. "
+            "Give 'imagenet', 'none', or the path of a file saved with `save_weights`."
+        )
+    return str(path)
+
+
+def load_weights_file(model: keras.Model, path: str | Path) -> None:
+    """Load a weights file into a backbone, turning a mismatch into an error the user can fix."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(str(path))
+    except Exception as err:  # h5py / Keras raise a zoo of types for bad or foreign files
+        # Keras lists every layer that failed; its first sentence says enough.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise _mismatch(model, path, reason.split(" Example error message")[0]) from err
+    # Keras only *warns* when parts of a `.weights.h5` file do not match the model and leaves
+    # those layers at their random init: for a "pretrained" base that is a silent failure.
+    skipped = [w for w in caught if "freshly-initialized" in str(w.message)]
+    if skipped:
+        raise _mismatch(model, path, str(skipped[0].message).split(":")[0] + ".")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _mismatch(model: keras.Model, path: str | Path, reason: str) -> ConfigError:
+    return ConfigError(
+        f"Could not load weights file {str(path)!r} into backbone {model.name!r}: "
+        f"{reason.rstrip('. ')}. "
+        "The file must hold weights for this same backbone without its top (an ImageNet "
+        "'notop' file or a `save_weights` file of the base); if it is a partial download, "
+        "delete it and fetch it again."
+    )
