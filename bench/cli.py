@@ -1,0 +1,381 @@
+"""The ``bench`` command: a thin face over the rooms, built from a table of command classes.
+
+Every user mistake surfaces as a ``BenchError``: one message on stderr, exit status 2, no
+traceback. Keras/TensorFlow are imported only by the commands that train, so listing datasets
+stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import __version__, paths
+from bench.errors import BenchError, ConfigError
+
+COMMANDS: dict[str, type[Command]] = {}
+
+
+def register_command(cls: type[Command]) -> type[Command]:
+    COMMANDS[cls.name] = cls
+    return cls
+
+
+class Command:
+    name = ""
+    help = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+def _console():
+    from rich.console import Console
+
+    # Rich falls back to 80 columns when piped (CI, logs); tables of citations need more.
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _quiet_frameworks() -> None:
+    """Before keras is imported: default backend, fewer TensorFlow start-up lines."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# ---- bench datasets -------------------------------------------------------------------------
+def _location(spec, root: Path) -> tuple[str, int | None]:
+    from bench.data.images import is_image_file
+
+    if not root.is_dir():
+        return ("not downloaded" if spec.source.kind == "archive" else "not found"), None
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        n += sum(1 for f in filenames if is_image_file(Path(f)))
+    kind = "embedded" if spec.source.kind == "embedded" else "local"
+    return kind, n
+
+
+@register_command
+class DatasetsCommand(Command):
+    name = "datasets"
+    help = "List the datasets in the registry (datasets.toml) and where their data is."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--registry", type=Path, help="another datasets.toml (default: BENCH_DATASETS or the shipped one)")
+        parser.add_argument("--citations", action="store_true", help="print each dataset's full citation")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rich.table import Table
+
+        from bench.data.registry import dataset_root, registry
+
+        specs = registry(args.registry)
+        table = Table(title=f"Datasets ({args.registry or paths.registry_file()})")
+        for col in ("name", "title", "task", "classes", "images", "data", "licence"):
+            table.add_column(col, overflow="fold")
+        for name, spec in specs.items():
+            root = dataset_root(spec)
+            where, found = _location(spec, root)
+            images = f"{found} found" if found is not None else (f"{spec.images} expected" if spec.images else "?")
+            classes = str(len(spec.classes)) if spec.classes else "from folders"
+            data = f"{where}: {root}"
+            table.add_row(name, spec.title, spec.task, classes, images, data, spec.license)
+        console = _console()
+        console.print(table)
+        if args.citations:
+            for name, spec in specs.items():
+                console.print(f"[bold]{name}[/]: {spec.citation or '(none)'}")
+        else:
+            console.print("Citations: bench datasets --citations. Data folder: BENCH_DATA =", paths.data_dir())
+        return 0
+
+
+# ---- bench backbones ------------------------------------------------------------------------
+@register_command
+class BackbonesCommand(Command):
+    name = "backbones"
+    help = "List the registered backbones: parameters, cut points, blocks, minimum input size."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--size", type=int, default=None, help="input size to build them at (default: each one's minimum, at least 64)")
+        parser.add_argument("names", nargs="*", help="only these backbones")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from rich.table import Table
+
+        from bench.models import backbone_names, describe_backbone, get_backbone
+
+        names = args.names or backbone_names()
+        for n in names:
+            get_backbone(n)
+        table = Table(title="Backbones (built with random weights to count layers)")
+        for col in ("name", "title", "params", "layers", "cut points", "blocks", "min size", "preprocessing", "ImageNet file"):
+            table.add_column(col)
+        for name in names:
+            d = describe_backbone(name, args.size)
+            table.add_row(name, str(d.get("title", "")), f"{d['params']:,}", str(d["layers"]), str(d["cut_points"]),
+                          str(d["blocks"]), str(d["min_size"]), str(d["preprocess"]), str(d.get("imagenet_file") or "-"))
+        _console().print(table)
+        return 0
+
+
+# ---- bench fetch ----------------------------------------------------------------------------
+@register_command
+class FetchCommand(Command):
+    name = "fetch"
+    help = "Download and unpack a registry dataset into BENCH_DATA."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", help="dataset name from `bench datasets`")
+        parser.add_argument("--registry", type=Path)
+        parser.add_argument("--max-gb", type=float, default=50.0, help="refuse archives that unpack to more than this")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from bench.data.fetch import fetch_archive
+        from bench.data.registry import dataset_root, registry
+        from bench.errors import close_matches
+
+        specs = registry(args.registry)
+        if args.name not in specs:
+            raise ConfigError(f"Unknown dataset '{args.name}'.{close_matches(args.name, specs)} Run `bench datasets`.")
+        spec = specs[args.name]
+        root = dataset_root(spec)
+        if spec.source.kind != "archive":
+            where = "is shipped inside bench" if spec.source.kind == "embedded" else f"is read from {root}"
+            _console().print(f"{spec.name} {where}; there is nothing to download. {spec.notes}")
+            return 0
+        target = paths.data_dir() / spec.name
+        if root.is_dir() and any(root.iterdir()) and not (target / ".bench-extracted").exists():
+            _console().print(f"{spec.name}: {root} already holds data (unpacked by hand); nothing to download.")
+            return 0
+        hint = (f"Download {spec.source.url} by hand (from {spec.homepage or 'its homepage'}) and unpack it into "
+                f"{target} so that {root} holds the class folders, or put the archive itself at "
+                f"{target.parent / 'downloads'} and run `bench fetch {spec.name}` again.")
+        fetch_archive(spec.source.url, spec.source.sha256, target, max_bytes=int(args.max_gb * 2**30),
+                      manual_hint=hint)
+        _console().print(f"{spec.name}: ready in {root}")
+        return 0
+
+
+# ---- bench cv -------------------------------------------------------------------------------
+def _unfrozen(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        depth = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a number of blocks, got {value!r}") from None
+    if depth < 0:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a number of blocks >= 0, got {value}")
+    return depth
+
+
+def _weights(value: str) -> str | None:
+    return None if value.lower() in ("none", "random", "") else value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", required=True, help="registry name (`bench datasets`) or a class-per-folder path")
+    g.add_argument("--size", type=int, help="image side in pixels (default: the dataset's image_size)")
+    g.add_argument("--resize", choices=["squash", "pad", "crop"], help="how images become square (default: the dataset's)")
+    g.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and shuffling")
+    g.add_argument("--test-fraction", type=float, help="held-out fraction when the dataset has no official test split")
+    g.add_argument("--group-regex", help="regex on file names whose first group is the patient id (overrides the registry)")
+    g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    g.add_argument("--registry", type=Path, help="another datasets.toml")
+
+
+@register_command
+class CVCommand(Command):
+    name = "cv"
+    help = "Train and score one configuration by stratified, patient-aware k-fold cross-validation."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_data_arguments(parser)
+        g = parser.add_argument_group("model and training")
+        g.add_argument("--backbone", default="mobilenet_v2", help="backbone name (`bench backbones`)")
+        g.add_argument("--weights", type=_weights, default=None, help="imagenet, none (default) or a weights file")
+        g.add_argument("--unfrozen", type=_unfrozen, default="all", help="blocks to fine-tune: 0 = frozen features, 'all' (default)")
+        g.add_argument("--epochs", type=int, default=10)
+        g.add_argument("--lr", type=float, default=1e-3)
+        g.add_argument("--batch-size", type=int, default=32)
+        g.add_argument("--optimizer", default="adam", help="adam, adamw, sgd, rmsprop")
+        g.add_argument("--augment", default="light", help="none, light, medium, heavy")
+        g.add_argument("--dropout", type=float, default=0.2)
+        g.add_argument("--label-smoothing", type=float, default=0.0)
+        g.add_argument("--no-class-weights", action="store_true", help="do not weight classes by inverse frequency")
+        g.add_argument("--patience", type=int, default=5, help="early-stopping patience on validation loss (0 = off)")
+        g.add_argument("--bn-momentum", default="auto", help="'auto' (matched to steps per epoch), 'keep', or a number")
+        out = parser.add_argument_group("output")
+        out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<run-id>)")
+        out.add_argument("--runs-dir", type=Path, help="parent of run directories (default BENCH_RUNS or ./runs)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench.experiment import prepare_data
+
+        t_start = time.perf_counter()
+        bn = args.bn_momentum
+        if bn not in ("auto", "keep"):
+            try:
+                bn = float(bn)
+            except ValueError:
+                raise ConfigError(f"--bn-momentum must be 'auto', 'keep' or a number, got {bn!r}.") from None
+        data = prepare_data(
+            args.dataset, folds=args.folds, seed=args.seed, size=args.size, resize=args.resize,
+            strict=args.strict, group_regex=args.group_regex, registry_path=args.registry,
+            test_fraction=args.test_fraction,
+        )
+        from bench.train import TrainConfig
+
+        config = TrainConfig(
+            backbone=args.backbone, weights=args.weights, size=data.size, unfrozen=args.unfrozen,
+            lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, optimizer=args.optimizer,
+            augment=args.augment, dropout=args.dropout, label_smoothing=args.label_smoothing,
+            class_weights=not args.no_class_weights, early_stopping=args.patience, bn_momentum=bn,
+            seed=args.seed,
+        )
+        return run_cv_command(args, data, config, t_start)
+
+
+def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: float) -> int:
+    from bench import environment
+    from bench.experiment import cross_validate, summarize
+    from bench.results import RunDir
+
+    console = _console()
+    summary = data.summary()
+    ds, sp = summary["dataset"], summary["split"]
+    console.print(
+        f"[bold]{ds['name']}[/]: {ds['images']} images, {len(ds['classes'])} classes {ds['per_class']}, "
+        f"{ds['groups']} groups; skipped {len(ds['skipped'])} unreadable, {ds['duplicates']} exact duplicates grouped"
+    )
+    console.print(
+        f"split: {sp['rule']}; held-out test {sp['test_images']} images (not used here); "
+        f"{sp['folds']}-fold CV on {sp['cv_images']} images; image cache "
+        f"{'built' if summary['cache']['built'] else 'reused'} ({summary['cache']['bytes'] / 2**20:.1f} MiB)"
+    )
+    run = RunDir.create(args.runs_dir or paths.runs_dir(), data.spec.name, out=args.out, tag="cv")
+    run.write_manifest({
+        "kind": "cv",
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "bench_version": __version__,
+        "seeds": {"split": data.splits.seed, "train": config.seed},
+        "environment": environment.describe(),
+        **summary,
+        "status": "running",
+    })
+    run.write_config(0, config.to_dict())
+    idx = data.index
+    run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], data.splits.groups,
+                     data.splits.test, data.splits.fold)
+
+    def on_epoch(fold: int, epoch: int, logs: dict[str, float]) -> None:
+        console.print(
+            f"  fold {fold + 1}/{data.splits.folds} epoch {epoch + 1}/{config.epochs}: "
+            + " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        )
+
+    def on_fold(score: Any) -> None:
+        if score.status == "ok":
+            m = score.metrics
+            console.print(
+                f"fold {score.fold + 1}: balanced accuracy {m['balanced_accuracy']:.3f}, AUC {m['auc']:.3f}, "
+                f"{score.info['epochs_run']} epochs in {score.info['seconds_fit']:.1f} s"
+            )
+        else:
+            console.print(f"[red]fold {score.fold + 1} failed: {score.status}[/]")
+
+    try:
+        scores = cross_validate(data, config, run, on_fold=on_fold, on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        run.update_manifest(status="interrupted", seconds=round(time.perf_counter() - t_start, 1))
+        console.print(f"[yellow]Interrupted; finished folds are kept in {run.path}[/]")
+        return 130
+    summary_table = summarize(scores)
+    failed = [s for s in scores if s.status != "ok"]
+    wall = time.perf_counter() - t_start
+    run.update_manifest(status="complete" if not failed else "complete_with_failures", seconds=round(wall, 1))
+    print_cv_tables(console, scores, summary_table, data, config)
+    console.print(f"wall time {wall:.1f} s; run directory: {run.path}")
+    return 0 if not failed or len(failed) < len(scores) else 1
+
+
+def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, config: Any) -> None:
+    from rich.table import Table
+
+    shown = ["accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc"]
+    n_cv = int((~data.splits.test).sum())
+    table = Table(title=f"{config.backbone} on {data.spec.name}: {data.splits.folds}-fold CV, "
+                        f"validation folds of {n_cv} images (held-out test not used)")
+    table.add_column("fold")
+    table.add_column("images")
+    for m in shown:
+        table.add_column(m.replace("_", " "), justify="right")
+    for s in scores:
+        cells = [f"{s.metrics[m]:.3f}" for m in shown] if s.status == "ok" else ["-"] * len(shown)
+        table.add_row(str(s.fold + 1), str(s.info["n_val"]), *cells)
+    by_metric = summary_table.set_index("metric") if len(summary_table) else None
+    if by_metric is not None:
+        table.add_row("mean ± std", str(n_cv), *[
+            f"{by_metric.loc[m, 'mean']:.3f} ± {by_metric.loc[m, 'std']:.3f}" if m in by_metric.index else "-"
+            for m in shown
+        ], style="bold")
+    console.print(table)
+
+
+# ---- entry point ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Benchmark transfer learning on medical images: honest k-fold CV, searches, reports.",
+    )
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cls in COMMANDS.items():
+        command = cls()
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_command=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args._command.run(args)
+    except BenchError as err:
+        from rich.markup import escape
+
+        _err_console().print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

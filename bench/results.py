@@ -1,0 +1,162 @@
+"""The run directory: the one contract between running and reporting.
+
+Only this module reads or writes it. Layout (all CSV in long format so pandas can concatenate
+runs from several machines):
+
+    manifest.json      command line, versions, backend, device, seeds, dataset fingerprint,
+                       skipped files, duplicates, split rule and sizes
+    config.json        the training configuration(s) scored (keyed by trial number)
+    splits.csv         path, label, group, split (cv|test), fold (-1 for test)
+    folds.csv          one row per trial x fold: status, epochs, timings, sizes
+    metrics.csv        one row per trial x fold x metric: value (split = cv for validation folds)
+    predictions.csv    one row per trial x validation image: path, group, fold, truth (class name),
+                       target (class index), p_<class>...
+    history.csv        one row per trial x fold x epoch x metric (training curves)
+
+Rows are appended fold by fold, so an interrupted run keeps every finished fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import DataError
+
+SCHEMA_VERSION = 1
+
+FILES = {
+    "manifest": "manifest.json",
+    "config": "config.json",
+    "splits": "splits.csv",
+    "folds": "folds.csv",
+    "metrics": "metrics.csv",
+    "predictions": "predictions.csv",
+    "history": "history.csv",
+}
+
+
+def new_run_id(tag: str = "") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    suffix = f"-{tag}" if tag else ""
+    return f"{stamp}-{os.getpid() % 10000:04d}{suffix}"
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    new = not path.exists()
+    columns = list(rows[0])
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def create(cls, parent: Path, dataset: str, *, out: Path | None = None, tag: str = "") -> RunDir:
+        path = out if out is not None else parent / dataset / new_run_id(tag)
+        if path.exists() and any(path.iterdir()):
+            raise DataError(f"Run directory {path} exists and is not empty. Choose another --out.")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        if not (path / FILES["manifest"]).is_file():
+            raise DataError(f"{path} is not a bench run directory (no {FILES['manifest']}).")
+        return cls(path)
+
+    def file(self, key: str) -> Path:
+        return self.path / FILES[key]
+
+    # ---- writing ---------------------------------------------------------------------------
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        _atomic_json(self.file("manifest"), {"schema": SCHEMA_VERSION, **manifest})
+
+    def update_manifest(self, **changes: Any) -> None:
+        manifest = self.manifest()
+        manifest.update(changes)
+        _atomic_json(self.file("manifest"), manifest)
+
+    def write_config(self, trial: int, config: dict[str, Any]) -> None:
+        path = self.file("config")
+        configs = json.loads(path.read_text()) if path.exists() else {}
+        configs[str(trial)] = config
+        _atomic_json(path, configs)
+
+    def write_splits(self, paths: tuple[str, ...], labels: list[str], groups: np.ndarray,
+                     test: np.ndarray, fold: np.ndarray) -> None:
+        frame = pd.DataFrame({
+            "path": paths, "label": labels, "group": groups,
+            "split": np.where(test, "test", "cv"), "fold": fold,
+        })
+        frame.to_csv(self.file("splits"), index=False)
+
+    def append_fold(
+        self,
+        *,
+        trial: int,
+        fold: int,
+        backbone: str,
+        status: str,
+        info: dict[str, Any],
+        metrics: dict[str, float],
+        predictions: pd.DataFrame | None,
+        history: dict[str, list[float]],
+    ) -> None:
+        """Everything one finished fold produced; predictions/metrics are absent for failed folds."""
+        base = {"trial": trial, "fold": fold, "backbone": backbone}
+        _append_rows(self.file("folds"), [{**base, "status": status, **info}])
+        _append_rows(self.file("metrics"), [
+            {**base, "split": "cv", "metric": name, "value": value} for name, value in metrics.items()
+        ])
+        if predictions is not None and len(predictions):
+            frame = predictions.copy()
+            frame.insert(0, "fold", fold)
+            frame.insert(0, "trial", trial)
+            frame.to_csv(self.file("predictions"), mode="a", index=False,
+                         header=not self.file("predictions").exists())
+        _append_rows(self.file("history"), [
+            {**base, "epoch": epoch + 1, "metric": name, "value": value}
+            for name, values in history.items() for epoch, value in enumerate(values)
+        ])
+
+    # ---- reading ---------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(self.file("manifest").read_text())
+
+    def configs(self) -> dict[int, dict[str, Any]]:
+        path = self.file("config")
+        return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+
+    def table(self, key: str) -> pd.DataFrame:
+        path = self.file(key)
+        if not path.exists():
+            return pd.DataFrame()
+        # Paths, labels and groups stay strings even when a patient id looks like a number or "NA".
+        return pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str})
