@@ -191,9 +191,10 @@ def _weights(value: str) -> str | None:
     return None if value.lower() in ("none", "random", "") else value
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", required=True, help="registry name (`bench datasets`) or a class-per-folder path")
+    g.add_argument("--dataset", required=dataset_required,
+                   help="registry name (`bench datasets`) or a class-per-folder path")
     g.add_argument("--size", type=int, help="image side in pixels (default: the dataset's image_size)")
     g.add_argument("--resize", choices=["squash", "pad", "crop"], help="how images become square (default: the dataset's)")
     g.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
@@ -210,7 +211,10 @@ class CVCommand(Command):
     help = "Train and score one configuration by stratified, patient-aware k-fold cross-validation."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_data_arguments(parser)
+        add_data_arguments(parser, dataset_required=False)
+        r = parser.add_argument_group("re-run a search trial exactly")
+        r.add_argument("--from-trial", type=int, metavar="N", help="trial number of the search in --run")
+        r.add_argument("--run", type=Path, help="the search's run directory (with --from-trial)")
         g = parser.add_argument_group("model and training")
         g.add_argument("--backbone", default="mobilenet_v2", help="backbone name (`bench backbones`)")
         g.add_argument("--weights", type=_weights, default=None, help="imagenet, none (default) or a weights file")
@@ -234,6 +238,10 @@ class CVCommand(Command):
         from bench.experiment import prepare_data
 
         t_start = time.perf_counter()
+        if args.from_trial is not None:
+            return self.rerun_trial(args, t_start)
+        if not args.dataset:
+            raise ConfigError("bench cv needs --dataset NAME|FOLDER (or --from-trial N --run DIR).")
         bn = args.bn_momentum
         if bn not in ("auto", "keep"):
             try:
@@ -254,6 +262,30 @@ class CVCommand(Command):
             class_weights=not args.no_class_weights, early_stopping=args.patience, bn_momentum=bn,
             seed=args.seed,
         )
+        return run_cv_command(args, data, config, t_start)
+
+    def rerun_trial(self, args: argparse.Namespace, t_start: float) -> int:
+        from bench.experiment import prepare_data
+        from bench.results import RunDir
+        from bench.train import TrainConfig
+
+        if args.run is None:
+            raise ConfigError("--from-trial needs --run DIR, the search's run directory.")
+        search = RunDir.open(args.run)
+        manifest = search.manifest()
+        configs = search.configs()
+        if args.from_trial not in configs:
+            known = ", ".join(str(n) for n in sorted(configs)[:20]) or "none"
+            raise ConfigError(f"{search.file('config')} has no trial {args.from_trial} (trials: {known}).")
+        config = TrainConfig(**configs[args.from_trial])  # the trial's own seed comes with it
+        data = prepare_data(
+            manifest.get("dataset_arg", manifest["dataset"]["name"]), folds=manifest["split"]["folds"],
+            seed=manifest["split"]["seed"], size=config.size, resize=manifest["cache"]["resize"],
+            registry_path=args.registry,
+        )
+        if data.splits_digest != manifest["split"].get("digest", data.splits_digest):
+            raise ConfigError(f"The dataset's splits differ from those of the search in {args.run} (the data "
+                              f"changed since): trial {args.from_trial} cannot be re-run exactly.")
         return run_cv_command(args, data, config, t_start)
 
 
@@ -341,6 +373,72 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
             for m in shown
         ], style="bold")
     console.print(table)
+
+
+# ---- bench run ------------------------------------------------------------------------------
+@register_command
+class RunCommand(Command):
+    name = "run"
+    help = "Search configurations with Optuna, every trial scored by k-fold cross-validation."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_data_arguments(parser)
+        g = parser.add_argument_group("search")
+        g.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials in total")
+        g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
+        g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
+        g.add_argument("--pruner", default="wilcoxon", help="wilcoxon (default), median, halving, none")
+        g.add_argument("--engine", default="optuna", choices=["optuna", "kerastuner"],
+                       help="optuna (default), or kerastuner to compare search strategies on the same folds")
+        g.add_argument("--tuner", default="hyperband", help="with --engine kerastuner: hyperband, bayesian, random")
+        g.add_argument("--storage", help="SQLAlchemy URL (postgresql://...), journal:FILE, or a .db/.log file; "
+                                         "default: study.db in the run directory")
+        g.add_argument("--study", help="study name (default <dataset>-<space>)")
+        g.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (one per GPU with GPUs)")
+        g.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+        g.add_argument("--trial-timeout", type=float, help="fail a trial that runs longer than this many seconds")
+        g.add_argument("--max-failures", type=int, default=10, help="stop after this many failed trials")
+        g.add_argument("--precision", default="float32", help="float32, mixed_float16 (GPU), mixed_bfloat16")
+        g.add_argument("--heartbeat", type=int, default=30, help="seconds between a worker's heartbeats")
+        out = parser.add_argument_group("output")
+        out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<study>)")
+        out.add_argument("--runs-dir", type=Path, help="parent of run directories (default BENCH_RUNS or ./runs)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        options = dict(
+            dataset=args.dataset, trials=args.trials, space=args.space, folds=args.folds, seed=args.seed,
+            size=args.size, resize=args.resize, strict=args.strict, group_regex=args.group_regex,
+            registry=str(args.registry) if args.registry else None, test_fraction=args.test_fraction,
+            storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
+            sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,
+            trial_timeout=args.trial_timeout, max_failures=args.max_failures, heartbeat=args.heartbeat,
+            grace=max(3 * args.heartbeat, 10), precision=args.precision,
+            command=" ".join(shlex.quote(a) for a in sys.argv),
+        )
+        if args.engine == "kerastuner":
+            from bench.search.kerastuner import run_kerastuner
+
+            return run_kerastuner(options, tuner=args.tuner, console=_console())
+        from bench.search.runner import SearchOptions, run_search
+
+        return run_search(SearchOptions(**options), _console())
+
+
+# ---- bench status ---------------------------------------------------------------------------
+@register_command
+class StatusCommand(Command):
+    name = "status"
+    help = "List the studies in a storage: trials by state, best value, best per backbone."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--storage", help="storage URL or file (default: every study.db under the runs folder)")
+        parser.add_argument("--runs-dir", type=Path, help="where to look for study.db files (default BENCH_RUNS or ./runs)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from bench.search.status import print_status
+
+        return print_status(_console(), args.storage, args.runs_dir or paths.runs_dir())
 
 
 # ---- entry point ----------------------------------------------------------------------------

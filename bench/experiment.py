@@ -8,6 +8,7 @@ writes each finished fold to the run directory. The held-out test images are nev
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ class PreparedData:
     resize: str
 
     @property
+    def splits_digest(self) -> str:
+        """Digest of which image is in which fold or the test set: a resumed study must match it."""
+        h = hashlib.sha256()
+        for path, test, fold in zip(self.index.paths, self.splits.test, self.splits.fold):
+            h.update(f"{path}\0{int(test)}\0{int(fold)}\n".encode())
+        return h.hexdigest()
+
+    @property
     def positive(self) -> int | None:
         return binary_positive(self.spec, self.index.classes)
 
@@ -63,6 +72,7 @@ class PreparedData:
                 "cv_groups": int(len(np.unique(s.groups[cv]))),
                 "test_groups": int(len(np.unique(s.groups[s.test]))),
                 "fold_sizes": [int((s.fold == k).sum()) for k in range(s.folds)],
+                "digest": self.splits_digest,
             },
             "cache": {"key": self.cache.key, "path": str(self.cache.path), "bytes": self.cache.nbytes,
                       "built": self.cache.built, "size": self.size, "resize": self.resize},

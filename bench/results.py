@@ -12,6 +12,8 @@ runs from several machines):
     predictions.csv    one row per trial x validation image: path, group, fold, truth (class name),
                        target (class index), p_<class>...
     history.csv        one row per trial x fold x epoch x metric (training curves)
+    trials.csv         one row per finished trial of a search: number, state, value, backbone,
+                       params (JSON), seconds, pruned_at_fold, fail_reason, engine
 
 Rows are appended fold by fold, so an interrupted run keeps every finished fold.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from bench.errors import DataError
 
@@ -42,6 +45,7 @@ FILES = {
     "metrics": "metrics.csv",
     "predictions": "predictions.csv",
     "history": "history.csv",
+    "trials": "trials.csv",
 }
 
 
@@ -86,6 +90,16 @@ class RunDir:
         return cls(path)
 
     @classmethod
+    def open_or_create(cls, path: Path) -> RunDir:
+        """A search's run directory: reopened when the same study is continued."""
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def lock(self) -> FileLock:
+        """Several workers (processes) append to one run directory."""
+        return FileLock(str(self.path / ".lock"))
+
+    @classmethod
     def open(cls, path: Path) -> RunDir:
         if not (path / FILES["manifest"]).is_file():
             raise DataError(f"{path} is not a bench run directory (no {FILES['manifest']}).")
@@ -99,15 +113,17 @@ class RunDir:
         _atomic_json(self.file("manifest"), {"schema": SCHEMA_VERSION, **manifest})
 
     def update_manifest(self, **changes: Any) -> None:
-        manifest = self.manifest()
-        manifest.update(changes)
-        _atomic_json(self.file("manifest"), manifest)
+        with self.lock():
+            manifest = self.manifest()
+            manifest.update(changes)
+            _atomic_json(self.file("manifest"), manifest)
 
     def write_config(self, trial: int, config: dict[str, Any]) -> None:
         path = self.file("config")
-        configs = json.loads(path.read_text()) if path.exists() else {}
-        configs[str(trial)] = config
-        _atomic_json(path, configs)
+        with self.lock():
+            configs = json.loads(path.read_text()) if path.exists() else {}
+            configs[str(trial)] = config
+            _atomic_json(path, configs)
 
     def write_splits(self, paths: tuple[str, ...], labels: list[str], groups: np.ndarray,
                      test: np.ndarray, fold: np.ndarray) -> None:
@@ -130,6 +146,12 @@ class RunDir:
         history: dict[str, list[float]],
     ) -> None:
         """Everything one finished fold produced; predictions/metrics are absent for failed folds."""
+        with self.lock():
+            self._append_fold(trial, fold, backbone, status, info, metrics, predictions, history)
+
+    def _append_fold(self, trial: int, fold: int, backbone: str, status: str, info: dict[str, Any],
+                     metrics: dict[str, float], predictions: pd.DataFrame | None,
+                     history: dict[str, list[float]]) -> None:
         base = {"trial": trial, "fold": fold, "backbone": backbone}
         _append_rows(self.file("folds"), [{**base, "status": status, **info}])
         _append_rows(self.file("metrics"), [
@@ -145,6 +167,16 @@ class RunDir:
             {**base, "epoch": epoch + 1, "metric": name, "value": value}
             for name, values in history.items() for epoch, value in enumerate(values)
         ])
+
+    def append_trial(self, row: dict[str, Any]) -> None:
+        """A finished search trial (any engine), in the same columns for Optuna and KerasTuner."""
+        columns = ("number", "state", "value", "backbone", "params", "seconds", "pruned_at_fold",
+                   "fail_reason", "engine", "host")
+        clean = {c: row.get(c) for c in columns}
+        if not isinstance(clean["params"], str):
+            clean["params"] = json.dumps(clean["params"] or {}, sort_keys=True, default=str)
+        with self.lock():
+            _append_rows(self.file("trials"), [clean])
 
     # ---- reading ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

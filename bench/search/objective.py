@@ -1,0 +1,139 @@
+"""Trial -> configuration -> the saved folds -> mean of the objective over folds.
+
+Every fold's value is reported to the pruner as it finishes (step = fold index, which is what
+Optuna's Wilcoxon pruner compares across trials). All metrics of every fold go into the trial's
+user attributes and, through ``cross_validate``, into the run directory, so a pruned trial keeps
+the folds it completed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+
+from bench.errors import BenchError
+from bench.experiment import FoldScore, PreparedData, cross_validate
+from bench.results import RunDir
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+class TrialFailed(Exception):
+    """A trial that cannot give a score (NaN loss, non-finite predictions, a bad value)."""
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """Each trial's seed derives from the study seed and the trial number: re-runnable exactly."""
+    return (study_seed * 1_000_003 + number * 7_919 + 17) % (2**31 - 1)
+
+
+def config_from_values(values: dict[str, Any], seed: int) -> Any:
+    from bench.train import TrainConfig
+
+    values = dict(values)
+    if values.get("weights") in ("none", "random"):
+        values["weights"] = None
+    return TrainConfig(**values, seed=seed)
+
+
+def summarize_folds(scores: list[FoldScore], metric: str) -> dict[str, Any]:
+    ok = [s for s in scores if s.status == "ok"]
+    names = sorted({m for s in ok for m in s.metrics})
+    mean = {m: float(np.nanmean([s.metrics[m] for s in ok])) if ok else math.nan for m in names}
+    std = {m: float(np.nanstd([s.metrics[m] for s in ok], ddof=1)) if len(ok) > 1 else math.nan for m in names}
+    return {
+        "fold_values": [s.metrics.get(metric, math.nan) for s in ok],
+        "cv_mean": mean,
+        "cv_std": std,
+        "folds_done": len(ok),
+        "seconds_per_epoch": float(np.mean([s.info["seconds_per_epoch"] for s in ok])) if ok else math.nan,
+        "images_per_second": float(np.mean([s.info["images_per_second"] for s in ok])) if ok else math.nan,
+        "total_params": ok[0].info["total_params"] if ok else None,
+        "trainable_params": ok[0].info["trainable_params"] if ok else None,
+    }
+
+
+def make_objective(
+    data: PreparedData,
+    space: Any,
+    run: RunDir,
+    *,
+    study_seed: int,
+    fixed: dict[str, Any] | None = None,
+    on_event: Event | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The function ``study.optimize`` calls; ``on_event`` feeds the progress display."""
+    emit = on_event or (lambda kind, payload: None)
+    metric = space.metric
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except (optuna.TrialPruned, TrialFailed):
+            raise
+        except Exception as err:
+            # Out-of-memory, a framework error, a bug: the trial fails with its reason and the
+            # search goes on (the worker that ran it is then replaced).
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
+            raise
+
+    def run_trial(trial: optuna.Trial) -> float:
+        t0 = time.perf_counter()
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        try:
+            values = space.suggest(trial, fixed)
+            config = config_from_values(values, trial_seed(study_seed, trial.number))
+        except BenchError as err:
+            trial.set_user_attr("fail_reason", str(err))
+            raise TrialFailed(str(err)) from None
+        trial.set_user_attr("config", config.to_dict())
+        run.write_config(trial.number, config.to_dict())
+        emit("trial_start", {"number": trial.number, "backbone": config.backbone, "folds": data.splits.folds})
+        pruned_at: list[int] = []
+
+        def on_fold(score: FoldScore) -> None:
+            if score.status != "ok":
+                return
+            value = score.metrics.get(metric, math.nan)
+            trial.report(value, step=score.fold)
+            emit("fold", {"number": trial.number, "fold": score.fold, "value": value})
+
+        def stop_after(score: FoldScore) -> bool:
+            if score.status != "ok":
+                return True
+            if trial.should_prune():
+                pruned_at.append(score.fold)
+                return True
+            return False
+
+        def on_epoch(fold: int, epoch: int, logs: dict[str, float]) -> None:
+            emit("epoch", {"number": trial.number, "fold": fold, "epoch": epoch, "epochs": config.epochs})
+
+        scores = cross_validate(data, config, run, trial=trial.number, on_fold=on_fold,
+                                stop_after_fold=stop_after, on_epoch=on_epoch)
+        summary = summarize_folds(scores, metric)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        failed = [s for s in scores if s.status != "ok"]
+        if failed:
+            reason = f"fold {failed[0].fold + 1}: {failed[0].status}"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason)
+        if pruned_at:
+            trial.set_user_attr("pruned_at_fold", pruned_at[0])
+            raise optuna.TrialPruned(f"pruned after fold {pruned_at[0] + 1}")
+        value = float(np.mean(summary["fold_values"]))
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"objective {metric} is undefined on these folds")
+            raise TrialFailed(f"objective {metric} is NaN")
+        return value
+
+    return objective

@@ -1,0 +1,365 @@
+"""``bench run``: create or resume a study, supervise worker processes, print the ranked summary.
+
+The supervisor never imports the training framework. It prepares the data once (so workers only
+read the cache), opens the study, starts ``--jobs`` workers and watches them: a worker that dies
+mid-trial (crash, out-of-memory kill, ``--trial-timeout``) has its trial marked failed with the
+reason and re-queued once, and a new worker takes its place. ``--trials N`` counts finished
+(complete or pruned) trials in the study, so running the same command again after an interrupt
+continues to the same total. Several machines share a study through ``--storage``; each runs
+this same supervisor, and nothing else coordinates them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_module
+import shlex
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from bench import __version__, paths
+from bench.errors import BenchError, ConfigError
+from bench.results import RunDir
+from bench.search import devices
+from bench.search.progress import Progress
+from bench.search.samplers import make_pruner, make_sampler
+from bench.search.space import load_space, resolve_space
+from bench.search.storage import describe_storage, open_storage
+from bench.search.worker import (
+    EXIT_BUDGET_DONE,
+    EXIT_SETUP_FAILED,
+    EXIT_STOPPED,
+    WorkerSpec,
+    finished_and_running,
+    trial_row,
+    worker_main,
+)
+
+MAX_RETRIES = 1  # a trial whose worker died is run once more; a second death is its result
+# Study attributes a resumed run must match: changing any of them changes what a trial means.
+IDENTITY_KEYS = ("dataset", "dataset_fingerprint", "splits_digest", "space_fingerprint", "folds", "seed", "metric")
+
+
+@dataclass
+class SearchOptions:
+    dataset: str
+    trials: int
+    space: str = "default"
+    folds: int = 5
+    seed: int = 0
+    size: int | None = None
+    resize: str | None = None
+    strict: bool = False
+    group_regex: str | None = None
+    registry: str | None = None
+    test_fraction: float | None = None
+    storage: str | None = None
+    study: str | None = None
+    out: Path | None = None
+    runs_dir: Path | None = None
+    sampler: str = "tpe"
+    pruner: str = "wilcoxon"
+    jobs: int = 1
+    timeout: float | None = None
+    trial_timeout: float | None = None
+    max_failures: int = 10
+    max_trials_per_worker: int = 20
+    heartbeat: int = 30
+    grace: int = 90
+    precision: str = "float32"
+    fixed: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+
+
+@dataclass
+class _Slot:
+    """One worker process and the trial it is running."""
+
+    index: int
+    process: Any
+    trial: int | None = None
+    trial_started: float = 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Supervisor:
+    def __init__(self, options: SearchOptions, console: Any) -> None:
+        self.o = options
+        self.console = console
+        self.failures: list[str] = []
+        self.stop_reason: str | None = None
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        from bench.experiment import prepare_data
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        o = self.o
+        if o.trials < 1:
+            raise ConfigError(f"--trials must be at least 1, got {o.trials}.")
+        if o.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {o.jobs}.")
+        if o.precision not in devices.PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(devices.PRECISIONS)}, got {o.precision!r}.")
+        self.space_path = resolve_space(o.space)
+        self.space = load_space(self.space_path)
+        fixed = dict(o.fixed)
+        if o.size is not None:
+            fixed["size"] = o.size
+        self.fixed = self.space.check_fixed(fixed)
+        make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
+        make_pruner(o.pruner, o.folds)
+        self.data = prepare_data(
+            o.dataset, folds=o.folds, seed=o.seed, size=self.fixed.get("size") or o.size, resize=o.resize,
+            strict=o.strict, group_regex=o.group_regex, registry_path=Path(o.registry) if o.registry else None,
+            test_fraction=o.test_fraction,
+        )
+        self.study_name = o.study or f"{self.data.spec.name}-{self.space.name}"
+        parent = o.runs_dir or paths.runs_dir()
+        self.run = RunDir.open_or_create(o.out or parent / self.data.spec.name / self.study_name)
+        self.storage = open_storage(o.storage, self.run.path, heartbeat_interval=o.heartbeat, grace_period=o.grace)
+        self.study = optuna.create_study(
+            study_name=self.study_name, storage=self.storage, load_if_exists=True, direction=self.space.direction,
+            sampler=make_sampler(o.sampler, o.seed, self.space), pruner=make_pruner(o.pruner, o.folds),
+        )
+        self._check_identity()
+        self._recover_dead_local_trials()
+        self._write_manifest()
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "dataset": self.data.spec.name, "dataset_fingerprint": self.data.cache.fingerprint,
+            "splits_digest": self.data.splits_digest, "space_fingerprint": self.space.fingerprint,
+            "folds": self.o.folds, "seed": self.o.seed, "metric": self.space.metric,
+            "size": self.data.size, "space_name": self.space.name, "engine": "optuna",
+        }
+
+    def _check_identity(self) -> None:
+        mine = self.identity()
+        theirs = self.study.user_attrs
+        if not any(k in theirs for k in IDENTITY_KEYS):
+            for key, value in mine.items():
+                self.study.set_user_attr(key, value)
+            return
+        differ = [k for k in IDENTITY_KEYS if theirs.get(k) != mine[k]]
+        if differ:
+            lines = "; ".join(f"{k}: study has {theirs.get(k)!r}, this command {mine[k]!r}" for k in differ)
+            raise ConfigError(
+                f"Study '{self.study_name}' in {describe_storage(self.storage)} was created with a different "
+                f"setup ({lines}). Its trials would not be comparable. Use the original dataset, space, "
+                f"--folds and --seed to continue it, or a new --study name."
+            )
+
+    def _recover_dead_local_trials(self) -> None:
+        """Trials left RUNNING by a killed `bench run` on this machine: fail and re-queue now.
+
+        Heartbeats would catch them after the grace period; the worker's host and pid let this
+        machine do it at once.
+        """
+        host = socket.gethostname()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get("worker") or {}
+            if worker.get("host") == host and not _pid_alive(int(worker.get("pid", -1))):
+                self.fail_and_retry(t.number, f"worker process {worker.get('pid')} died (the search was killed)")
+
+    def _write_manifest(self) -> None:
+        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
+                   "command": self.o.command, "jobs": self.o.jobs, "trials": self.o.trials,
+                   "sampler": self.o.sampler, "pruner": self.o.pruner}
+        if self.run.file("manifest").exists():
+            manifest = self.run.manifest()
+            self.run.update_manifest(sessions=[*manifest.get("sessions", []), session], status="running")
+            return
+        idx = self.data.index
+        self.run.write_manifest({
+            "kind": "search", "engine": "optuna", "bench_version": __version__,
+            "dataset_arg": self.o.dataset, "folds": self.o.folds,
+            "command": self.o.command, "study": self.study_name,
+            "storage": describe_storage(self.storage), "space": str(self.space_path),
+            "space_fingerprint": self.space.fingerprint, "objective": {"metric": self.space.metric,
+                                                                      "direction": self.space.direction},
+            "seeds": {"split": self.o.seed, "study": self.o.seed},
+            "sessions": [session], "status": "running", **self.data.summary(),
+        })
+        self.run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], self.data.splits.groups,
+                              self.data.splits.test, self.data.splits.fold)
+
+    # ---- trials ---------------------------------------------------------------------------
+    def fail_and_retry(self, number: int, reason: str, retry: bool = True) -> None:
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        trial = storage.get_trial(trial_id)
+        if trial.state != TrialState.RUNNING:
+            return
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        self.failures.append(f"trial {number}: {reason}")
+        self.run.append_trial(trial_row(storage.get_trial(trial_id)))
+        retries = int(trial.user_attrs.get("retries", 0))
+        if retry and retries < MAX_RETRIES and trial.params:
+            self.study.enqueue_trial(trial.params, user_attrs={"retry_of": number, "retries": retries + 1},
+                                     skip_if_exists=False)
+
+    # ---- workers --------------------------------------------------------------------------
+    def _spec(self, index: int, env: dict[str, str]) -> WorkerSpec:
+        o = self.o
+        return WorkerSpec(
+            index=index, dataset=o.dataset, folds=o.folds, seed=o.seed, size=self.fixed.get("size") or o.size,
+            resize=o.resize, strict=o.strict, group_regex=o.group_regex, registry=o.registry,
+            test_fraction=o.test_fraction, space_path=str(self.space_path), fixed=self.fixed, storage=o.storage,
+            study_name=self.study_name, run_dir=str(self.run.path), sampler=o.sampler, pruner=o.pruner,
+            trials=o.trials, max_trials=o.max_trials_per_worker, heartbeat=o.heartbeat, grace=o.grace,
+            splits_digest=self.data.splits_digest, precision=o.precision, env=env,
+        )
+
+    def _start(self, index: int) -> _Slot:
+        process = self.ctx.Process(target=worker_main, args=(self.specs[index], self.queue, self.stop),
+                                   name=f"bench-worker-{index}", daemon=True)
+        process.start()
+        return _Slot(index, process)
+
+    def run_workers(self) -> int:
+        o = self.o
+        self.ctx = mp.get_context("spawn")
+        self.queue = self.ctx.Queue()
+        self.stop = self.ctx.Event()
+        plans = devices.plan_workers(o.jobs, devices.visible_gpus(), os.cpu_count() or 1)
+        self.specs = [self._spec(i, env) for i, env in enumerate(plans)]
+        self.progress = Progress(self.console, total=o.trials, folds=o.folds, metric=self.space.metric,
+                                 direction=self.space.direction)
+        finished, _ = finished_and_running(self.study)
+        self.progress.set_counts(self.study)
+        if finished >= o.trials:
+            self.console.print(f"The study already has {finished} finished trials (--trials {o.trials}): nothing to run.")
+            return 0
+        t_start = time.monotonic()
+        slots = {i: self._start(i) for i in range(o.jobs)}
+        setup_error: str | None = None
+        try:
+            with self.progress:
+                while slots:
+                    self._drain(slots)
+                    now = time.monotonic()
+                    if o.timeout and now - t_start > o.timeout and not self.stop.is_set():
+                        self.stop_reason = f"--timeout {o.timeout:g} s reached"
+                        self.stop.set()
+                    for i, slot in list(slots.items()):
+                        if o.trial_timeout and slot.trial is not None and now - slot.trial_started > o.trial_timeout:
+                            slot.process.kill()
+                            slot.process.join(10)
+                            self.fail_and_retry(slot.trial, f"timeout: exceeded --trial-timeout {o.trial_timeout:g} s",
+                                                retry=False)
+                            self.progress.trial_failed(slot.trial, "timeout")
+                            slot.trial = None
+                        if slot.process.is_alive():
+                            continue
+                        self._drain(slots)
+                        code = slot.process.exitcode
+                        del slots[i]
+                        if slot.trial is not None:  # died mid-trial
+                            reason = f"worker crashed (exit code {code})" if code and code > 0 else (
+                                f"worker killed by signal {-code}" if code else "worker exited mid-trial")
+                            self.fail_and_retry(slot.trial, reason)
+                            self.progress.trial_failed(slot.trial, reason)
+                        if code == EXIT_SETUP_FAILED:
+                            setup_error = self.setup_error or f"worker {i} could not start"
+                            self.stop.set()
+                            continue
+                        if len(self.failures) >= o.max_failures and not self.stop.is_set():
+                            self.stop_reason = f"--max-failures {o.max_failures} reached"
+                            self.stop.set()
+                        if code in (EXIT_BUDGET_DONE, EXIT_STOPPED) or self.stop.is_set():
+                            continue
+                        finished, _ = finished_and_running(self.study)
+                        if finished < o.trials:  # recycle, failed trial, crash: replace the worker
+                            slots[i] = self._start(i)
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            self.stop.set()
+            for slot in slots.values():
+                slot.process.kill()
+            for slot in slots.values():
+                slot.process.join(10)
+                if slot.trial is not None:
+                    self.fail_and_retry(slot.trial, "interrupted by the user (Ctrl-C)")
+            self.run.update_manifest(status="interrupted")
+            self.console.print(f"[yellow]Interrupted. Finished trials are kept; run the same command again to "
+                               f"continue the study.[/] Run directory: {self.run.path}")
+            return 130
+        if setup_error:
+            raise BenchError(f"The search workers could not start: {setup_error}")
+        return 0
+
+    setup_error: str | None = None
+
+    def _drain(self, slots: dict[int, _Slot]) -> None:
+        while True:
+            try:
+                kind, payload = self.queue.get_nowait()
+            except queue_module.Empty:
+                return
+            slot = slots.get(payload.get("worker"))
+            if kind == "ready" and "environment" not in self.run.manifest():
+                self.run.update_manifest(environment=payload["environment"])
+            elif kind == "setup_failed":
+                self.setup_error = payload["error"]
+            elif kind == "trial_start" and slot is not None:
+                slot.trial, slot.trial_started = payload["number"], time.monotonic()
+            elif kind == "trial_end":
+                if slot is not None:
+                    slot.trial = None
+                if payload["state"] == "FAIL":
+                    self.failures.append(f"trial {payload['number']}: {payload.get('reason')}")
+            self.progress.event(kind, payload)
+
+    # ---- the end --------------------------------------------------------------------------
+    def finish(self, code: int) -> int:
+        from bench.search.summary import print_summary
+
+        self.study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        finished, running = finished_and_running(self.study)
+        status = "complete" if finished >= self.o.trials else ("stopped" if self.stop_reason else "incomplete")
+        self.run.update_manifest(status=status if code == 0 else "interrupted", finished_trials=finished)
+        print_summary(self.console, self.study, self.run.path, describe_storage(self.storage), self.data,
+                      self.space.metric)
+        if self.stop_reason:
+            self.console.print(f"[yellow]Stopped: {self.stop_reason}.[/]")
+        if self.failures:
+            self.console.print(f"{len(self.failures)} failed trial(s) in this session:")
+            for line in self.failures[-10:]:
+                self.console.print(f"  {line}")
+        if self.stop_reason and self.stop_reason.startswith("--max-failures"):
+            return 1
+        return code
+
+
+def run_search(options: SearchOptions, console: Any) -> int:
+    supervisor = Supervisor(options, console)
+    supervisor.prepare()
+    code = supervisor.run_workers()
+    if code == 130:
+        return code
+    return supervisor.finish(code)
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in sys.argv)

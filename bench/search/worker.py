@@ -1,0 +1,185 @@
+"""A search worker: one process that imports the framework once and runs trials until told to stop.
+
+Started by ``bench run`` (one per ``--jobs``), it reads the decoded images from the cache (no
+decoding), opens the study in the shared storage and runs one trial at a time through
+``study.optimize``, which keeps the heartbeat that lets other workers fail this one's trial if
+the process dies. It exits after a failed trial (so a process whose memory or framework state
+may be damaged is replaced) or after ``max_trials`` trials (to bound memory growth).
+
+Messages to the supervising process go through a multiprocessing queue as ``(kind, payload)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Exit codes the supervisor reads.
+EXIT_BUDGET_DONE = 0
+EXIT_RECYCLE = 10  # ran max_trials trials: replace me
+EXIT_TRIAL_FAILED = 11  # a trial failed in this process: replace me
+EXIT_STOPPED = 12  # the supervisor asked to stop
+EXIT_SETUP_FAILED = 13  # could not even start (bad data, storage): do not replace
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, picklable (workers are spawned, not forked)."""
+
+    index: int
+    dataset: str
+    folds: int
+    seed: int
+    size: int | None
+    resize: str | None
+    strict: bool
+    group_regex: str | None
+    registry: str | None
+    test_fraction: float | None
+    space_path: str
+    fixed: dict[str, Any]
+    storage: str | None
+    study_name: str
+    run_dir: str
+    sampler: str
+    pruner: str
+    trials: int
+    max_trials: int = 20
+    heartbeat: int = 30
+    grace: int = 90
+    splits_digest: str = ""
+    precision: str = "float32"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the supervisor dies, so `kill -9 bench` leaves no orphans."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def finished_and_running(study: Any) -> tuple[int, int]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return len(trials) - running, running
+
+
+def worker_main(spec: WorkerSpec, queue: Any, stop: Any) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
+    os.environ.update(spec.env)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    def send(kind: str, payload: dict[str, Any]) -> None:
+        queue.put((kind, {"worker": spec.index, "pid": os.getpid(), **payload}))
+
+    try:
+        study, objective = _setup(spec, send)
+    except Exception as err:  # noqa: BLE001 - reported to the supervisor, which prints it
+        from bench.errors import BenchError
+
+        message = str(err) if isinstance(err, BenchError) else f"{type(err).__name__}: {err}"
+        send("setup_failed", {"error": message})
+        sys.exit(EXIT_SETUP_FAILED)
+    from bench.results import RunDir
+
+    sys.exit(_loop(spec, study, objective, send, stop, RunDir.open(Path(spec.run_dir))))
+
+
+def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
+    from bench.search.devices import apply_precision, apply_thread_limits
+
+    apply_thread_limits()
+    apply_precision(spec.precision)
+    import optuna
+
+    from bench import environment
+    from bench.experiment import prepare_data
+    from bench.results import RunDir
+    from bench.search.objective import make_objective
+    from bench.search.samplers import make_pruner, make_sampler
+    from bench.search.space import load_space
+    from bench.search.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    data = prepare_data(
+        spec.dataset, folds=spec.folds, seed=spec.seed, size=spec.size, resize=spec.resize, strict=spec.strict,
+        group_regex=spec.group_regex, registry_path=Path(spec.registry) if spec.registry else None,
+        test_fraction=spec.test_fraction,
+    )
+    if spec.splits_digest and data.splits_digest != spec.splits_digest:
+        raise RuntimeError("this worker computed different splits from the supervisor's; the dataset changed")
+    space = load_space(Path(spec.space_path))
+    run = RunDir.open(Path(spec.run_dir))
+    storage = open_storage(spec.storage, run.path, heartbeat_interval=spec.heartbeat, grace_period=spec.grace)
+    study = optuna.load_study(
+        study_name=spec.study_name, storage=storage,
+        sampler=make_sampler(spec.sampler, spec.seed * 100 + spec.index, space),
+        pruner=make_pruner(spec.pruner, spec.folds),
+    )
+    objective = make_objective(data, space, run, study_seed=spec.seed, fixed=spec.fixed,
+                               on_event=lambda kind, payload: send(kind, payload))
+    send("ready", {"environment": environment.describe(), "host": socket.gethostname()})
+    return study, objective
+
+
+def trial_row(trial: Any, engine: str = "optuna") -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {
+        "number": trial.number, "state": trial.state.name, "value": trial.value,
+        "backbone": (attrs.get("config") or {}).get("backbone") or trial.params.get("backbone"),
+        "params": attrs.get("config") or trial.params, "seconds": attrs.get("seconds"),
+        "pruned_at_fold": attrs.get("pruned_at_fold"), "fail_reason": attrs.get("fail_reason"),
+        "engine": engine, "host": (attrs.get("worker") or {}).get("host"),
+    }
+
+
+def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, run: Any) -> int:
+    import optuna
+    from optuna.trial import TrialState
+
+    done_here = 0
+    while True:
+        if stop.is_set():
+            return EXIT_STOPPED
+        finished, running = finished_and_running(study)
+        if finished >= spec.trials:
+            return EXIT_BUDGET_DONE
+        if finished + running >= spec.trials:
+            # The rest of the budget is in flight elsewhere; one of those may still fail.
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(2.0)
+            continue
+        before = {t.number for t in study.get_trials(deepcopy=False)}
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        done_here += 1
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
+                and (t.user_attrs.get("worker") or {}).get("pid") == os.getpid()]
+        trial = mine[-1] if mine else None
+        if trial is not None:
+            run.append_trial(trial_row(trial))
+            send("trial_end", {
+                "number": trial.number, "state": trial.state.name, "value": trial.value,
+                "backbone": (trial.user_attrs.get("config") or {}).get("backbone"),
+                "reason": trial.user_attrs.get("fail_reason"),
+                "seconds": trial.user_attrs.get("seconds"),
+            })
+            if trial.state == TrialState.FAIL:
+                return EXIT_TRIAL_FAILED
+        if done_here >= spec.max_trials:
+            return EXIT_RECYCLE
