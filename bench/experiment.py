@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,28 @@ def prepare_data(
     rows = np.flatnonzero(keep)
     images = np.asarray(cached.array[rows]) if skipped else np.asarray(cached.array)
     return PreparedData(spec, usable, images, splits, cached, skipped, size, resize)
+
+
+class DataBySize:
+    """The prepared data at every image size a search asks for, with one set of splits.
+
+    A space may search the image size; each size has its own cache, but every size must use the
+    splits chosen at the reference size, or trials at different sizes would not be comparable.
+    """
+
+    def __init__(self, reference: PreparedData, **prepare_kwargs: Any) -> None:
+        self.reference = reference
+        self.kwargs = prepare_kwargs
+        self._by_size = {reference.size: reference}
+
+    def __call__(self, size: int | None) -> PreparedData:
+        size = size or self.reference.size
+        if size not in self._by_size:
+            data = prepare_data(**{**self.kwargs, "size": size})
+            if data.index.paths != self.reference.index.paths:
+                raise DataError(f"The images usable at {size} px differ from those at {self.reference.size} px.")
+            self._by_size[size] = replace(data, splits=self.reference.splits)
+        return self._by_size[size]
 
 
 @dataclass

@@ -29,6 +29,22 @@ class TrialFailed(Exception):
     """A trial that cannot give a score (NaN loss, non-finite predictions, a bad value)."""
 
 
+class SurplusTrial(TrialFailed):
+    """Two workers asked for the last trial of the budget at the same moment; the later one
+    (higher trial number) steps back before training so that --trials is met exactly."""
+
+
+SURPLUS_REASON = "surplus: the budget was already taken by other workers (not a failure)"
+
+
+def trials_ahead(trial: optuna.Trial) -> int:
+    """Trials with a lower number that are finished or running: this trial's place in the budget."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return sum(1 for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number)
+
+
 def trial_seed(study_seed: int, number: int) -> int:
     """Each trial's seed derives from the study seed and the trial number: re-runnable exactly."""
     return (study_seed * 1_000_003 + number * 7_919 + 17) % (2**31 - 1)
@@ -61,13 +77,14 @@ def summarize_folds(scores: list[FoldScore], metric: str) -> dict[str, Any]:
 
 
 def make_objective(
-    data: PreparedData,
+    data_for: Callable[[int | None], PreparedData],
     space: Any,
     run: RunDir,
     *,
     study_seed: int,
     fixed: dict[str, Any] | None = None,
     on_event: Event | None = None,
+    budget: int | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The function ``study.optimize`` calls; ``on_event`` feeds the progress display."""
     emit = on_event or (lambda kind, payload: None)
@@ -87,6 +104,10 @@ def make_objective(
     def run_trial(trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        if budget is not None and trials_ahead(trial) >= budget:
+            trial.set_user_attr("fail_reason", SURPLUS_REASON)
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(SURPLUS_REASON)
         try:
             values = space.suggest(trial, fixed)
             config = config_from_values(values, trial_seed(study_seed, trial.number))
@@ -95,6 +116,7 @@ def make_objective(
             raise TrialFailed(str(err)) from None
         trial.set_user_attr("config", config.to_dict())
         run.write_config(trial.number, config.to_dict())
+        data = data_for(config.size)
         emit("trial_start", {"number": trial.number, "backbone": config.backbone, "folds": data.splits.folds})
         pruned_at: list[int] = []
 

@@ -126,10 +126,16 @@ class Supervisor:
         if o.size is not None:
             fixed["size"] = o.size
         self.fixed = self.space.check_fixed(fixed)
+        # The reference size (whose cache the supervisor builds and whose splits every trial
+        # uses): pinned on the command line, else fixed by the space, else the dataset's own.
+        size = self.fixed.get("size")
+        if size is None and "size" in self.space and self.space.param("size").kind == "fixed":
+            size = self.space.param("size").value
+        self.size = size
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
         make_pruner(o.pruner, o.folds)
         self.data = prepare_data(
-            o.dataset, folds=o.folds, seed=o.seed, size=self.fixed.get("size") or o.size, resize=o.resize,
+            o.dataset, folds=o.folds, seed=o.seed, size=self.size, resize=o.resize,
             strict=o.strict, group_regex=o.group_regex, registry_path=Path(o.registry) if o.registry else None,
             test_fraction=o.test_fraction,
         )
@@ -223,7 +229,7 @@ class Supervisor:
     def _spec(self, index: int, env: dict[str, str]) -> WorkerSpec:
         o = self.o
         return WorkerSpec(
-            index=index, dataset=o.dataset, folds=o.folds, seed=o.seed, size=self.fixed.get("size") or o.size,
+            index=index, dataset=o.dataset, folds=o.folds, seed=o.seed, size=self.data.size,
             resize=o.resize, strict=o.strict, group_regex=o.group_regex, registry=o.registry,
             test_fraction=o.test_fraction, space_path=str(self.space_path), fixed=self.fixed, storage=o.storage,
             study_name=self.study_name, run_dir=str(self.run.path), sampler=o.sampler, pruner=o.pruner,

@@ -19,7 +19,7 @@ def _storages(spec: str | None, runs_dir: Path) -> list[Any]:
     if not found:
         raise ConfigError(f"No studies found under {runs_dir} (looked for */*/study.db). Give --storage URL "
                           f"or --runs-dir DIR.")
-    return [open_storage(f"sqlite:///{path.resolve()}", path.parent) for path in found]
+    return [open_storage(str(path.resolve()), path.parent) for path in found]
 
 
 def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:

@@ -37,8 +37,8 @@ def print_summary(console: Any, study: Any, run_dir: Path, storage: str, data: A
     from rich.table import Table
 
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(1 for t in trials if t.state == s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                 TrialState.FAIL, TrialState.RUNNING)}
+    counts = {s: sum(1 for t in trials if t.state == s and not t.user_attrs.get("surplus"))
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
     n_cv = int((~data.splits.test).sum())
     table = Table(title=(f"Best trial per backbone on {data.spec.name}: {data.splits.folds}-fold CV mean ± std over "
                          f"validation folds of {n_cv} images (held-out test of {int(data.splits.test.sum())} "

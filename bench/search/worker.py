@@ -108,7 +108,7 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
     import optuna
 
     from bench import environment
-    from bench.experiment import prepare_data
+    from bench.experiment import DataBySize, prepare_data
     from bench.results import RunDir
     from bench.search.objective import make_objective
     from bench.search.samplers import make_pruner, make_sampler
@@ -117,11 +117,12 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    data = prepare_data(
-        spec.dataset, folds=spec.folds, seed=spec.seed, size=spec.size, resize=spec.resize, strict=spec.strict,
+    kwargs = dict(
+        dataset=spec.dataset, folds=spec.folds, seed=spec.seed, resize=spec.resize, strict=spec.strict,
         group_regex=spec.group_regex, registry_path=Path(spec.registry) if spec.registry else None,
         test_fraction=spec.test_fraction,
     )
+    data = prepare_data(**kwargs, size=spec.size)
     if spec.splits_digest and data.splits_digest != spec.splits_digest:
         raise RuntimeError("this worker computed different splits from the supervisor's; the dataset changed")
     space = load_space(Path(spec.space_path))
@@ -132,8 +133,8 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
         sampler=make_sampler(spec.sampler, spec.seed * 100 + spec.index, space),
         pruner=make_pruner(spec.pruner, spec.folds),
     )
-    objective = make_objective(data, space, run, study_seed=spec.seed, fixed=spec.fixed,
-                               on_event=lambda kind, payload: send(kind, payload))
+    objective = make_objective(DataBySize(data, **kwargs), space, run, study_seed=spec.seed, fixed=spec.fixed,
+                               on_event=lambda kind, payload: send(kind, payload), budget=spec.trials)
     send("ready", {"environment": environment.describe(), "host": socket.gethostname()})
     return study, objective
 
@@ -171,6 +172,8 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
         mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
                 and (t.user_attrs.get("worker") or {}).get("pid") == os.getpid()]
         trial = mine[-1] if mine else None
+        if trial is not None and trial.user_attrs.get("surplus"):
+            continue  # another worker took the last place; wait for the budget to settle
         if trial is not None:
             run.append_trial(trial_row(trial))
             send("trial_end", {

@@ -1,0 +1,435 @@
+"""Optuna storage: the kinds, several worker processes on one study, killed workers, passwords.
+
+The PostgreSQL cases run on a real server (tests/postgres.py); the workers are separate OS
+processes, as `bench run` workers are.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from bench.errors import ConfigError
+from bench.search.storage import (
+    PASSWORD_ENV,
+    describe_storage,
+    list_studies,
+    open_storage,
+    redact,
+    supports_heartbeat,
+)
+
+# Registered once per session however many modules name it; importing tests.postgres here as
+# well would stop pytest from rewriting its asserts.
+pytest_plugins = ["tests.postgres"]
+# Optuna marks the heartbeat API experimental; these tests use it on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+KINDS = ["sqlite", "journal", "postgres"]
+
+# A worker as `bench run` will be: its own process, the shared budget enforced by Optuna alone.
+# It waits for the other workers before optimizing so that they really run at the same time.
+WORKER = r"""
+import sys, time
+from pathlib import Path
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from bench.search.storage import open_storage
+
+spec, run_dir, name, budget, ready_dir, me, n_workers = sys.argv[1:]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name=name, storage=open_storage(spec, Path(run_dir)))
+ready = Path(ready_dir)
+(ready / me).touch()
+deadline = time.monotonic() + 60
+while len(list(ready.iterdir())) < int(n_workers) and time.monotonic() < deadline:
+    time.sleep(0.01)
+
+def objective(trial):
+    trial.set_user_attr("worker", me)
+    time.sleep(0.01)
+    return trial.suggest_float("x", 0, 1)
+
+study.optimize(
+    objective,
+    n_trials=int(budget),
+    callbacks=[MaxTrialsCallback(int(budget), states=(TrialState.COMPLETE,))],
+)
+"""
+
+# A worker whose trial hangs until it is killed; it says which trial through a marker file.
+HANGING_WORKER = r"""
+import sys, time
+from pathlib import Path
+import optuna
+from bench.search.storage import open_storage
+
+spec, run_dir, name, marker = sys.argv[1:]
+storage = open_storage(spec, Path(run_dir), heartbeat_interval=1, grace_period=3)
+study = optuna.load_study(study_name=name, storage=storage)
+
+def objective(trial):
+    trial.suggest_float("x", 0, 1)
+    Path(marker).write_text(str(trial.number))
+    time.sleep(600)
+
+study.optimize(objective, n_trials=1)
+"""
+
+
+@pytest.fixture
+def spec_of(request, tmp_path):
+    """``spec_of(kind)``: a fresh storage spec of that kind (PostgreSQL started only if asked)."""
+
+    def spec(kind: str) -> str:
+        if kind == "postgres":
+            return request.getfixturevalue("postgres_url")
+        return {"sqlite": f"sqlite:///{tmp_path}/shared.db", "journal": f"journal:{tmp_path}/shared.log"}[kind]
+
+    return spec
+
+
+def new_study(spec: str, run_dir: Path, **open_kwargs) -> optuna.Study:
+    # Tests share the PostgreSQL server: every study gets its own name.
+    storage = open_storage(spec, run_dir, **open_kwargs)
+    return optuna.create_study(study_name=f"test-{uuid.uuid4().hex[:8]}", storage=storage)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"worker exited ({proc.returncode}) early:\n{proc.stderr.read() if proc.stderr else ''}"
+            )
+        assert time.monotonic() < deadline, f"worker did not reach its trial in {timeout} s"
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def test_default_is_sqlite_in_the_run_dir(tmp_path):
+    run_dir = tmp_path / "runs" / "odd name?{x}%"  # created; characters a URL must escape
+    storage = open_storage(None, run_dir)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+
+    assert isinstance(storage, RDBStorage)
+    assert (run_dir / "study.db").is_file()
+    assert supports_heartbeat(storage)
+    assert storage.heartbeat_interval == 30
+    # the description is itself a spec that opens the same study
+    again = open_storage(describe_storage(storage), tmp_path)
+    assert len(optuna.load_study(study_name="s", storage=again).trials) == 2
+
+
+@pytest.mark.parametrize(
+    "form", ["journal:{dir}/j/study.log", "{dir}/study.log", "{dir}/study.journal", "journal:{dir}/plain"]
+)
+def test_journal_file_forms(tmp_path, form):
+    spec = form.format(dir=tmp_path)
+    storage = open_storage(spec, tmp_path / "run")
+    study = optuna.create_study(storage=storage, study_name="j")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+
+    assert isinstance(storage, JournalStorage)
+    path = Path(spec.removeprefix("journal:")).resolve()
+    assert describe_storage(storage) == f"journal:{path}"
+    assert len(optuna.load_study(study_name="j", storage=open_storage(describe_storage(storage), tmp_path)).trials) == 3
+
+
+def test_sqlite_file_by_suffix_and_url(tmp_path):
+    by_suffix = open_storage(str(tmp_path / "a.db"), tmp_path)
+    optuna.create_study(storage=by_suffix, study_name="a")
+    assert isinstance(by_suffix, RDBStorage)
+    assert (tmp_path / "a.db").is_file()
+    assert describe_storage(open_storage(f"sqlite:///{tmp_path}/a.db", tmp_path)) == describe_storage(by_suffix)
+
+
+def test_a_file_that_is_not_a_journal(tmp_path):
+    (tmp_path / "notes.log").write_text("hello\nworld\n")
+    with pytest.raises(ConfigError, match="not a readable Optuna journal"):
+        open_storage(str(tmp_path / "notes.log"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("postgres://bench:secret@db/bench", "Did you mean 'postgresql'"),
+        ("redis://localhost", "unknown scheme 'redis://'"),
+        ("study", "neither a database URL nor a journal file"),
+        ("postgresql://bench:secret@db:port/bench", "cannot be parsed"),
+        ("postgresql+nosuchdriver://bench:secret@db/bench", "nosuchdriver"),
+    ],
+)
+def test_bad_specs(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        open_storage(spec, tmp_path)
+    assert "secret" not in str(err.value)
+
+
+def test_missing_sqlite_folder(tmp_path):
+    with pytest.raises(ConfigError, match="folder exists"):
+        open_storage(f"sqlite:///{tmp_path}/missing/x.db", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"heartbeat_interval": 0}, "heartbeat interval 0"),
+        ({"heartbeat_interval": 5, "grace_period": 5}, "grace period 5"),
+        ({"max_retry": -1}, "max retry -1"),
+    ],
+)
+def test_bad_heartbeat_settings(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        open_storage(None, tmp_path, **settings)
+
+
+# --------------------------------------------------------------------------- several workers
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_worker_processes_share_one_budget(kind, spec_of, tmp_path):
+    budget, n_workers = 40, 2
+    spec = spec_of(kind)
+    name = new_study(spec, tmp_path).study_name
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                spec,
+                str(tmp_path / f"run{i}"),
+                name,
+                str(budget),
+                str(ready),
+                f"w{i}",
+                str(n_workers),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n_workers)
+    ]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=180)
+        assert worker.returncode == 0, stderr
+
+    trials = optuna.load_study(study_name=name, storage=open_storage(spec, tmp_path)).get_trials(deepcopy=False)
+    numbers = sorted(t.number for t in trials)
+    assert numbers == list(range(len(trials))), "every trial number exactly once"
+    assert len({t._trial_id for t in trials}) == len(trials)
+    assert {t.state for t in trials} == {TrialState.COMPLETE}, "none lost, failed or left running"
+    # MaxTrialsCallback stops a worker after the trial that reaches the budget; a worker whose
+    # trial was already running finishes it, so the total can pass the budget by workers - 1.
+    assert budget <= len(trials) <= budget + n_workers - 1
+    assert {t.user_attrs["worker"] for t in trials} == {f"w{i}" for i in range(n_workers)}
+
+
+# --------------------------------------------------------------------------- killed workers
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_killed_workers_trial_is_failed_and_retried(kind, spec_of, tmp_path):
+    spec = spec_of(kind)
+    name = new_study(spec, tmp_path).study_name
+    marker = tmp_path / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HANGING_WORKER, spec, str(tmp_path / "run"), name, str(marker)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(marker, proc)
+        time.sleep(0.2)  # let its heartbeat thread record at least once
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    killed = time.monotonic()
+
+    storage = open_storage(spec, tmp_path, heartbeat_interval=1, grace_period=3)
+    study = optuna.load_study(study_name=name, storage=storage)
+    optuna.storages.fail_stale_trials(study)
+    if time.monotonic() - killed < 1.5:  # well inside the grace period: a live trial is left alone
+        assert study.trials[0].state == TrialState.RUNNING
+
+    if not supports_heartbeat(storage):
+        # Optuna 5.0's JournalStorage: nothing notices, the trial stays RUNNING (see storage.py).
+        assert kind == "journal"
+        time.sleep(max(0.0, killed + 4.5 - time.monotonic()))
+        optuna.storages.fail_stale_trials(study)
+        assert [t.state for t in study.trials] == [TrialState.RUNNING]
+        return
+
+    deadline = killed + 20
+    while study.trials[0].state == TrialState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.25)
+        optuna.storages.fail_stale_trials(study)
+    # grace (3 s) counts from the last heartbeat, at most one interval (1 s) before the kill
+    assert time.monotonic() - killed >= 2 - 0.1, "failed before the grace period passed"
+    dead, retry = study.trials
+    assert dead.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING
+    assert retry.params == dead.params
+    retry_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+    assert retry_class.retried_trial_number(retry) == dead.number
+
+    # the next worker runs the re-queued trial with the dead one's parameters
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert study.trials[1].state == TrialState.COMPLETE
+    assert study.trials[1].value == dead.params["x"]
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://bench:secret@db:5432/bench", "postgresql://bench:***@db:5432/bench"),
+        ("postgresql+psycopg2://bench:s%40cr%2Fet@db/bench", "postgresql+psycopg2://bench:***@db/bench"),
+        ("mysql://bench@db/bench", "mysql://bench@db/bench"),
+        (
+            "postgresql://bench@db/bench?password=secret&sslmode=require",
+            "postgresql://bench@db/bench?password=***&sslmode=require",
+        ),
+        ("sqlite:////tmp/study.db", "sqlite:////tmp/study.db"),
+        # not parseable (port): the regex fallback
+        ("postgresql://bench:secret@db:port/bench", "postgresql://bench:***@db:port/bench"),
+        ("weird://bench:se@cret@db:x/y?pwd=secret", "weird://bench:***@db:x/y?pwd=***"),
+    ],
+)
+def test_redact(url, shown):
+    assert redact(url) == shown
+
+
+@pytest.fixture
+def password(postgres_url) -> str:
+    return str(make_url(postgres_url).password)
+
+
+def test_no_password_in_what_is_shown(postgres_url, password, tmp_path):
+    storage = open_storage(postgres_url, tmp_path)
+    study = optuna.create_study(storage=storage, study_name=f"test-{uuid.uuid4().hex[:8]}")
+    for text in (
+        repr(storage),
+        str(storage),
+        describe_storage(storage),
+        describe_storage(study._storage),
+        repr(storage.engine),
+    ):
+        assert password not in text
+        assert "bench:***@127.0.0.1" in text
+    assert [s.name for s in list_studies(storage) if s.name == study.study_name]
+
+
+def test_password_from_bench_environment_variable(postgres_url, password, tmp_path, monkeypatch):
+    without = postgres_url.replace(f":{password}@", "@")
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    storage = open_storage(without, tmp_path)
+    optuna.create_study(storage=storage, study_name=f"test-{uuid.uuid4().hex[:8]}")
+    assert password not in repr(storage) + describe_storage(storage)
+
+
+def test_password_from_libpq_environment_variable(postgres_url, password, tmp_path, monkeypatch):
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    monkeypatch.setenv("PGPASSWORD", password)
+    storage = open_storage(postgres_url.replace(f":{password}@", "@"), tmp_path)
+    optuna.create_study(storage=storage, study_name=f"test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.parametrize("where", ["url", "environment"])
+def test_wrong_password_on_a_real_server(postgres_url, password, tmp_path, monkeypatch, where):
+    wrong = "Wr0ng-pa55word"
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    if where == "url":
+        url = postgres_url.replace(f":{password}@", f":{wrong}@")
+    else:
+        url = postgres_url.replace(f":{password}@", "@")
+        monkeypatch.setenv(PASSWORD_ENV, wrong)
+    with pytest.raises(ConfigError) as err:
+        open_storage(url, tmp_path)
+    message = str(err.value)
+    assert "password authentication failed" in message
+    assert "bench:***@127.0.0.1" in message
+    assert wrong not in message and password not in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no driver traceback
+
+
+def test_unreachable_server(tmp_path):
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg2 is not installed: pip install -e '.[postgres]'", pytrace=False)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConfigError) as err:
+        open_storage(f"postgresql://bench:secret@127.0.0.1:{port}/bench", tmp_path)
+    message = str(err.value)
+    assert f"postgresql+psycopg2://bench:***@127.0.0.1:{port}/bench" in message
+    assert "Connection refused" in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://bench:secret@127.0.0.1:1/bench", "postgresql+psycopg2://bench:secret@127.0.0.1:1/bench"]
+)
+def test_missing_driver_names_the_extra(tmp_path, monkeypatch, url):
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # `import psycopg2` now raises ImportError
+    with pytest.raises(ConfigError) as err:
+        open_storage(url, tmp_path)
+    message = str(err.value)
+    assert "pip install 'bench[postgres]'" in message
+    assert "psycopg2" in message and "secret" not in message
+
+
+# --------------------------------------------------------------------------- status
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_list_studies_counts_states(tmp_path):
+    storage = open_storage(None, tmp_path)
+    study = optuna.create_study(storage=storage, study_name="mixed", direction="maximize")
+    study.set_user_attr("dataset", "kvasir")
+    for value in (0.2, 0.9):
+        study.tell(study.ask(), value)
+    study.tell(study.ask(), state=TrialState.PRUNED)
+    study.tell(study.ask(), state=TrialState.FAIL)
+    study.ask()  # left running
+    study.enqueue_trial({"x": 0.5})  # waiting
+    optuna.create_study(storage=storage, study_name="empty")
+
+    mixed, empty = list_studies(storage)
+    assert (mixed.name, mixed.direction, mixed.best_value) == ("mixed", "maximize", 0.9)
+    assert (mixed.complete, mixed.pruned, mixed.fail, mixed.running, mixed.waiting) == (2, 1, 1, 1, 1)
+    assert mixed.n_trials == 6
+    assert mixed.user_attrs == {"dataset": "kvasir"}
+    assert (empty.name, empty.direction, empty.best_value, empty.n_trials) == ("empty", "minimize", None, 0)
+
+
+def test_list_studies_on_a_journal(tmp_path):
+    storage = open_storage(f"journal:{tmp_path}/j.log", tmp_path)
+    study = optuna.create_study(storage=storage, study_name="j", directions=["minimize", "maximize"])
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=2)
+    (status,) = list_studies(storage)
+    assert (status.direction, status.complete, status.best_value) == ("minimize,maximize", 2, None)
