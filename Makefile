@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bench cv --dataset pneumonia-demo --backbone mobilenet_v2 --weights none --size 64 \
-	  --folds 5 --epochs 6 --unfrozen all --lr 1e-3 --batch-size 32 --augment light
+	$(BIN)/bench run --dataset pneumonia-demo --space smoke --trials 6 --folds 3
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -414,8 +414,10 @@ class RunCommand(Command):
             sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,
             trial_timeout=args.trial_timeout, max_failures=args.max_failures, heartbeat=args.heartbeat,
             grace=max(3 * args.heartbeat, 10), precision=args.precision,
-            command=" ".join(shlex.quote(a) for a in sys.argv),
         )
+        from bench.search.storage import redact_command
+
+        options["command"] = redact_command(sys.argv)
         if args.engine == "kerastuner":
             from bench.search.kerastuner import run_kerastuner
 

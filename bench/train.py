@@ -266,13 +266,14 @@ class FoldTrainer:
         x_val: np.ndarray,
         y_val: np.ndarray,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        callbacks: list[keras.callbacks.Callback] | None = None,
     ) -> FoldResult:
         c = self.config
         if self.folds_trained:
             self.reset()
         keras.utils.set_random_seed(c.seed * 1000 + fold)
         log = _EpochLog(on_epoch)
-        callbacks: list[keras.callbacks.Callback] = [log]
+        callbacks = [log, *(callbacks or [])]
         if _batchnorms(self.classifier):
             callbacks.append(_BatchNormRefresh(self.classifier, x_train, c.batch_size, seed=c.seed + fold))
         if c.early_stopping:

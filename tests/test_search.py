@@ -258,3 +258,10 @@ def test_two_bench_run_workers_share_a_postgres_study(tiny_space, tmp_path, post
     status = subprocess.run([sys.executable, "-m", "bench", "status", "--storage", postgres_url],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert status.returncode == 0 and "shared" in status.stdout and password not in status.stdout + status.stderr
+
+
+def test_command_lines_recorded_without_passwords():
+    from bench.search.storage import redact_command
+
+    line = redact_command(["bench", "run", "--storage", "postgresql://bench:hunter2@db/bench", "--trials", "5"])
+    assert "hunter2" not in line and "bench:***@db" in line and "--trials 5" in line

@@ -114,31 +114,12 @@ class Supervisor:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         o = self.o
-        if o.trials < 1:
-            raise ConfigError(f"--trials must be at least 1, got {o.trials}.")
         if o.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {o.jobs}.")
-        if o.precision not in devices.PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(devices.PRECISIONS)}, got {o.precision!r}.")
-        self.space_path = resolve_space(o.space)
-        self.space = load_space(self.space_path)
-        fixed = dict(o.fixed)
-        if o.size is not None:
-            fixed["size"] = o.size
-        self.fixed = self.space.check_fixed(fixed)
-        # The reference size (whose cache the supervisor builds and whose splits every trial
-        # uses): pinned on the command line, else fixed by the space, else the dataset's own.
-        size = self.fixed.get("size")
-        if size is None and "size" in self.space and self.space.param("size").kind == "fixed":
-            size = self.space.param("size").value
-        self.size = size
+        self.space_path, self.space, self.fixed, self.size = load_search_inputs(o)
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
         make_pruner(o.pruner, o.folds)
-        self.data = prepare_data(
-            o.dataset, folds=o.folds, seed=o.seed, size=self.size, resize=o.resize,
-            strict=o.strict, group_regex=o.group_regex, registry_path=Path(o.registry) if o.registry else None,
-            test_fraction=o.test_fraction,
-        )
+        self.data = prepare_data(**search_data_kwargs(o), size=self.size)
         self.study_name = o.study or f"{self.data.spec.name}-{self.space.name}"
         parent = o.runs_dir or paths.runs_dir()
         self.run = RunDir.open_or_create(o.out or parent / self.data.spec.name / self.study_name)
@@ -188,26 +169,11 @@ class Supervisor:
                 self.fail_and_retry(t.number, f"worker process {worker.get('pid')} died (the search was killed)")
 
     def _write_manifest(self) -> None:
-        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
-                   "command": self.o.command, "jobs": self.o.jobs, "trials": self.o.trials,
-                   "sampler": self.o.sampler, "pruner": self.o.pruner}
-        if self.run.file("manifest").exists():
-            manifest = self.run.manifest()
-            self.run.update_manifest(sessions=[*manifest.get("sessions", []), session], status="running")
-            return
-        idx = self.data.index
-        self.run.write_manifest({
-            "kind": "search", "engine": "optuna", "bench_version": __version__,
-            "dataset_arg": self.o.dataset, "folds": self.o.folds,
-            "command": self.o.command, "study": self.study_name,
-            "storage": describe_storage(self.storage), "space": str(self.space_path),
-            "space_fingerprint": self.space.fingerprint, "objective": {"metric": self.space.metric,
-                                                                      "direction": self.space.direction},
-            "seeds": {"split": self.o.seed, "study": self.o.seed},
-            "sessions": [session], "status": "running", **self.data.summary(),
-        })
-        self.run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], self.data.splits.groups,
-                              self.data.splits.test, self.data.splits.fold)
+        write_search_manifest(
+            self.run, self.o, self.data, self.space, self.space_path, engine="optuna",
+            fields={"study": self.study_name, "storage": describe_storage(self.storage)},
+            session={"jobs": self.o.jobs, "sampler": self.o.sampler, "pruner": self.o.pruner},
+        )
 
     # ---- trials ---------------------------------------------------------------------------
     def fail_and_retry(self, number: int, reason: str, retry: bool = True) -> None:
@@ -356,6 +322,58 @@ class Supervisor:
         if self.stop_reason and self.stop_reason.startswith("--max-failures"):
             return 1
         return code
+
+
+def load_search_inputs(o: SearchOptions) -> tuple[Path, Any, dict[str, Any], int | None]:
+    """Checks of --trials and --precision, the space, the pinned values and the reference image size.
+
+    Shared by both engines (Optuna here, KerasTuner in ``kerastuner.py``). The reference size is
+    the one whose cache is built up front and whose splits every trial uses: pinned on the command
+    line, else fixed by the space, else the dataset's own.
+    """
+    if o.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {o.trials}.")
+    if o.precision not in devices.PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(devices.PRECISIONS)}, got {o.precision!r}.")
+    space_path = resolve_space(o.space)
+    space = load_space(space_path)
+    fixed = dict(o.fixed)
+    if o.size is not None:
+        fixed["size"] = o.size
+    fixed = space.check_fixed(fixed)
+    size = fixed.get("size")
+    if size is None and "size" in space and space.param("size").kind == "fixed":
+        size = space.param("size").value
+    return space_path, space, fixed, size
+
+
+def search_data_kwargs(o: SearchOptions) -> dict[str, Any]:
+    """``prepare_data`` arguments (all but the size) of a search: the same call, the same splits."""
+    return dict(dataset=o.dataset, folds=o.folds, seed=o.seed, resize=o.resize, strict=o.strict,
+                group_regex=o.group_regex, registry_path=Path(o.registry) if o.registry else None,
+                test_fraction=o.test_fraction)
+
+
+def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, space_path: Path, *, engine: str,
+                          fields: dict[str, Any], session: dict[str, Any]) -> None:
+    """A search's manifest and splits.csv; a continued search only gets a new session entry."""
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
+               "command": o.command, "trials": o.trials, **session}
+    if run.file("manifest").exists():
+        manifest = run.manifest()
+        run.update_manifest(sessions=[*manifest.get("sessions", []), session], status="running")
+        return
+    idx = data.index
+    run.write_manifest({
+        "kind": "search", "engine": engine, "bench_version": __version__,
+        "dataset_arg": o.dataset, "folds": o.folds, "command": o.command, **fields,
+        "space": str(space_path), "space_fingerprint": space.fingerprint,
+        "objective": {"metric": space.metric, "direction": space.direction},
+        "seeds": {"split": o.seed, "study": o.seed},
+        "sessions": [session], "status": "running", **data.summary(),
+    })
+    run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], data.splits.groups,
+                     data.splits.test, data.splits.fold)
 
 
 def run_search(options: SearchOptions, console: Any) -> int:

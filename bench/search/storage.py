@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
+import time
 import re
 import warnings
 from collections import Counter
@@ -164,6 +166,29 @@ _SERVER_HINT = (
 )
 
 
+# Workers on several machines started together all find an empty database and create Optuna's
+# tables at once; the losers fail with "already exists". The tables are then there: try again.
+_SCHEMA_RACE = ("already exists", "duplicate key value violates unique constraint")
+
+
+def _create_rdb(url: URL, engine_kwargs: dict[str, Any], heartbeat: _Heartbeat, attempts: int = 6) -> BaseStorage:
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                # The heartbeat is a deliberate choice; Optuna's "experimental" notice is noise to users.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RedactedRDBStorage(
+                    _as_template(url.render_as_string(hide_password=False)),
+                    engine_kwargs=engine_kwargs,
+                    **_heartbeat_kwargs(RDBStorage, heartbeat),
+                )
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            if attempt == attempts - 1 or not any(s in str(err) for s in _SCHEMA_RACE):
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _open_rdb(url_text: str, kind: _Kind, heartbeat: _Heartbeat) -> BaseStorage:
     try:
         url = make_url(url_text)
@@ -185,14 +210,7 @@ def _open_rdb(url_text: str, kind: _Kind, heartbeat: _Heartbeat) -> BaseStorage:
     if connect_args:
         engine_kwargs["connect_args"] = connect_args
     try:
-        with warnings.catch_warnings():
-            # The heartbeat is a deliberate choice; Optuna's "experimental" notice is noise to users.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RedactedRDBStorage(
-                _as_template(url.render_as_string(hide_password=False)),
-                engine_kwargs=engine_kwargs,
-                **_heartbeat_kwargs(RDBStorage, heartbeat),
-            )
+        return _create_rdb(url, engine_kwargs, heartbeat)
     except ImportError as err:
         # Optuna re-raises the driver's ImportError with a generic message; the cause names it.
         reason = _scrub(_one_line(err.__cause__ or err), secrets)
@@ -437,3 +455,10 @@ def list_studies(storage: BaseStorage) -> list[StudyStatus]:
             )
         )
     return statuses
+
+
+def redact_command(argv: list[str]) -> str:
+    """A shell-quoted command line with the password of any storage URL in it replaced by ***."""
+    import shlex
+
+    return " ".join(shlex.quote(redact(a) if "://" in a else a) for a in argv)
