@@ -400,6 +400,8 @@ class RunCommand(Command):
         g.add_argument("--max-failures", type=int, default=10, help="stop after this many failed trials")
         g.add_argument("--precision", default="float32", help="float32, mixed_float16 (GPU), mixed_bfloat16")
         g.add_argument("--heartbeat", type=int, default=30, help="seconds between a worker's heartbeats")
+        g.add_argument("--no-final", action="store_true",
+                       help="skip the held-out evaluation when the search ends (run `bench final` later)")
         out = parser.add_argument_group("output")
         out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<study>)")
         out.add_argument("--runs-dir", type=Path, help="parent of run directories (default BENCH_RUNS or ./runs)")
@@ -413,7 +415,7 @@ class RunCommand(Command):
             storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
             sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,
             trial_timeout=args.trial_timeout, max_failures=args.max_failures, heartbeat=args.heartbeat,
-            grace=max(3 * args.heartbeat, 10), precision=args.precision,
+            grace=max(3 * args.heartbeat, 10), precision=args.precision, final=not args.no_final,
         )
         from bench.search.storage import redact_command
 
@@ -425,6 +427,27 @@ class RunCommand(Command):
         from bench.search.runner import SearchOptions, run_search
 
         return run_search(SearchOptions(**options), _console())
+
+
+# ---- bench final ----------------------------------------------------------------------------
+@register_command
+class FinalCommand(Command):
+    name = "final"
+    help = "Refit each backbone's best configuration on all training data and score it once on the held-out test set."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--run", type=Path, required=True, help="a run directory of bench run (or bench cv)")
+        parser.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
+        parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+        parser.add_argument("--registry", type=Path, help="another datasets.toml")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench.final import evaluate_run
+
+        evaluate_run(args.run, backbones=args.backbone, n_boot=args.boot, console=_console(),
+                     registry=args.registry)
+        return 0
 
 
 # ---- bench status ---------------------------------------------------------------------------

@@ -14,6 +14,15 @@ runs from several machines):
     history.csv        one row per trial x fold x epoch x metric (training curves)
     trials.csv         one row per finished trial of a search: number, state, value, backbone,
                        params (JSON), seconds, pruned_at_fold, fail_reason, engine
+    final.json         the held-out evaluation: per backbone its best trial, refit epochs, sizes,
+                       seconds and the saved model (models/<backbone>.keras)
+    test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
+                       bootstrap 95% CI (low, high), n_images, n_boot (split = test)
+    test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
+    study.db           the Optuna study (default SQLite storage)
+
+The held-out test files are written only by ``bench final``, after the search: nothing that
+chooses a configuration ever reads them.
 
 Rows are appended fold by fold, so an interrupted run keeps every finished fold.
 """
@@ -46,6 +55,10 @@ FILES = {
     "predictions": "predictions.csv",
     "history": "history.csv",
     "trials": "trials.csv",
+    "final": "final.json",
+    "test_metrics": "test_metrics.csv",
+    "test_predictions": "test_predictions.csv",
+    "study": "study.db",
 }
 
 
@@ -178,6 +191,23 @@ class RunDir:
         with self.lock():
             _append_rows(self.file("trials"), [clean])
 
+    def write_final_backbone(self, backbone: str, info: dict[str, Any], metrics: list[dict[str, Any]],
+                             predictions: pd.DataFrame) -> None:
+        """One backbone's held-out result; a re-run of ``bench final`` replaces its rows."""
+        with self.lock():
+            final = self.final()
+            final.setdefault("backbones", {})[backbone] = info
+            _atomic_json(self.file("final"), final)
+            for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
+                path = self.file(key)
+                old = pd.read_csv(path, dtype={"path": str, "group": str, "truth": str}) if path.exists() else None
+                if old is not None and len(old):
+                    frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
+                frame.to_csv(path, index=False)
+
+    def model_path(self, backbone: str) -> Path:
+        return self.path / "models" / f"{backbone}.keras"
+
     # ---- reading ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
         return json.loads(self.file("manifest").read_text())
@@ -185,6 +215,23 @@ class RunDir:
     def configs(self) -> dict[int, dict[str, Any]]:
         path = self.file("config")
         return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+
+    def final(self) -> dict[str, Any]:
+        path = self.file("final")
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def study(self) -> Any:
+        """The Optuna study in this run directory's study.db, or None (other storages, cv runs)."""
+        path = self.file("study")
+        if not path.exists():
+            return None
+        import optuna
+
+        url = f"sqlite:///{path.resolve()}"
+        names = optuna.get_all_study_names(url)
+        wanted = self.manifest().get("study")
+        name = wanted if wanted in names else (names[0] if names else None)
+        return optuna.load_study(study_name=name, storage=url) if name else None
 
     def table(self, key: str) -> pd.DataFrame:
         path = self.file(key)

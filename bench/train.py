@@ -315,5 +315,27 @@ class FoldTrainer:
                               len(x_train), len(x_val))
         return FoldResult(fold, proba, history, "ok", epochs_run, best_epoch, seconds, len(x_train), len(x_val))
 
+    def fit_full(self, x: np.ndarray, y: np.ndarray, epochs: int) -> dict[str, list[float]]:
+        """Refit on all training images (no validation set): for the held-out evaluation.
+
+        The number of epochs comes from cross-validation (the folds' best epochs), since there
+        is nothing left to early-stop on. Returns the training history.
+        """
+        c = self.config
+        if self.folds_trained:
+            self.reset()
+        keras.utils.set_random_seed(c.seed * 1000 + 999)
+        log = _EpochLog(None)
+        hist = self.model.fit(
+            x, np.eye(self.n_classes, dtype="float32")[y], epochs=epochs, batch_size=c.batch_size,
+            class_weight=balanced_class_weights(y, self.n_classes) if c.class_weights else None,
+            callbacks=[log], shuffle=True, verbose=0,
+        )
+        self.folds_trained += 1
+        if log.nan_at:
+            raise FloatingPointError(f"refit stopped: {log.nan_at}")
+        reestimate_batchnorm(self.classifier, x, c.batch_size, seed=c.seed + 999)
+        return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict(x, batch_size=max(self.config.batch_size, 64), verbose=0), dtype="float64")

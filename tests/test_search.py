@@ -48,7 +48,7 @@ def tiny_space(tmp_path) -> Path:
 
 def run_args(space: Path, out: Path, trials: int, *extra: str) -> list[str]:
     return ["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", str(trials), "--folds", "2",
-            "--out", str(out), "--pruner", "none", *extra]
+            "--out", str(out), "--pruner", "none", "--no-final", *extra]
 
 
 def bench_process(args: list[str], **kw) -> subprocess.Popen:
@@ -265,3 +265,29 @@ def test_command_lines_recorded_without_passwords():
 
     line = redact_command(["bench", "run", "--storage", "postgresql://bench:hunter2@db/bench", "--trials", "5"])
     assert "hunter2" not in line and "bench:***@db" in line and "--trials 5" in line
+
+
+def test_search_ends_with_the_held_out_evaluation(tmp_path, capsys):
+    space = tmp_path / "two.toml"
+    space.write_text(TINY_SPACE.replace('backbone = "simple_cnn"', 'backbone = ["simple_cnn", "mobilenet_v2"]'))
+    out = tmp_path / "run"
+    args = [a for a in run_args(space, out, 3) if a != "--no-final"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    run = RunDir.open(out)
+    final = run.final()["backbones"]
+    trials = run.table("trials")
+    best = trials.sort_values("value", ascending=False).groupby("backbone").number.first().to_dict()
+    assert {b: info["trial"] for b, info in final.items()} == best  # the best trial of each backbone
+    test_metrics = run.table("test_metrics")
+    splits = run.table("splits")
+    n_test = int((splits.split == "test").sum())
+    assert set(test_metrics.split) == {"test"} and (test_metrics.n_images == n_test).all()
+    bal = test_metrics[test_metrics.metric == "balanced_accuracy"]
+    assert ((bal.low <= bal.value) & (bal.value <= bal.high)).all()
+    preds = run.table("test_predictions")
+    assert set(preds.path) == set(splits.loc[splits.split == "test", "path"])  # only held-out images
+    assert not set(run.table("predictions").path) & set(preds.path)  # the search never saw them
+    for info in final.values():
+        assert (out / info["model"]).is_file() and info["refit_epochs"] >= 1
+    assert "Held-out evaluation" in text  # the refit itself runs (and prints) in a child process

@@ -76,6 +76,7 @@ class SearchOptions:
     heartbeat: int = 30
     grace: int = 90
     precision: str = "float32"
+    final: bool = True  # held-out evaluation of the best trial per backbone when the budget is met
     fixed: dict[str, Any] = field(default_factory=dict)
     command: str = ""
 
@@ -321,6 +322,13 @@ class Supervisor:
                 self.console.print(f"  {line}")
         if self.stop_reason and self.stop_reason.startswith("--max-failures"):
             return 1
+        if code == 0 and status == "complete" and self.o.final and self.o.storage is not None:
+            # A shared study: this machine's run directory holds only its own trials.
+            self.console.print(f"Shared storage: run the held-out evaluation once, on the machine of your choice, "
+                               f"with `bench final --run DIR` after copying the run directories together.")
+        elif code == 0 and status == "complete" and self.o.final:
+            code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
+                                           self.run.path, self.o.registry, self.console)
         return code
 
 
@@ -374,6 +382,35 @@ def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, 
     })
     run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], data.splits.groups,
                      data.splits.test, data.splits.fold)
+
+
+def _final_main(run_dir: str, registry: str | None) -> None:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from rich.console import Console
+
+    from bench.final import evaluate_run
+
+    console = Console()
+    try:
+        evaluate_run(Path(run_dir), console=console if console.is_terminal else Console(width=160),
+                     registry=Path(registry) if registry else None)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, console: Any) -> int:
+    """The held-out evaluation, in its own process: the supervisor never imports the framework."""
+    console.print("Held-out evaluation (bench final): best trial per backbone, refit on all training images")
+    process = ctx.Process(target=_final_main, args=(str(run_dir), registry), name="bench-final")
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        console.print(f"[red]The held-out evaluation failed (exit code {process.exitcode}); the search results "
+                      f"are kept. Run `bench final --run {run_dir}` to retry.[/]")
+        return 1
+    return 0
 
 
 def run_search(options: SearchOptions, console: Any) -> int:

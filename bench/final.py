@@ -1,0 +1,116 @@
+"""The held-out evaluation: each backbone's best configuration, refit on all training data,
+scored once on the test set with bootstrap confidence intervals.
+
+This is the only code that touches the held-out test images, and it runs after the search:
+nothing it computes flows back into choosing a configuration. The refit trains for the median
+of the folds' best epochs (early stopping had a validation fold; the refit has none).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import metrics as M
+from bench.errors import DataError
+from bench.results import RunDir
+
+
+def best_trials(run: RunDir) -> dict[str, int]:
+    """Best finished trial per backbone: from trials.csv for a search, trial 0 for a cv run."""
+    manifest = run.manifest()
+    if manifest.get("kind") == "cv":
+        config = run.configs().get(0)
+        if config is None:
+            raise DataError(f"{run.path} has no config.json: the cv run did not start.")
+        return {config["backbone"]: 0}
+    trials = run.table("trials")
+    if trials.empty or "state" not in trials:
+        raise DataError(f"{run.path} has no finished trials (trials.csv is missing or empty): nothing to evaluate.")
+    done = trials[(trials.state == "COMPLETE") & trials.value.notna()]
+    if done.empty:
+        raise DataError(f"{run.path}: no trial completed, so there is no configuration to evaluate on the test set.")
+    maximize = (manifest.get("objective") or {}).get("direction", "maximize") == "maximize"
+    done = done.sort_values(["value", "number"], ascending=[not maximize, True])
+    return {str(b): int(rows.iloc[0].number) for b, rows in done.groupby("backbone", sort=False)}
+
+
+def refit_epochs(run: RunDir, trial: int, fallback: int) -> int:
+    folds = run.table("folds")
+    rows = folds[(folds.trial == trial) & (folds.status == "ok")] if not folds.empty else folds
+    if rows.empty or "best_epoch" not in rows:
+        return fallback
+    return max(1, int(round(float(np.median(rows.best_epoch)))))
+
+
+def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
+                 console: Any = None, registry: Path | None = None) -> dict[str, Any]:
+    from bench.experiment import prepare_data
+    from bench.train import FoldTrainer, TrainConfig
+
+    run = RunDir.open(run_dir)
+    manifest = run.manifest()
+    chosen = best_trials(run)
+    if backbones:
+        unknown = sorted(set(backbones) - set(chosen))
+        if unknown:
+            raise DataError(f"{run.path}: no completed trial for backbone(s) {unknown}; have {sorted(chosen)}.")
+        chosen = {b: n for b, n in chosen.items() if b in backbones}
+    configs = run.configs()
+    say = console.print if console is not None else (lambda *a, **k: None)
+    results: dict[str, Any] = {}
+    for backbone, trial in chosen.items():
+        config = TrainConfig(**configs[trial])
+        data = prepare_data(
+            manifest.get("dataset_arg", manifest["dataset"]["name"]), folds=manifest["split"]["folds"],
+            seed=manifest["split"]["seed"], size=config.size, resize=manifest["cache"]["resize"],
+            registry_path=registry,
+        )
+        if data.splits_digest != manifest["split"].get("digest", data.splits_digest):
+            raise DataError(f"The dataset changed since {run.path} was made (its splits differ): the held-out "
+                            f"evaluation would not match the search. Re-run the search.")
+        train, test = ~data.splits.test, data.splits.test
+        epochs = refit_epochs(run, trial, config.epochs)
+        say(f"{backbone}: refitting trial {trial} on {int(train.sum())} training images for {epochs} epochs, "
+            f"then scoring {int(test.sum())} held-out test images")
+        t0 = time.perf_counter()
+        trainer = FoldTrainer(replace(config, early_stopping=0, reduce_lr=0), len(data.index.classes),
+                              n_train_hint=int(train.sum()))
+        history = trainer.fit_full(data.images[train], data.index.labels[train], epochs)
+        proba = trainer.predict(data.images[test])
+        seconds = time.perf_counter() - t0
+        y = data.index.labels[test]
+        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive)
+        n_test = int(test.sum())
+        metric_rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": name, "value": ci.value,
+                        "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot}
+                       for name, ci in cis.items()]
+        rows = np.flatnonzero(test)
+        idx = data.index
+        predictions = pd.DataFrame({
+            "backbone": backbone, "trial": trial, "path": [idx.paths[i] for i in rows],
+            "group": [idx.groups[i] for i in rows], "truth": [idx.classes[idx.labels[i]] for i in rows],
+            "target": idx.labels[rows],
+        })
+        for c, name in enumerate(idx.classes):
+            predictions[f"p_{name}"] = proba[:, c]
+        model_path = run.model_path(backbone)
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.classifier.save(model_path)
+        info = {"trial": trial, "refit_epochs": epochs, "n_train": int(train.sum()), "n_test": n_test,
+                "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
+                "config": config.to_dict(), "history": history, "classes": list(idx.classes),
+                "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
+        run.write_final_backbone(backbone, info, metric_rows, predictions)
+        objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
+        ci = cis.get(objective)
+        if ci is not None and not math.isnan(ci.value):
+            say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images)")
+        results[backbone] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
+    return results

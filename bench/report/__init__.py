@@ -1,0 +1,1 @@
+"""Reporting: statistics and figures that compare models across folds and datasets."""
