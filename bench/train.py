@@ -242,6 +242,9 @@ class FoldTrainer:
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"],
         )
+        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer whose loss-scale
+        # variables must be reset per fold too: snapshot the optimizer the model really uses.
+        self.optimizer = self.model.optimizer
         # Create the optimizer's variables now so their fresh values can be snapshot.
         self.optimizer.build(self.model.trainable_variables)
         self._weights0 = _snapshot(self.model.weights)
