@@ -278,6 +278,7 @@ def test_search_ends_with_the_held_out_evaluation(tmp_path, capsys):
     final = run.final()["backbones"]
     trials = run.table("trials")
     best = trials.sort_values("value", ascending=False).groupby("backbone").number.first().to_dict()
+    assert set(final) == {"simple_cnn", "mobilenet_v2"}  # a new study tries every backbone first
     assert {b: info["trial"] for b, info in final.items()} == best  # the best trial of each backbone
     test_metrics = run.table("test_metrics")
     splits = run.table("splits")
