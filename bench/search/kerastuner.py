@@ -12,14 +12,19 @@ reused across folds). The run directory gets the same records: ``config.json``, 
 Tuners: ``random`` and ``bayesian`` (``max_trials = --trials``) and ``hyperband`` (the space's
 ``epochs``, its largest value if searched, is ``max_epochs``; each trial trains for Hyperband's
 ``tuner/epochs``). Bayesian starts with 3 random trials per searched dimension (KerasTuner's rule,
-without counting the space's fixed values as dimensions), then follows its Gaussian process. ``--trials`` counts COMPLETE trials for every tuner: a failed trial (NaN loss, an
-error) is a FAIL row with its reason and does not use the budget, Hyperband is stopped once the
-budget is met, and ``--max-failures`` failed trials in one session stop the search (exit 1).
+without counting the space's fixed values as dimensions), then follows its Gaussian process.
+``--trials`` counts COMPLETE trials for every tuner: a failed trial (NaN loss, an error) is a FAIL
+row with its reason and does not use the budget, Hyperband is stopped once the budget is met, and
+``--max-failures`` failed trials in one session stop the search (exit 1). An oracle with no
+untried configuration left ends the search early (status "exhausted").
 
 Hyperband here trains each trial from scratch for ``tuner/epochs`` epochs: a later-round trial
 does not inherit the weights of the trial it continues (that would mean saving k fold models per
 trial). Rounds therefore cost more than in KerasTuner's own Keras tuner, but every trial is scored
 on exactly the epochs it reports, like the Optuna engine's trials.
+
+When the budget is met, each backbone's best trial is refit and scored once on the held-out
+test set (``bench final``, in a child process), as the Optuna engine does; ``--no-final`` skips it.
 
 KerasTuner runs in this process, one trial at a time, with no worker processes: there is no
 ``--jobs``, ``--trial-timeout`` or ``--storage`` (those are rejected), and a crash of the training
@@ -259,6 +264,7 @@ class KerasTunerSearch:
         with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ..."
             self.tuner = bench_tuner(self, oracle=self._oracle(), hypermodel=space_model(self.space, self.fixed),
                                      directory=str(self.run.path), project_name=PROJECT, overwrite=False)
+        self._check_records()
         self.tuner.save()  # a search killed in its first trial must reload, not start again at trial 0
         if self.tuner_name == "bayesian":
             # KerasTuner's default, 3 random trials per dimension before the Gaussian process, counts
@@ -268,7 +274,6 @@ class KerasTunerSearch:
             self.oracle.num_initial_points = max(3 * len(searched), 3)
             settings = self.run.manifest().get("kerastuner") or {}
             self.run.update_manifest(kerastuner={**settings, "num_initial_points": self.oracle.num_initial_points})
-        self._check_records()
         self._recover_interrupted()
         self._add_missing_rows()
         return self.tuner
@@ -447,21 +452,25 @@ class KerasTunerSearch:
                                  direction=self.space.direction)
         self.progress.set_counts(self._as_study())
         self.t_start = time.monotonic()
-        try:
-            with self.progress:
+        interrupted, fatal_error = False, None
+        with self.progress:
+            try:
                 self.tuner.search()
-        except KeyboardInterrupt:
-            self._fail_ongoing("interrupted by the user (Ctrl-C)")
+            except KeyboardInterrupt:
+                interrupted = True
+                self._fail_ongoing("interrupted by the user (Ctrl-C)")
+            except fatal as err:
+                fatal_error = err
+                self._fail_ongoing(str(err))
+        self.progress = None
+        if interrupted:
             self.run.update_manifest(status="interrupted")
             self.console.print(f"[yellow]Interrupted. Finished trials are kept; run the same command again to "
                                f"continue the search.[/] Run directory: {self.run.path}")
             return 130
-        except fatal as err:
-            self._fail_ongoing(str(err))
+        if fatal_error is not None:
             self.run.update_manifest(status="failed")
-            raise BenchError(f"The KerasTuner search stopped: {err}") from None
-        finally:
-            self.progress = None
+            raise BenchError(f"The KerasTuner search stopped: {fatal_error}")
         completed, _ = self.counts()
         if completed < self.o.trials and not self.stop_reason:
             self.exhausted = True  # the oracle stopped by itself: no untried configuration left
@@ -492,6 +501,13 @@ class KerasTunerSearch:
             return 1
         if completed == 0:
             return 1
+        if code == 0 and status == "complete" and self.o.final:
+            # As the Optuna engine: each backbone's best trial refit and scored once on the held-out test.
+            import multiprocessing as mp
+
+            from bench.search.runner import run_final_in_subprocess
+
+            code = run_final_in_subprocess(mp.get_context("spawn"), self.run.path, self.o.registry, self.console)
         return code
 
     def _as_study(self) -> Any:
