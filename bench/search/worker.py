@@ -166,7 +166,9 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
             optuna.storages.fail_stale_trials(study)
             time.sleep(2.0)
             continue
-        before = {t.number for t in study.get_trials(deepcopy=False)}
+        # Enqueued trials (one per backbone in a new study) exist, WAITING, before they run: only
+        # trials that had started before this call are not this call's.
+        before = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
         done_here += 1
         mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
