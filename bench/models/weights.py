@@ -13,11 +13,17 @@ from pathlib import Path
 
 import keras
 
-from bench.errors import ConfigError, NetworkError
+from bench.errors import ConfigError
 from bench.models.registry import Backbone
 
 WEIGHTS_ENV = "BENCH_WEIGHTS"
+OFFLINE_ENV = "BENCH_OFFLINE"
 NO_WEIGHTS = {"none", "random", "scratch", ""}
+
+
+def offline() -> bool:
+    """True under ``BENCH_OFFLINE=1`` (or ``bench --offline``): nothing may touch the network."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def keras_cache_dir() -> Path:
@@ -50,25 +56,15 @@ def imagenet_path(backbone: Backbone) -> Path | None:
 
 
 def download_imagenet(backbone: Backbone) -> Path:
-    """Fetch the ImageNet file into the first weights folder; NetworkError if that fails."""
-    assert backbone.imagenet_file is not None and backbone.imagenet_url is not None
-    folder = weights_dirs()[0]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = keras.utils.get_file(
-            backbone.imagenet_file,
-            backbone.imagenet_url,
-            cache_dir=str(folder),
-            cache_subdir="",
-        )
-    except Exception as err:  # urllib, socket and HTTP errors all mean the same thing here
-        raise NetworkError(
-            f"Could not download the ImageNet weights for {backbone.name!r} "
-            f"({backbone.imagenet_file}) from {backbone.imagenet_url}: {err}. "
-            f"Without internet, download that file on another machine and put it in {folder}/ "
-            f"(or in the folder named by ${WEIGHTS_ENV}); or use weights 'none'."
-        ) from err
-    return Path(path)
+    """Fetch the ImageNet file into the first weights folder, checksum-checked and resumable.
+
+    Fails at once, without opening a connection, when offline or when the weights are made by
+    `bench weights convert` rather than downloaded; a failed download is a NetworkError that
+    names the file, the folder and the `bench weights pull` / export / import route.
+    """
+    from bench.models.store import pull_one  # the store imports this module
+
+    return pull_one(backbone)
 
 
 def resolve_weights(backbone: Backbone, weights: str | Path | None) -> str | None:

@@ -118,6 +118,8 @@ class Supervisor:
         if o.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {o.jobs}.")
         self.space_path, self.space, self.fixed, self.size = load_search_inputs(o)
+        for note in self.space.notes:
+            self.console.print(note)
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
         make_pruner(o.pruner, o.folds)
         self.data = prepare_data(**search_data_kwargs(o), size=self.size)
@@ -346,8 +348,8 @@ class Supervisor:
             return 1
         if code == 0 and status == "complete" and self.o.final and self.o.storage is not None:
             # A shared study: this machine's run directory holds only its own trials.
-            self.console.print(f"Shared storage: run the held-out evaluation once, on the machine of your choice, "
-                               f"with `bench final --run DIR` after copying the run directories together.")
+            self.console.print("Shared storage: run the held-out evaluation once, on the machine of your choice, "
+                               "with `bench final --run DIR` after copying the run directories together.")
         elif code == 0 and status == "complete" and self.o.final and self._final_is_stale():
             code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
                                            self.run.path, self.o.registry, self.console)

@@ -23,7 +23,7 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,8 @@ OBJECTIVE_KEYS = ("metric", "direction")
 DEFAULT_METRIC = "balanced_accuracy"
 # Keys a parameter table may hold, by type ("type" and "when" are allowed everywhere).
 KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "categorical": ("choices",),
+    # if_weights_present (backbone only): choices kept only where their ImageNet file is local.
+    "categorical": ("choices", "if_weights_present"),
     "int": ("low", "high", "step", "log"),
     "float": ("low", "high", "step", "log"),
     "blocks": ("low", "high"),
@@ -299,6 +300,7 @@ class Param:
     value: Scalar | None = None
     when: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
     line: int = 0
+    if_weights_present: tuple[str, ...] = ()  # backbone choices that need local ImageNet weights
 
     def active(self, values: dict[str, Any]) -> bool:
         """Whether every ``when`` condition holds for the values chosen so far."""
@@ -491,7 +493,8 @@ def _parse_param(
             if any(_same(c, d) for d in checked):
                 raise ConfigError(f"{where}: choice {_fmt(c)} is listed twice.")
             checked.append(c)
-        return Param(name, kind, choices=tuple(checked), when=when, line=line)
+        optional = _parse_if_weights_present(where, name, raw.get("if_weights_present"), checked)
+        return Param(name, kind, choices=tuple(checked), when=when, line=line, if_weights_present=optional)
 
     if kind == "blocks":
         low = raw.get("low", 0)
@@ -647,6 +650,7 @@ class SearchSpace:
     direction: str
     fingerprint: str
     origin: str = ""  # how error messages name the space (the file, as given)
+    notes: tuple[str, ...] = ()  # what loading changed, e.g. backbones left out for missing weights
 
     @property
     def names(self) -> list[str]:
@@ -973,8 +977,9 @@ def parse_space(text: str, origin: str, path: Path | None = None) -> SearchSpace
         parsed[pname] = _parse_param(
             where("params", pname), pname, raw_params[pname], parsed, later, line
         )
-    params = tuple(parsed.values())
     _check_combinations(where, parsed)
+    notes = _drop_absent_weights(parsed)
+    params = tuple(parsed.values())
     return SearchSpace(
         name=name,
         description=description.strip(),
@@ -984,7 +989,54 @@ def parse_space(text: str, origin: str, path: Path | None = None) -> SearchSpace
         direction=direction,
         fingerprint=_fingerprint(params, metric, direction),
         origin=origin,
+        notes=tuple(notes),
     )
+
+
+def _parse_if_weights_present(where: str, name: str, raw: Any, choices: list[Scalar]) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if name != "backbone":
+        raise ConfigError(f"{where}: 'if_weights_present' belongs to [params.backbone] only.")
+    if not isinstance(raw, list) or not all(isinstance(b, str) for b in raw):
+        raise ConfigError(f"{where}: 'if_weights_present' must be a list of backbone names, got {raw!r}.")
+    for b in raw:
+        if b not in choices:
+            raise ConfigError(f"{where}: 'if_weights_present' names {b!r}, which is not one of the choices "
+                              f"({', '.join(map(str, choices))}).")
+    _check_imagenet(where, list(raw))
+    return tuple(raw)
+
+
+def _drop_absent_weights(params: dict[str, Param]) -> list[str]:
+    """Leave out the backbone choices whose ImageNet weights this machine does not have.
+
+    The space's fingerprint follows the choices kept, so a study made without them refuses to
+    resume once they appear (its space would differ), rather than silently changing.
+    """
+    backbone = params.get("backbone")
+    if backbone is None or not backbone.if_weights_present:
+        return []
+    from bench.models import get_backbone
+    from bench.models.weights import imagenet_path
+
+    absent = [b for b in backbone.if_weights_present if imagenet_path(get_backbone(b)) is None]
+    kept = tuple(c for c in backbone.choices or () if c not in absent)
+    if not absent:
+        return []
+    if not kept:
+        raise ConfigError(f"[params.backbone] (line {backbone.line}): every choice needs ImageNet weights that "
+                          f"this machine does not have ({', '.join(absent)}): see `bench weights list`.")
+    params["backbone"] = replace(backbone, choices=kept)
+    hints = "; ".join(_weights_hint(b) for b in absent)
+    return [f"Backbone(s) {', '.join(absent)} left out of this search: no ImageNet weights on this machine ({hints})."]
+
+
+def _weights_hint(backbone: str) -> str:
+    from bench.models import get_backbone
+
+    convert = get_backbone(backbone).imagenet_convert
+    return f"`bench weights convert {convert}`" if convert else f"`bench weights pull {backbone}`"
 
 
 def _check_combinations(where: _Where, params: dict[str, Param]) -> None:
@@ -999,7 +1051,9 @@ def _check_combinations(where: _Where, params: dict[str, Param]) -> None:
         _check_sizes(where("params", "size"), backbones, sizes)
     weights = params.get("weights")
     if weights is not None and set(weights.options() or ()) == {"imagenet"}:
-        _check_imagenet(where("params", "weights"), backbones)
+        # `when = { backbone = ... }` on the weights: only those backbones get ImageNet weights.
+        only = dict(weights.when).get("backbone")
+        _check_imagenet(where("params", "weights"), [b for b in backbones if only is None or b in only])
 
 
 def load_space(path: Path | str) -> SearchSpace:
