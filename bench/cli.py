@@ -488,6 +488,164 @@ class StatusCommand(Command):
         return print_status(_console(), args.storage, args.runs_dir or paths.runs_dir())
 
 
+# ---- bench report ---------------------------------------------------------------------------
+@register_command
+class ReportCommand(Command):
+    name = "report"
+    help = "Write the comparison report (Markdown, HTML, CSV tables, figures) from run directories."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--run", type=Path, action="append", metavar="DIR",
+                            help="a run directory (repeatable; a folder holding run directories also works)")
+        parser.add_argument("--runs-dir", type=Path, metavar="DIR",
+                            help="report on every run directory under DIR (default BENCH_RUNS or ./runs)")
+        parser.add_argument("--out", type=Path, default=Path("reports"), metavar="DIR",
+                            help="where to write index.md, index.html, tables/ and figures/ (default reports/)")
+        parser.add_argument("--quiet", action="store_true", help="do not print the main tables")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from bench.report.render import print_report, write_report
+
+        report = write_report(args.run, args.out, runs_dir=args.runs_dir)
+        console = _console()
+        if args.quiet:
+            console.print(f"report: {report.html}")
+        else:
+            print_report(console, report)
+        return 0
+
+
+# ---- bench export / predict / explain -------------------------------------------------------
+def _list_unreadable(unreadable: list[tuple[str, str]]) -> None:
+    if not unreadable:
+        return
+    from rich.markup import escape
+
+    err = _err_console()
+    err.print(f"[yellow]{len(unreadable)} unreadable image(s) skipped:[/]", highlight=False)
+    for path, reason in unreadable:
+        err.print(f"  {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+@register_command
+class ExportCommand(Command):
+    name = "export"
+    help = "Save a run's refit best model (the one scored on the held-out test) as .keras with a model card."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--run", type=Path, required=True, help="a run directory after `bench final`")
+        parser.add_argument("--backbone", help="this backbone's model (default: the best by cross-validation)")
+        parser.add_argument("--out", type=Path, metavar="FILE.keras",
+                            help="where to write the model; FILE.card.json and FILE.card.md go beside it "
+                                 "(default <run>/export/<dataset>-<backbone>.keras)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench.export import export_model
+
+        result = export_model(args.run, backbone=args.backbone, out=args.out)
+        console = _console()
+        ev = result.card["evaluation"]
+        metric = ev["objective"]["metric"]
+        cv = ev["cv"]["metrics"].get(metric) or {}
+        test = ev["test"]["metrics"].get(metric) or {}
+
+        def num(x: Any) -> str:
+            return "-" if x is None else f"{x:.3f}"
+
+        console.print(f"{result.backbone} (trial {result.card['training']['trial']}): {metric} "
+                      f"CV {num(cv.get('mean'))} ± {num(cv.get('std'))}, held-out test {num(test.get('value'))} "
+                      f"(95% CI {num(test.get('low'))}-{num(test.get('high'))}, {ev['test'].get('n_images')} images)")
+        console.print(f"model: {result.model}\ncard:  {result.card_md}\n       {result.card_json}")
+        return 0
+
+
+@register_command
+class PredictCommand(Command):
+    name = "predict"
+    help = "Class probabilities for image files or folders from an exported model (same preprocessing as training)."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", type=Path, metavar="MODEL.keras", help="an exported model (its .card.json beside it)")
+        parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                            help="image files or folders (a folder of class subfolders is also scored)")
+        parser.add_argument("--csv", type=Path, help="write one row per image: path, [truth], predicted, p_<class>...")
+        parser.add_argument("--batch-size", type=int, default=64)
+        parser.add_argument("--show", type=int, default=20, help="rows to print (default 20; all go to --csv)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from rich.markup import escape
+        from rich.table import Table
+
+        from bench.predict import predict_paths
+
+        result = predict_paths(args.model, args.paths, batch_size=args.batch_size)
+        console = _console()
+        frame = result.frame
+        table = Table(title=f"{len(frame)} image(s), {args.model.name}")
+        for col in ("path", *(["truth"] if "truth" in frame else []), "predicted", "confidence"):
+            table.add_column(col, justify="right" if col == "confidence" else "left", overflow="fold")
+        for row in frame.head(max(args.show, 0)).itertuples(index=False):
+            d = row._asdict()
+            table.add_row(escape(d["path"]), *([d["truth"]] if "truth" in frame else []), d["predicted"],
+                          f"{d['confidence']:.3f}")
+        if args.show > 0:
+            console.print(table)
+        if len(frame) > args.show > 0:
+            console.print(f"... {len(frame) - args.show} more" + (" (all in --csv)" if args.csv else "; use --csv"))
+        counts = frame.predicted.value_counts()
+        console.print("predicted: " + ", ".join(f"{c} {int(counts.get(c, 0))}" for c in result.classes))
+        if result.metrics is not None:
+            shown = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc")
+            console.print(f"metrics on {result.n_labelled} labelled image(s) (truth = class folder): "
+                          + ", ".join(f"{m.replace('_', ' ')} {result.metrics[m]:.3f}" for m in shown
+                                      if m in result.metrics))
+            cm = Table(title="confusion matrix (rows truth, columns predicted)")
+            cm.add_column("")
+            for c in result.classes:
+                cm.add_column(c, justify="right")
+            for c, counts_row in zip(result.classes, result.confusion):
+                cm.add_row(c, *[str(int(v)) for v in counts_row])
+            console.print(cm)
+        if args.csv:
+            console.print(f"wrote {result.write_csv(args.csv)}")
+        _list_unreadable(result.unreadable)
+        return 0
+
+
+@register_command
+class ExplainCommand(Command):
+    name = "explain"
+    help = "Grad-CAM overlays: where in each image the model looked for the class it predicted."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", type=Path, metavar="MODEL.keras", help="an exported model (its .card.json beside it)")
+        parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+        parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                            help="folder for the overlays (<name>.gradcam.png) and gradcam.csv")
+        parser.add_argument("--class", dest="class_name", metavar="NAME",
+                            help="explain this class for every image (default: each image's predicted class)")
+        parser.add_argument("--block", type=int, default=-1,
+                            help="backbone block whose output is explained: -1 = last (default), -2 = the one "
+                                 "before (finer map), ...")
+        parser.add_argument("--display-size", type=int, help="overlay side in pixels (default: model size, at least 224)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench.explain import explain_paths
+
+        result = explain_paths(args.model, args.paths, args.out, class_name=args.class_name, block=args.block,
+                               display_size=args.display_size)
+        t = result.target
+        console = _console()
+        console.print(f"Grad-CAM on {t.backbone or 'the model'}: block {t.block + 1} of {t.n_blocks} "
+                      f"(ends at {t.name}, {t.shape[0]}x{t.shape[1]} map)")
+        console.print(f"{len(result.rows)} overlay(s) in {args.out}; index: {result.csv}")
+        _list_unreadable(result.unreadable)
+        return 0
+
+
 # ---- entry point ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

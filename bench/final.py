@@ -108,9 +108,21 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
                 "config": config.to_dict(), "history": history, "classes": list(idx.classes),
                 "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
         run.write_final_backbone(backbone, info, metric_rows, predictions)
+        _draw_gradcam(run, backbone, {idx.paths[i]: data.images[i] for i in rows}, say)
         objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
         ci = cis.get(objective)
         if ci is not None and not math.isnan(ci.value):
             say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images)")
         results[backbone] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
     return results
+
+
+def _draw_gradcam(run: RunDir, backbone: str, images: dict[str, np.ndarray], say: Any) -> None:
+    """The report's Grad-CAM grid of this backbone's held-out predictions, drawn here (the report
+    never loads a model). A failure to draw costs the figure, never the evaluation just written."""
+    from bench.explain import gradcam_grid
+
+    try:
+        gradcam_grid(run.path, run.gradcam_path(backbone), backbone=backbone, images=images)
+    except Exception as err:  # noqa: BLE001 - any drawing error: report it and keep the results
+        say(f"  Grad-CAM grid not drawn for {backbone}: {type(err).__name__}: {err}")

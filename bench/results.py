@@ -20,6 +20,10 @@ runs from several machines):
                        bootstrap 95% CI (low, high), n_images, n_boot (split = test)
     test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
     study.db           the Optuna study (default SQLite storage)
+    models/            the final models, <backbone>.keras (written by ``bench final``)
+    figures/           gradcam_<backbone>.png: Grad-CAM of correct and wrong held-out predictions
+                       per class (``bench final``; the report shows it, it never loads a model)
+    export/            models exported by ``bench export``, each with its model card
 
 The held-out test files are written only by ``bench final``, after the search: nothing that
 chooses a configuration ever reads them.
@@ -207,6 +211,14 @@ class RunDir:
 
     def model_path(self, backbone: str) -> Path:
         return self.path / "models" / f"{backbone}.keras"
+
+    def gradcam_path(self, backbone: str) -> Path:
+        """Grid of Grad-CAM overlays of the final model's held-out predictions (``bench final``)."""
+        return self.path / "figures" / f"gradcam_{backbone}.png"
+
+    def export_dir(self) -> Path:
+        """Default folder of ``bench export`` (a model and its card per file name)."""
+        return self.path / "export"
 
     # ---- reading ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

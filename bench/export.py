@@ -1,0 +1,418 @@
+"""Export the refit best model of a run with a model card beside it.
+
+The exported file is a byte copy of ``<run>/models/<backbone>.keras``, the very model ``bench
+final`` scored on the held-out test set, so the card's test numbers belong to it (its sha256 is
+in the card). ``FILE.keras`` gets ``FILE.card.json`` (what ``bench predict`` and ``bench
+explain`` read: classes, image size and resize mode) and ``FILE.card.md`` (the same for people:
+dataset, licence and citation, preprocessing, training configuration, CV and test metrics with
+CIs, package versions).
+
+Which backbone is "the winner" is decided by the cross-validation objective, never by the test
+score: choosing by the held-out test would make its numbers optimistic.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import ConfigError, DataError
+from bench.results import RunDir
+
+CARD_SCHEMA = "bench-model-card/1"
+INTENDED_USE = (
+    "Research benchmarking of transfer learning on medical images. Not a medical device: not validated "
+    "for diagnosis, screening or any clinical decision. Its numbers hold for images like the held-out test "
+    "set (same source, acquisition and preprocessing) and say nothing about other populations or scanners."
+)
+
+
+# ---- card files ----------------------------------------------------------------------------------
+
+
+def card_paths(model_path: Path) -> tuple[Path, Path]:
+    """``FILE.keras`` -> (``FILE.card.json``, ``FILE.card.md``)."""
+    model_path = Path(model_path)
+    stem = model_path.name[: -len(".keras")] if model_path.name.endswith(".keras") else model_path.stem
+    return model_path.with_name(f"{stem}.card.json"), model_path.with_name(f"{stem}.card.md")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The parts of a model card that using the model needs; ``data`` is the whole card."""
+
+    classes: tuple[str, ...]
+    size: int
+    resize: str
+    backbone: str
+    positive: str | None
+    data: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: Path) -> ModelCard:
+        try:
+            pre = data["preprocessing"]
+            return cls(tuple(data["classes"]), int(pre["size"]), str(pre["resize"]),
+                       str(data["model"]["backbone"]), data.get("positive_class"), data)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{source} is not a bench model card (missing or bad {err}). Re-export the model "
+                            f"with `bench export --run DIR`.") from None
+
+
+def read_card(model_path: Path) -> ModelCard:
+    """The card beside ``model_path``; for a run's own ``models/<backbone>.keras``, the run's records."""
+    model_path = Path(model_path)
+    json_path, _ = card_paths(model_path)
+    if json_path.is_file():
+        try:
+            data = json.loads(json_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"Cannot read the model card {json_path}: {err}.") from None
+        return ModelCard.from_dict(data, json_path)
+    run_dir = model_path.resolve().parent.parent
+    if model_path.parent.name == "models" and (run_dir / "manifest.json").is_file():
+        run = RunDir.open(run_dir)
+        backbone = model_path.name[: -len(".keras")]
+        if backbone in (run.final().get("backbones") or {}):
+            return ModelCard.from_dict(build_card(run, backbone, model_path), model_path)
+    raise DataError(f"No model card beside {model_path} (expected {json_path}): the card says which classes, "
+                    f"image size and resize mode the model was trained with. Export the model with "
+                    f"`bench export --run DIR --out {model_path}`, or point at a run's models/<backbone>.keras.")
+
+
+# ---- which model ---------------------------------------------------------------------------------
+
+
+def _objective(run: RunDir) -> tuple[str, bool]:
+    objective = run.manifest().get("objective") or {}
+    return objective.get("metric", "balanced_accuracy"), objective.get("direction", "maximize") == "maximize"
+
+
+def cv_summary(run: RunDir, trial: int) -> dict[str, Any]:
+    """Mean, std and fold count of each validation metric of ``trial``; images over its folds."""
+    metrics = run.table("metrics")
+    out: dict[str, Any] = {"folds": 0, "n_images": None, "metrics": {}}
+    if metrics.empty:
+        return out
+    rows = metrics[(metrics.trial == trial) & (metrics.split == "cv")]
+    for name, values in rows.groupby("metric", sort=False)["value"]:
+        v = values.to_numpy(dtype="float64")
+        out["metrics"][str(name)] = {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
+                                     "std": float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else None,
+                                     "n_folds": int(len(v))}
+    folds = run.table("folds")
+    if not folds.empty:
+        ok = folds[(folds.trial == trial) & (folds.status == "ok")]
+        out["folds"] = int(len(ok))
+        if "n_val" in ok:
+            out["n_images"] = int(ok.n_val.sum())
+    return out
+
+
+def heldout_summary(run: RunDir, backbone: str) -> dict[str, Any]:
+    """The held-out test metrics of ``backbone`` with their bootstrap 95% CIs."""
+    table = run.table("test_metrics")
+    out: dict[str, Any] = {"n_images": None, "n_boot": None, "metrics": {}}
+    if table.empty:
+        return out
+    rows = table[table.backbone == backbone]
+    for r in rows.itertuples():
+        out["metrics"][str(r.metric)] = {"value": r.value, "low": r.low, "high": r.high}
+        out["n_images"], out["n_boot"] = int(r.n_images), int(r.n_boot)
+    return out
+
+
+def select_backbone(run: RunDir, backbone: str | None = None) -> str:
+    """``backbone`` if the run has its final model, else the one with the best CV objective."""
+    final = run.final().get("backbones") or {}
+    if not final:
+        raise DataError(f"{run.path} has no final model: run `bench final --run {run.path}` first "
+                        f"(it refits the best configuration and scores it on the held-out test set).")
+    if backbone is not None:
+        if backbone not in final:
+            from bench.errors import close_matches
+
+            raise DataError(f"{run.path} has no final model for backbone {backbone!r}.{close_matches(backbone, final)} "
+                            f"It has: {', '.join(sorted(final))}.")
+        return backbone
+    if len(final) == 1:
+        return next(iter(final))
+    metric, maximize = _objective(run)
+
+    def key(name: str) -> tuple[float, str]:
+        mean = (cv_summary(run, int(final[name]["trial"]))["metrics"].get(metric) or {}).get("mean")
+        value = -math.inf if mean is None else (mean if maximize else -mean)
+        return (-value, name)
+
+    return min(final, key=key)
+
+
+# ---- the card ------------------------------------------------------------------------------------
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) -> dict[str, Any]:
+    """The model card of ``backbone``'s final model in ``run`` (as a JSON-ready dict)."""
+    from bench import __version__, environment
+    from bench.models import get_backbone
+
+    manifest = run.manifest()
+    info = (run.final().get("backbones") or {})[backbone]
+    config = dict(info.get("config") or run.configs().get(int(info["trial"]), {}))
+    ds = manifest.get("dataset") or {}
+    classes = list(info.get("classes") or ds.get("classes") or [])
+    size = int(info.get("size") or config.get("size"))
+    resize = (manifest.get("cache") or {}).get("resize", "squash")
+    spec = get_backbone(backbone)
+    metric, maximize = _objective(run)
+    env = manifest.get("environment") or {}
+    model_facts: dict[str, Any] = {
+        "file": Path(model_path).name, "backbone": backbone, "backbone_title": spec.title,
+        "input_shape": [size, size, 3],
+        "output": "softmax probabilities, one per class, in the order of `classes`",
+        "weights_init": config.get("weights") or "random",
+    }
+    if Path(model_path).is_file():
+        model_facts["sha256"] = _sha256(Path(model_path))
+        model_facts["bytes"] = Path(model_path).stat().st_size
+    if model is not None:
+        model_facts["params"] = int(model.count_params())
+    card = {
+        "schema": CARD_SCHEMA,
+        "name": f"{ds.get('name', 'dataset')}-{backbone}",
+        "intended_use": INTENDED_USE,
+        "model": model_facts,
+        "classes": classes,
+        "positive_class": ds.get("positive"),
+        "preprocessing": {
+            "size": size, "resize": resize,
+            "decoder": "bench.data.images.decode_image(path, size, resize)",
+            "input": "uint8 RGB 0..255, channels last; grayscale, 16-bit, alpha, palette and CMYK images "
+                     "become RGB; EXIF orientation applied",
+            "in_model": spec.preprocess,
+            "in_model_note": "the backbone's input scaling is a Preprocess layer inside the saved model",
+        },
+        "dataset": {
+            "name": ds.get("name"), "title": ds.get("title"), "license": ds.get("license"),
+            "citation": ds.get("citation"), "images": ds.get("images"), "per_class": ds.get("per_class"),
+            "groups": ds.get("groups"), "fingerprint": ds.get("fingerprint"),
+            "skipped_unreadable": len(ds.get("skipped") or []),
+            "split": manifest.get("split"),
+        },
+        "training": {
+            "trial": int(info["trial"]), "config": config, "refit_epochs": info.get("refit_epochs"),
+            "n_train": info.get("n_train"), "seconds": info.get("seconds"),
+            "refit": "refit on all training images (every image outside the held-out test set) for the "
+                     "median of the folds' best epochs",
+        },
+        "evaluation": {
+            "objective": {"metric": metric, "direction": "maximize" if maximize else "minimize"},
+            "cv": cv_summary(run, int(info["trial"])),
+            "test": heldout_summary(run, backbone),
+        },
+        "versions": {
+            "training": env.get("versions") or {}, "training_backend": env.get("backend"),
+            "export": environment.versions(),
+        },
+        "provenance": {
+            "run": str(run.path.resolve()), "kind": manifest.get("kind"), "study": manifest.get("study"),
+            "command": manifest.get("command"), "bench_version": manifest.get("bench_version"),
+            "source_model": str(run.model_path(backbone).resolve()),
+            "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "exported_by": f"bench {__version__}",
+        },
+    }
+    return _clean(card)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def _setting(x: Any) -> str:
+    return "none" if x is None else (f"{x:.6g}" if isinstance(x, float) else str(x))
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """The model card for people."""
+    m, pre, ds, tr, ev = card["model"], card["preprocessing"], card["dataset"], card["training"], card["evaluation"]
+    split = ds.get("split") or {}
+    objective = ev["objective"]["metric"]
+    lines = [
+        f"# Model card: {m['backbone_title']} on {ds.get('title') or ds.get('name')}",
+        "",
+        f"`{m['file']}` — a `{m['backbone']}` classifier of {len(card['classes'])} classes "
+        f"({', '.join(card['classes'])}), exported by {card['provenance']['exported_by']} on "
+        f"{card['provenance']['exported']}.",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "## Inputs and preprocessing",
+        "",
+        f"- Image: decoded with `{pre['decoder']}` at **{pre['size']} × {pre['size']} px**, resize mode "
+        f"**{pre['resize']}**: {pre['input']}.",
+        f"- Inside the model: the backbone's input scaling (`{pre['in_model']}`); give it the 0..255 RGB array.",
+        "- Output: " + m["output"] + ".",
+        (f"- Positive class (sensitivity, specificity): **{card['positive_class']}**." if card.get("positive_class")
+         else "- Multiclass: sensitivity and specificity are macro averages over classes."),
+        "",
+        "Use it with `bench predict " + m["file"] + " IMAGES...` and `bench explain " + m["file"]
+        + " IMAGES... --out DIR`; both read this card's JSON twin.",
+        "",
+        "## Data",
+        "",
+        f"- Dataset: **{ds.get('name')}** — {ds.get('title')}; {ds.get('images')} images {ds.get('per_class')}, "
+        f"{ds.get('groups')} patient/image groups; {ds.get('skipped_unreadable', 0)} unreadable files skipped.",
+        f"- Split: {split.get('rule')}; held-out test {split.get('test_images')} images, "
+        f"{split.get('folds')}-fold cross-validation on {split.get('cv_images')}.",
+        f"- Licence: {ds.get('license') or 'not recorded'}",
+        f"- Citation: {ds.get('citation') or 'not recorded'}",
+        "",
+        "## Training",
+        "",
+        f"The configuration of trial {tr['trial']}, {tr['refit']}: {tr.get('refit_epochs')} epoch(s) on "
+        f"{tr.get('n_train')} images ({tr.get('seconds')} s). Initial weights: {m['weights_init']}.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k} | {_setting(v)} |" for k, v in sorted(tr["config"].items())],
+        "",
+        "## Evaluation",
+        "",
+        f"Objective: {objective} ({ev['objective']['direction']}).",
+        "",
+        f"Cross-validation (validation folds, {ev['cv'].get('folds')} folds, {ev['cv'].get('n_images')} images; "
+        f"this is what chose the configuration):",
+        "",
+        "| metric | mean | std | folds |",
+        "|---|---|---|---|",
+        *[f"| {k} | {_fmt(v['mean'])} | {_fmt(v['std'])} | {v['n_folds']} |" for k, v in ev["cv"]["metrics"].items()],
+        "",
+        f"Held-out test set ({ev['test'].get('n_images')} images, never seen by the search; 95% percentile "
+        f"bootstrap CI over {ev['test'].get('n_boot')} resamples):",
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+        *[f"| {k} | {_fmt(v['value'])} | {_fmt(v['low'])} – {_fmt(v['high'])} |"
+          for k, v in ev["test"]["metrics"].items()],
+        "",
+        "## Versions",
+        "",
+        f"- Trained with Keras backend `{card['versions'].get('training_backend')}`: "
+        + ", ".join(f"{k} {v}" for k, v in card["versions"]["training"].items()) + ".",
+        "- Exported with: " + ", ".join(f"{k} {v}" for k, v in card["versions"]["export"].items()) + ".",
+        "",
+        "## Provenance",
+        "",
+        f"- Run directory: `{card['provenance']['run']}` ({card['provenance'].get('kind')}, study "
+        f"`{card['provenance'].get('study')}`)",
+        f"- Command: `{card['provenance'].get('command')}`",
+        f"- Model sha256: `{m.get('sha256', '?')}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(card: dict[str, Any], model_path: Path) -> tuple[Path, Path]:
+    json_path, md_path = card_paths(model_path)
+    _atomic_write(json_path, json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    _atomic_write(md_path, render_markdown(card))
+    return json_path, md_path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ---- export --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    backbone: str
+    model: Path
+    card_json: Path
+    card_md: Path
+    card: dict[str, Any]
+
+
+def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None = None) -> ExportResult:
+    """Copy a run's final model to ``out`` (default ``<run>/export/<dataset>-<backbone>.keras``) with its card."""
+    run = RunDir.open(Path(run_dir))
+    chosen = select_backbone(run, backbone)
+    source = run.model_path(chosen)
+    if not source.is_file():
+        raise DataError(f"{source} is missing although final.json lists it: run `bench final --run {run.path} "
+                        f"--backbone {chosen}` again.")
+    if out is None:
+        dataset = (run.manifest().get("dataset") or {}).get("name", "model")
+        out = run.export_dir() / f"{dataset}-{chosen}.keras"
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not (out.exists() and out.resolve() == source.resolve()):
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, out)
+    model = load_model(out)
+    card = build_card(run, chosen, out, model)
+    n_out = int(model.outputs[0].shape[-1])
+    side = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    if n_out != len(card["classes"]) or side != (card["preprocessing"]["size"],) * 2:
+        raise DataError(f"{source} does not match its run's records ({n_out} outputs for {len(card['classes'])} "
+                        f"classes, input {side} for size {card['preprocessing']['size']}): re-run `bench final`.")
+    json_path, md_path = write_card(card, out)
+    return ExportResult(chosen, out, json_path, md_path, card)
+
+
+def load_model(path: Path) -> Any:
+    """Load a saved bench classifier (its Preprocess layer registered first), uncompiled."""
+    import keras
+
+    import bench.models.preprocess  # noqa: F401  (registers the Preprocess layer for deserialisation)
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"No model file {path}.")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for a bad file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"Cannot load the Keras model {path}: {reason}.") from err

@@ -1,0 +1,686 @@
+"""Assemble the report from a ``Collection`` and write it: Markdown, self-contained HTML, CSV.
+
+``build_report`` turns the records into a list of blocks (headings, paragraphs, notes, tables,
+figures, code); ``to_markdown`` and ``to_html`` render the same blocks, so the two documents
+always agree. The HTML inlines its CSS and every figure (base64 PNG) and makes no external
+request; a tiny inline script records JavaScript errors into the page (``#js-errors``) so a
+headless browser can check there were none.
+
+A part of the report that cannot be drawn from the records at hand (a missing file, an
+interrupted run, a study Optuna refuses to plot) becomes a visible note in its section rather
+than an exception. Set ``BENCH_REPORT_STRICT=1`` to let such exceptions through (tests do).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import __version__
+from bench import metrics as M
+from bench.report import figures as F
+from bench.report import tables as T
+from bench.report.collect import Collection, collect, resolve_runs
+from bench.report.figures import Figure
+from bench.report.tables import Table, slug
+
+__all__ = ["Report", "build_report", "load_stats", "print_report", "to_html", "to_markdown", "write_report"]
+
+SECTIONS = {
+    "overview": "1. Overview",
+    "leaderboard": "2. Leaderboards",
+    "cross": "3. Across datasets",
+    "significance": "4. Significance",
+    "models": "5. Leaderboard models",
+    "search": "6. The searches",
+    "strategies": "7. Search strategies compared",
+    "reproduce": "8. Reproduce",
+}
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+    anchor: str
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class NoteBlock:
+    text: str
+
+
+@dataclass
+class Code:
+    text: str
+
+
+Block = Heading | Para | NoteBlock | Code | Table | Figure
+
+
+@dataclass
+class Report:
+    """What ``write_report`` produced."""
+
+    out: Path
+    markdown: Path
+    html: Path
+    tables: list[Table]
+    figures: list[Figure]
+    notes: list[str]
+    collection: Collection
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def terminal_tables(self) -> list[Table]:
+        return [t for t in self.tables if t.terminal]
+
+
+def load_stats() -> Any:
+    """``bench.report.stats`` if it is there (it is written separately); None otherwise."""
+    try:
+        from bench.report import stats
+    except ImportError:
+        return None
+    needed = ("paired_corrected_ttest", "friedman", "critical_difference_figure")
+    return stats if all(hasattr(stats, n) for n in needed) else None
+
+
+class Builder:
+    def __init__(self, coll: Collection, out: Path, stats: Any = None) -> None:
+        self.coll = coll
+        self.out = out
+        self.figdir = out / "figures"
+        self.stats = stats
+        self.blocks: list[Block] = []
+        self.tables: list[Table] = []
+        self.figures: list[Figure] = []
+        self.problems: list[str] = []
+        self._anchors: set[str] = set()
+
+    # ---- blocks ----------------------------------------------------------------------------
+    def heading(self, level: int, text: str) -> None:
+        anchor = slug(text.lower()).lower()
+        base, n = anchor, 2
+        while anchor in self._anchors:
+            anchor, n = f"{base}-{n}", n + 1
+        self._anchors.add(anchor)
+        self.blocks.append(Heading(level, text, anchor))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(Para(text))
+
+    def note(self, text: str) -> None:
+        self.blocks.append(NoteBlock(text))
+
+    def table(self, table: Table | None) -> None:
+        if table is None:
+            return
+        names = {t.name for t in self.tables}
+        if table.name in names:  # two studies whose names slug alike
+            n = 2
+            while f"{table.name}-{n}" in names:
+                n += 1
+            table.name = f"{table.name}-{n}"
+        self.tables.append(table)
+        self.blocks.append(table)
+
+    def figure(self, figure: Figure | None) -> None:
+        if figure is not None:
+            self.figures.append(figure)
+            self.blocks.append(figure)
+
+    def guard(self, what: str, fn: Callable[[], None]) -> None:
+        """Run one part; an unexpected error becomes a visible note instead of a traceback."""
+        try:
+            fn()
+        except Exception as err:
+            if os.environ.get("BENCH_REPORT_STRICT"):
+                raise
+            first = str(err).splitlines()[0] if str(err) else ""
+            message = f"{what} could not be produced: {type(err).__name__}: {first}"
+            self.problems.append(message)
+            self.note(message)
+
+    # ---- the sections ------------------------------------------------------------------------
+    def build(self) -> list[Block]:
+        coll = self.coll
+        self.boards = {}
+        for d in coll.datasets:
+            try:
+                self.boards[d] = T.leaderboard(coll, d)
+            except Exception as err:
+                if os.environ.get("BENCH_REPORT_STRICT"):
+                    raise
+                self.problems.append(f"{d}: leaderboard could not be computed: {type(err).__name__}: {err}")
+                self.boards[d] = pd.DataFrame()
+        self.heading(1, "bench report")
+        self.para(f"Generated by bench {__version__} on {time.strftime('%Y-%m-%d %H:%M')} from "
+                  f"{len(coll.runs)} run director{'y' if len(coll.runs) == 1 else 'ies'} "
+                  f"({', '.join(f'`{r.label}`' for r in coll.runs[:12])}{' ...' if len(coll.runs) > 12 else ''}). "
+                  f"Every table says which split and how many images it comes from; CSV files of every table are "
+                  f"in `tables/`.")
+        global_notes = [n.text for n in coll.notes if n.dataset is None]
+        for text in global_notes:
+            self.note(text)
+        self.guard("The overview", self.overview)
+        self.guard("The leaderboards", self.leaderboards)
+        self.guard("The cross-dataset table", self.cross)
+        if self.stats is not None:
+            self.guard("The significance tests", self.significance)
+        self.guard("The model sections", self.models)
+        self.guard("The search sections", self.searches)
+        self.guard("The strategy comparison", self.strategies)
+        self.guard("The reproduce table", self.reproduce)
+        for text in self.problems:
+            if text not in [b.text for b in self.blocks if isinstance(b, NoteBlock)]:
+                self.note(text)
+        return self.blocks
+
+    def overview(self) -> None:
+        coll = self.coll
+        self.heading(2, SECTIONS["overview"])
+        for d in coll.datasets:
+            self.heading(3, d)
+            for note in coll.notes:
+                if note.dataset == d and note.section == "overview":
+                    self.note(note.text)
+            self.guard(f"{d}: the dataset table", lambda d=d: self.table(T.dataset_overview(coll, d)))
+            self.guard(f"{d}: the runs table", lambda d=d: self.table(T.runs_overview(coll, d)))
+
+    def leaderboards(self) -> None:
+        coll = self.coll
+        self.heading(2, SECTIONS["leaderboard"])
+        for d in coll.datasets:
+            self.heading(3, d)
+            board = self.boards.get(d, pd.DataFrame())
+            if board.empty:
+                states = T.trials_of(coll, d)
+                counts = states.state.value_counts().to_dict() if not states.empty else {}
+                what = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no finished trials"
+                self.note(f"No completed trial on {d} ({what}), so there is no leaderboard. Runs: "
+                          f"{', '.join(r.label + ' (' + r.status + ')' for r in coll.runs_of(d))}.")
+                continue
+            self.table(T.leaderboard_table(coll, d, board))
+            for text in T.leaderboard_notes(coll, d, board):
+                self.note(text)
+            self.guard(f"{d}: the test table",
+                       lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board)))
+
+    def cross(self) -> None:
+        self.heading(2, SECTIONS["cross"])
+        self.cross_table = T.cross_dataset(self.coll, self.boards)
+        if self.cross_table is None:
+            self.note("No dataset has a completed trial yet.")
+            return
+        self.table(self.cross_table)
+        if len(self.coll.datasets) == 1:
+            self.para("One dataset so far: run other datasets into the same runs folder to compare across them.")
+
+    def significance(self) -> None:
+        coll, stats = self.coll, self.stats
+        self.heading(2, SECTIONS["significance"])
+        for d in coll.datasets:
+            board = self.boards.get(d, pd.DataFrame())
+            self.heading(3, d)
+            if board.empty:
+                self.note(f"No completed trial on {d}: nothing to test.")
+                continue
+            result = T.ttest_table(coll, d, board, stats)
+            if isinstance(result, str):
+                self.note(result)
+            else:
+                self.table(result)
+        self.heading(3, "Across datasets")
+        cross = getattr(self, "cross_table", None)
+        if cross is None:
+            self.note("No cross-dataset table, so no Friedman test.")
+            return
+        table, res, message = T.friedman_table(coll, cross, stats)
+        if table is None:
+            self.note(message)
+            return
+        self.table(table)
+        self.figure(F.cd_figure(stats, res["avg_ranks"], res["n_datasets"], self.figdir, "cd_diagram",
+                                "Critical difference diagram",
+                                "Average rank of each backbone over the datasets (1 = best; Demšar 2006); "
+                                "backbones joined by a thick bar are not significantly different (Nemenyi)."))
+
+    def models(self) -> None:
+        coll = self.coll
+        self.heading(2, SECTIONS["models"])
+        self.para("For each leaderboard model: its confusion matrix, per-class scores and ROC curves on the held-out "
+                  "test predictions when `bench final` has run, otherwise on the out-of-fold predictions of its "
+                  "cross-validation (each image predicted by the fold model that did not train on it); and its "
+                  "training curves per fold.")
+        for d in coll.datasets:
+            board = self.boards.get(d, pd.DataFrame())
+            for row in board.itertuples(index=False):
+                self.heading(3, f"{d}: {row.backbone} ({row.study} #{row.trial})")
+                self.guard(f"{d} / {row.backbone}", lambda d=d, row=row: self.model(d, row))
+
+    def model(self, d: str, row: Any) -> None:
+        coll = self.coll
+        ev = T.model_eval(coll, d, row)
+        name = slug(d, row.backbone)
+        if isinstance(ev, str):
+            self.note(f"No confusion matrix or ROC curve for {row.backbone}: {ev}.")
+        else:
+            self.para(f"Evaluated on: **{ev.phrase}**" + (" (the held-out test set)." if ev.source == "test" else
+                      " (no held-out evaluation yet)."))
+            conf = T.confusion_table(ev)
+            self.table(conf)
+            cm = M.confusion(ev.y, ev.proba, len(ev.classes))
+            self.figure(F.confusion_figure(cm, M.normalize_rows(cm), ev.classes, self.figdir, f"confusion_{name}",
+                                           f"{row.backbone}: confusion matrix",
+                                           f"Counts and row-normalised; {ev.phrase}."))
+            self.table(T.per_class(ev))
+            self.figure(F.roc_figure(ev.y, ev.proba, ev.classes, ev.positive, self.figdir, f"roc_{name}",
+                                     f"{row.backbone}: ROC",
+                                     f"ROC curve{'s (one-vs-rest)' if ev.positive is None else ''}; {ev.phrase}."))
+            if ev.source == "test":
+                self.gradcam(d, row, name)
+        hist = coll.history
+        if not hist.empty:
+            hist = hist[(hist.dataset == d) & (hist.study == row.study) & (hist.trial == row.trial)]
+        fig = None
+        if len(hist):
+            fig = F.training_curves_figure(hist, self.figdir, f"curves_{name}", f"{row.backbone}: training curves",
+                                           f"Loss and accuracy per epoch of each cross-validation fold of trial "
+                                           f"{row.trial}: training (solid) and validation fold (dashed).")
+        if fig is None:
+            self.note(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} of "
+                      f"{row.study}.")
+        self.figure(fig)
+
+    def gradcam(self, d: str, row: Any, name: str) -> None:
+        # `bench final` draws the grid (it has the model); the report only shows the file.
+        finals = self.coll.finals
+        hit = finals[(finals.dataset == d) & (finals.study == row.study) & (finals.backbone == row.backbone)]
+        found = hit.gradcam.dropna() if "gradcam" in hit else hit.iloc[:0]
+        if found.empty:
+            self.note(f"No Grad-CAM grid for {row.backbone}: its run directory has no figures/gradcam_"
+                      f"{row.backbone}.png (made by `bench final`; run it again to draw one).")
+            return
+        png = self.figdir / f"gradcam_{name}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found.iloc[0], png)
+        self.figure(Figure(f"gradcam_{name}", f"{row.backbone}: Grad-CAM on held-out images",
+                           "Per true class (rows): the most confidently correct and the most confidently wrong "
+                           "held-out test predictions, each overlaid with the Grad-CAM heat of the class the model "
+                           "predicted at the output of the backbone's last block.", png, None))
+
+    def searches(self) -> None:
+        coll = self.coll
+        self.heading(2, SECTIONS["search"])
+        for d in coll.datasets:
+            for study in coll.studies(d):
+                runs = coll.runs_of(d, study)
+                if all(r.kind == "cv" for r in runs):
+                    continue
+                self.heading(3, f"{d}: study {study}")
+                first = runs[0]
+                self.para(f"Engine {first.engine}, {first.strategy}; objective {first.objective['metric']} "
+                          f"({first.objective.get('direction', 'maximize')}); run director"
+                          f"{'y' if len(runs) == 1 else 'ies'} {', '.join('`' + r.label + '`' for r in runs)}.")
+                self.guard(f"{d} / {study}: the search",
+                           lambda d=d, study=study, runs=runs: self.search(d, study, runs))
+
+    def search(self, d: str, study_name: str, runs: list) -> None:
+        coll = self.coll
+        trials = T.trials_of(coll, d, study_name)
+        if trials.empty:
+            self.note(f"No finished trials recorded for study {study_name} (trials.csv missing or empty).")
+        else:
+            self.table(T.trials_table(coll, d, study_name))
+        studies = [(r, T.coll_study(coll, r)) for r in runs if r.engine == "optuna"]
+        studies = [(r, s) for r, s in studies if s is not None]
+        labels = tuple(f"{r.label}:" for r in runs)
+        for note in coll.notes_for(d, "search"):
+            if note.text.startswith(labels):
+                self.note(note.text)
+        prefix = slug(d, study_name)
+        objective = runs[0].objective
+        if studies:
+            # Copies of one study.db: the one that knows most trials.
+            run, study = max(studies, key=lambda rs: len(rs[1].get_trials(deepcopy=False)))
+            label = f"{study_name}"
+            figs, notes, importances = F.optuna_figures(study, self.figdir, prefix, label)
+            if len(runs) > 1:
+                self.para(f"Optuna's plots use the study database of `{run.label}` "
+                          f"({len(study.get_trials(deepcopy=False))} trials).")
+            for text in notes:
+                self.note(text)
+            for fig in figs:
+                self.figure(fig)
+                if fig.name.endswith("_importances") and importances:
+                    self.table(T.importances_table(d, study_name, importances))
+        else:
+            why = ("KerasTuner search: Optuna's importance, parallel-coordinate and slice plots need an Optuna study"
+                   if runs[0].engine == "kerastuner" else
+                   "the study database could not be opened: importance, parallel-coordinate and slice plots are "
+                   "left out" if any("study" in r.present for r in runs) else
+                   "no study.db in the run director" + ("y" if len(runs) == 1 else "ies") +
+                   " (the study lives in another storage): importance, parallel-coordinate and slice plots "
+                   "are left out")
+            self.note(f"{why[0].upper()}{why[1:]}; the history below is drawn from trials.csv.")
+            if not trials.empty:
+                self.figure(F.history_figure(
+                    trials, objective.get("direction", "maximize") == "maximize", objective["metric"], self.figdir,
+                    f"{prefix}_history", "Optimization history",
+                    "Each trial's objective value (mean over the CV folds) and the best so far."))
+
+    def strategies(self) -> None:
+        coll = self.coll
+        wanted = []
+        for d in coll.datasets:
+            searches = [s for s in coll.studies(d) if any(r.kind == "search" for r in coll.runs_of(d, s))]
+            kinds = {(coll.runs_of(d, s)[0].engine, coll.runs_of(d, s)[0].strategy) for s in searches}
+            if len(searches) >= 2 and len(kinds) >= 2:
+                wanted.append((d, searches))
+        if not wanted:
+            return
+        self.heading(2, SECTIONS["strategies"])
+        for d, searches in wanted:
+            self.heading(3, d)
+            self.guard(f"{d}: the strategy comparison", lambda d=d, s=searches: self.strategy(d, s))
+
+    def strategy(self, d: str, searches: list[str]) -> None:
+        coll = self.coll
+        objective = coll.objective(d)
+        maximize = objective.get("direction", "maximize") == "maximize"
+        curves, rows = [], []
+        for s in searches:
+            run = coll.runs_of(d, s)[0]
+            frame = progress(coll, d, s)
+            label = f"{s} ({run.engine}/{run.strategy})"
+            curves.append((label, frame))
+            if len(frame):
+                values = frame.value.to_numpy(dtype=float)
+                best_i = int(np.nanargmax(values) if maximize else np.nanargmin(values))
+                rows.append({"dataset": d, "study": s, "engine": run.engine, "strategy": run.strategy,
+                             "complete_trials": len(frame), "best": float(values[best_i]),
+                             "best_trial": int(frame.trial.iloc[best_i]), "trials_to_best": best_i + 1,
+                             "minutes_to_best": float(frame.elapsed.iloc[best_i]) / 60,
+                             "minutes_total": float(frame.elapsed.iloc[-1]) / 60})
+        self.figure(F.strategies_figure(
+            curves, maximize, objective["metric"], self.figdir, f"strategies_{slug(d)}",
+            f"{d}: search strategies",
+            f"Best {objective['metric']} so far (CV mean over folds, {T.cv_phrase(coll, d)}) against the number of "
+            f"completed trials and against elapsed time (Optuna's trial timestamps, or the running sum of trial "
+            f"durations where there is no study database)."))
+        if rows:
+            data = pd.DataFrame(rows)
+            display = pd.DataFrame({"study": data.study, "search": data.engine + " / " + data.strategy,
+                                    "complete trials": data.complete_trials.astype(str),
+                                    f"best {objective['metric']}": [T.f3(x) for x in data.best],
+                                    "best trial": [f"#{a}, after {b} complete" for a, b in
+                                                   zip(data.best_trial, data.trials_to_best)],
+                                    "minutes to best": [f"{x:.1f}" for x in data.minutes_to_best],
+                                    "minutes in total": [f"{x:.1f}" for x in data.minutes_total]})
+            bold = T.best_mask(data, display, {f"best {objective['metric']}": ("best", "max" if maximize else "min")})
+            self.table(Table(slug("strategies", d), f"{d}: strategies at a glance",
+                             f"Complete trials only; {T.cv_phrase(coll, d)}.", data, display, bold))
+
+    def reproduce(self) -> None:
+        table = T.reproduce_table(self.coll, self.boards)
+        if table is None:
+            return
+        self.heading(2, SECTIONS["reproduce"])
+        self.table(table)
+
+
+def progress(coll: Collection, dataset: str, study_name: str) -> pd.DataFrame:
+    """Complete trials in number order with their value and elapsed seconds since the search began."""
+    trials = T.trials_of(coll, dataset, study_name).sort_values("trial")
+    if trials.empty:
+        return pd.DataFrame(columns=["trial", "value", "elapsed"])
+    elapsed = pd.to_numeric(trials.get("seconds"), errors="coerce").fillna(0).cumsum() \
+        if "seconds" in trials else pd.Series(np.nan, index=trials.index)
+    by_number = dict(zip(trials.trial, elapsed))
+    for run in coll.runs_of(dataset, study_name):
+        study = T.coll_study(coll, run) if run.engine == "optuna" else None
+        if study is None:
+            continue
+        frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+        starts = [t.datetime_start for t in frozen.values() if t.datetime_start]
+        if starts and all(n in frozen and frozen[n].datetime_complete for n in trials.trial):
+            t0 = min(starts)
+            by_number = {n: (frozen[n].datetime_complete - t0).total_seconds() for n in trials.trial}
+            break
+    done = trials[(trials.state == "COMPLETE") & pd.to_numeric(trials.value, errors="coerce").notna()]
+    return pd.DataFrame({"trial": done.trial.to_numpy(), "value": done.value.astype(float).to_numpy(),
+                         "elapsed": [by_number[n] for n in done.trial]})
+
+
+# ---- rendering ----------------------------------------------------------------------------------------
+
+
+def _md_cell(text: Any, bold: bool) -> str:
+    s = str(text).replace("|", "\\|").replace("\n", " ")
+    return f"**{s}**" if bold and s not in ("", "-") else s
+
+
+def md_table(t: Table) -> str:
+    d = t.display
+    if d.empty:
+        return "_(empty)_"
+    lines = ["| " + " | ".join(_md_cell(c, False) for c in d.columns) + " |",
+             "|" + "|".join("---" for _ in d.columns) + "|"]
+    for i in range(len(d)):
+        lines.append("| " + " | ".join(_md_cell(d.iat[i, j], bool(t.bold.iat[i, j])) for j in range(d.shape[1])) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, NoteBlock):
+            out.append(f"> **Note:** {b.text}")
+        elif isinstance(b, Code):
+            out.append(f"```\n{b.text}\n```")
+        elif isinstance(b, Table):
+            out.append(f"**{b.title}** — {b.caption} ([csv](tables/{b.name}.csv))\n\n{md_table(b)}")
+        elif isinstance(b, Figure):
+            out.append(f"![{b.title}](figures/{b.png.name})\n\n*{b.title}.* {b.caption}")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escape, then `code` and **bold** (the only inline markup the report's prose uses)."""
+    s = html.escape(str(text))
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+# A cell that reads as a number: 0.812, 1,234, 0.81 ± 0.02, 0.81 [0.75, 0.86], 2.26 M (2.23 M), 12.5 s, +0.03
+_NUMERIC = re.compile(r"-|[-+]?[\d.,]+( ?(± ?[\d.]+|\[[-+\d., ]+\]|\([^)]*\)|M|s|min|h|%))*")
+
+
+def html_table(t: Table) -> str:
+    d = t.display
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in d.columns)
+    numeric = [all(_NUMERIC.fullmatch(str(v)) for v in d.iloc[:, j]) for j in range(d.shape[1])]
+    body = []
+    for i in range(len(d)):
+        cells = []
+        for j in range(d.shape[1]):
+            value = _inline(d.iat[i, j])
+            cls = ' class="num"' if numeric[j] else ""
+            cells.append(f"<td{cls}>{f'<strong>{value}</strong>' if t.bold.iat[i, j] else value}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<figure class="table" id="table-{html.escape(t.name)}"><figcaption><strong>{html.escape(t.title)}'
+            f'</strong> — {_inline(t.caption)} <span class="csv">tables/{html.escape(t.name)}.csv</span>'
+            f'</figcaption><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+            f"</tbody></table></div></figure>")
+
+
+CSS = """
+:root { --fg:#1d2329; --muted:#5b6670; --line:#d8dee4; --accent:#0b5cad; --note:#fff6dd; --noteline:#e0b23a; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--fg);
+       margin: 0; background: #f6f8fa; }
+main { max-width: 1320px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; min-height: 100vh; }
+h1 { font-size: 28px; margin: 8px 0 4px; } h2 { font-size: 22px; margin-top: 40px; padding-bottom: 4px;
+border-bottom: 2px solid var(--line); } h3 { font-size: 17px; margin-top: 28px; color: #26313b; }
+nav.toc { background: #f0f4f8; border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px; margin: 16px 0; }
+nav.toc a { color: var(--accent); text-decoration: none; margin-right: 18px; white-space: nowrap; }
+figure { margin: 16px 0; } figcaption { color: var(--muted); font-size: 13px; margin-bottom: 6px; }
+figure.plot figcaption { margin-top: 4px; }
+figure.plot img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #eef2f6; font-weight: 600; } td.num { text-align: right; white-space: nowrap; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+td strong { color: #003e80; }
+code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f0f2f4; padding: 1px 4px;
+       border-radius: 3px; white-space: nowrap; }
+.note { background: var(--note); border-left: 4px solid var(--noteline); padding: 6px 12px; margin: 10px 0;
+        font-size: 14px; }
+.csv { font-size: 11px; color: #8a949c; }
+#js-errors:empty { display: none; }
+#js-errors { background: #fde8e8; border: 1px solid #e0a0a0; padding: 8px; }
+"""
+
+JS_HOOK = """
+(function () {
+  var box = null;
+  function record(msg) {
+    box = box || document.getElementById('js-errors');
+    if (box) { box.textContent += msg + '\\n'; } else { (window.__benchErrors = window.__benchErrors || []).push(msg); }
+  }
+  window.addEventListener('error', function (e) { record('error: ' + e.message); });
+  var original = console.error;
+  console.error = function () { record('console.error: ' + Array.prototype.join.call(arguments, ' '));
+    if (original) { original.apply(console, arguments); } };
+  document.addEventListener('DOMContentLoaded', function () {
+    (window.__benchErrors || []).forEach(record); window.__benchErrors = [];
+    document.body.setAttribute('data-rendered', 'yes');
+  });
+})();
+"""
+
+
+def to_html(blocks: Sequence[Block]) -> str:
+    parts: list[str] = []
+    toc = [b for b in blocks if isinstance(b, Heading) and b.level == 2]
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append(f'<h{b.level} id="{html.escape(b.anchor)}">{html.escape(b.text)}</h{b.level}>')
+            if b.level == 1 and toc:
+                parts.append('<nav class="toc">' + "".join(
+                    f'<a href="#{html.escape(h.anchor)}">{html.escape(h.text)}</a>' for h in toc) + "</nav>")
+        elif isinstance(b, Para):
+            parts.append(f"<p>{_inline(b.text)}</p>")
+        elif isinstance(b, NoteBlock):
+            parts.append(f'<div class="note"><strong>Note:</strong> {_inline(b.text)}</div>')
+        elif isinstance(b, Code):
+            parts.append(f"<pre><code>{html.escape(b.text)}</code></pre>")
+        elif isinstance(b, Table):
+            parts.append(html_table(b))
+        elif isinstance(b, Figure):
+            data = base64.b64encode(b.png.read_bytes()).decode("ascii")
+            parts.append(f'<figure class="plot" id="figure-{html.escape(b.name)}"><img alt="{html.escape(b.title)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption><strong>{html.escape(b.title)}.</strong> '
+                         f"{_inline(b.caption)}</figcaption></figure>")
+    title = "bench report"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{title}</title><style>{CSS}</style><script>{JS_HOOK}</script></head>"
+            f'<body><main><pre id="js-errors"></pre>\n' + "\n".join(parts) + "\n</main></body></html>\n")
+
+
+# ---- writing -----------------------------------------------------------------------------------------------
+
+
+def _clean(folder: Path, suffixes: tuple[str, ...]) -> None:
+    """Remove what an earlier report wrote there (only our file types), so nothing stale remains."""
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if f.is_file() and f.suffix in suffixes:
+                f.unlink()
+
+
+def write_tables(tables: Sequence[Table], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in tables:
+        data = t.data.copy()
+        for c in data.columns:  # lists (fold sizes) and dicts as JSON text, same every time
+            if data[c].map(lambda v: isinstance(v, list | dict)).any():
+                data[c] = data[c].map(lambda v: v if not isinstance(v, list | dict) else str(v))
+        data.to_csv(folder / f"{t.name}.csv", index=False, lineterminator="\n")
+
+
+def write_report(paths: Sequence[Path] | None = None, out: Path = Path("reports"), *, runs_dir: Path | None = None,
+                 default_runs_dir: Path | None = None, root: Path | None = None) -> Report:
+    """Collect the runs and write ``out/index.md``, ``out/index.html``, ``tables/*.csv``, ``figures/*``."""
+    from bench import paths as bench_paths
+
+    found, found_root = resolve_runs(paths, runs_dir, default_runs_dir or bench_paths.runs_dir())
+    coll = collect(found, root or found_root)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean(out / "tables", (".csv",))
+    _clean(out / "figures", (".png", ".svg"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tight-layout and similar cosmetic matplotlib warnings
+        builder = Builder(coll, out, load_stats())
+        blocks = builder.build()
+    write_tables(builder.tables, out / "tables")
+    md = out / "index.md"
+    md.write_text(to_markdown(blocks))
+    page = out / "index.html"
+    page.write_text(to_html(blocks))
+    notes = [b.text for b in blocks if isinstance(b, NoteBlock)]
+    return Report(out, md, page, builder.tables, builder.figures, notes, coll, blocks)
+
+
+def print_report(console: Any, report: Report) -> None:
+    """The main tables (overview of runs, leaderboards, cross-dataset) in the terminal."""
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    for t in report.terminal_tables:
+        if t.display.empty:
+            continue
+        table = RichTable(title=escape(t.title), title_justify="left", caption=escape(t.caption),
+                          caption_justify="left")
+        for c in t.display.columns:
+            table.add_column(escape(str(c)), overflow="fold")
+        for i in range(len(t.display)):
+            table.add_row(*[f"[bold]{escape(str(v))}[/]" if t.bold.iat[i, j] else escape(str(v))
+                            for j, v in enumerate(t.display.iloc[i])])
+        console.print(table)
+    for text in report.notes:
+        console.print(f"[yellow]note:[/] {escape(text)}", highlight=False)
+    console.print(f"report: {report.html} ({len(report.tables)} tables in {report.out / 'tables'}, "
+                  f"{len(report.figures)} figures in {report.out / 'figures'}); Markdown: {report.markdown}")
+
+
+def build_report(coll: Collection, out: Path) -> tuple[list[Block], list[Table], list[Figure]]:
+    """The blocks of a report on ``coll`` (figures are saved under ``out/figures``)."""
+    builder = Builder(coll, Path(out), load_stats())
+    return builder.build(), builder.tables, builder.figures
+

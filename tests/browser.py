@@ -1,0 +1,99 @@
+"""Headless Chromium for tests: screenshot a page, dump its rendered DOM, collect its console errors.
+
+Uses Debian's ``chromium`` package. If ``/usr/bin/chromium`` is missing it is installed with
+``apt-get update && apt-get install -y chromium``; if that is impossible the helper FAILS the
+test with a message saying what to install (a browser test that silently skips checks nothing).
+The browser runs with networking features off and a throw-away profile, so the only thing it
+can load is the file it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio")
+INSTALL_HINT = "apt-get update && apt-get install -y chromium"
+
+
+def chromium() -> Path:
+    """The Chromium binary, installing Debian's package if needed; fails the test if it cannot."""
+    found = CHROMIUM if CHROMIUM.exists() else (Path(p) if (p := shutil.which("chromium")) else None)
+    if found is not None:
+        return found
+    if shutil.which("apt-get") is None:
+        pytest.fail(f"Chromium is not installed ({CHROMIUM} missing) and there is no apt-get to install it: "
+                    f"install Debian's chromium package ({INSTALL_HINT}).", pytrace=False)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    steps = (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"])
+    for cmd in steps:
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            pytest.fail(f"Installing Chromium failed at `{' '.join(cmd)}`: {err}. Install it by hand: {INSTALL_HINT}",
+                        pytrace=False)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            pytest.fail(f"Installing Chromium failed at `{' '.join(cmd)}` (exit {done.returncode}): "
+                        f"{' | '.join(tail)}. Install it by hand (as root): {INSTALL_HINT}", pytrace=False)
+    if not CHROMIUM.exists():
+        pytest.fail(f"apt-get installed chromium but {CHROMIUM} is still missing.", pytrace=False)
+    return CHROMIUM
+
+
+@dataclass
+class Page:
+    screenshot: Path
+    dom: str
+    log: str  # Chromium's stderr with --enable-logging=stderr: console messages and errors
+
+    def console_errors(self) -> list[str]:
+        """JavaScript errors and console.error lines Chromium logged for the page.
+
+        Chromium logs page console messages as ``...:INFO:CONSOLE:<level>] "message", source: ...``
+        (older versions ``CONSOLE(<line>)``); level 3 is an error, and uncaught exceptions say
+        "Uncaught". Chromium's own complaints (D-Bus, GPU) are not the page's and are ignored.
+        """
+        errors = []
+        for line in self.log.splitlines():
+            if "CONSOLE" not in line:
+                continue
+            if ":CONSOLE:3]" in line or "ERROR:CONSOLE" in line or "Uncaught" in line:
+                errors.append(line)
+        return errors
+
+
+def _run(args: list[str], profile: Path, timeout: float) -> subprocess.CompletedProcess:
+    cmd = [str(chromium()), *FLAGS, f"--user-data-dir={profile}", *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"Chromium did not finish within {timeout:.0f} s: {' '.join(cmd)}", pytrace=False)
+        raise err  # unreachable, for type checkers
+
+
+def open_page(html: Path, out_dir: Path, *, width: int = 1400, height: int = 3000, timeout: float = 120) -> Page:
+    """Render ``html`` headless: a screenshot, the DOM after scripts ran, and the browser's log."""
+    url = Path(html).resolve().as_uri()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shot = out_dir / "screenshot.png"
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        logging = ["--enable-logging=stderr", "--v=0"]
+        first = _run([*logging, f"--screenshot={shot}", f"--window-size={width},{height}", url], Path(profile), timeout)
+        if not shot.exists():
+            pytest.fail(f"Chromium wrote no screenshot (exit {first.returncode}): {first.stderr[-2000:]}",
+                        pytrace=False)
+        second = _run([*logging, "--dump-dom", url], Path(profile), timeout)
+        if second.returncode != 0 or "<html" not in second.stdout:
+            pytest.fail(f"Chromium --dump-dom failed (exit {second.returncode}): {second.stderr[-2000:]}",
+                        pytrace=False)
+    return Page(shot, second.stdout, first.stderr + "\n" + second.stderr)
