@@ -60,7 +60,10 @@ def _quiet_frameworks() -> None:
 # ---- bench datasets -------------------------------------------------------------------------
 def _location(spec, root: Path) -> tuple[str, int | None]:
     from bench.data.images import is_image_file
+    from bench.data.sources import special_source
 
+    if (source := special_source(spec.source.kind)) is not None:  # e.g. MedMNIST npz files
+        return source.location(spec)
     if not root.is_dir():
         return ("not downloaded" if spec.source.kind == "archive" else "not found"), None
     n = 0
@@ -146,16 +149,22 @@ class FetchCommand(Command):
         parser.add_argument("name", help="dataset name from `bench datasets`")
         parser.add_argument("--registry", type=Path)
         parser.add_argument("--max-gb", type=float, default=50.0, help="refuse archives that unpack to more than this")
+        parser.add_argument("--size", type=int, help="MedMNIST: the file of this image size (28, 64, 128, 224; "
+                                                     "default: the dataset's image_size)")
 
     def run(self, args: argparse.Namespace) -> int:
         from bench.data.fetch import fetch_archive
         from bench.data.registry import dataset_root, registry
+        from bench.data.sources import special_source
         from bench.errors import close_matches
 
         specs = registry(args.registry)
         if args.name not in specs:
             raise ConfigError(f"Unknown dataset '{args.name}'.{close_matches(args.name, specs)} Run `bench datasets`.")
         spec = specs[args.name]
+        if (source := special_source(spec.source.kind)) is not None:  # e.g. MedMNIST npz files
+            _console().print(source.fetch(spec, size=args.size))
+            return 0
         root = dataset_root(spec)
         if spec.source.kind != "archive":
             where = "is shipped inside bench" if spec.source.kind == "embedded" else f"is read from {root}"

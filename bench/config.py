@@ -13,14 +13,34 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bench import baselines as published
 from bench.errors import ConfigError, close_matches
 
-TASKS = ("binary", "multiclass")
-SOURCE_KINDS = ("embedded", "local", "archive")
+# Tasks bench trains and scores: one label per image, softmax over the classes.
+SUPPORTED_TASKS = ("binary", "multiclass")
+# Tasks a registry entry may name so that it can be listed (ChestMNIST is multi-label), but that
+# `require_supported` refuses before anything is trained: a multi-label set needs sigmoid outputs
+# and per-label metrics, which bench does not have.
+TASKS = (*SUPPORTED_TASKS, "multilabel")
+SOURCE_KINDS = ("embedded", "local", "archive", "medmnist")
 LAYOUT_KINDS = ("folders", "manifest")
 GROUP_KINDS = ("none", "column", "regex")
 TEST_KINDS = ("fraction", "folder", "column", "file")
 RESIZE_MODES = ("squash", "pad", "crop")
+
+
+@dataclass(frozen=True)
+class NpzFile:
+    """One published npz of a MedMNIST data flag: the image size it holds, its URL and checksum.
+
+    The file is ``<flag>.npz`` for 28 px and ``<flag>_<size>.npz`` otherwise (MedMNIST+), the
+    names the ``medmnist`` package uses.
+    """
+
+    size: int
+    url: str | None = None
+    md5: str | None = None  # what Zenodo publishes
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,7 +50,10 @@ class SourceSpec:
     embedded: ``path`` inside the package's data/demo folder. local: ``path`` on disk (``~`` and
     ``$VARS`` expanded, relative paths are under BENCH_DATA). archive: ``url`` (+ ``sha256``)
     downloaded and extracted into BENCH_DATA/<name>; ``root`` is the folder inside the archive
-    that holds the images.
+    that holds the images. medmnist: npz arrays in the MedMNIST layout (``train_images``,
+    ``train_labels``, ``val_*``, ``test_*``) named after ``flag`` (default: the entry's name), read
+    from the folder ``path`` (default BENCH_DATA/medmnist), else from the ``medmnist`` package's
+    ``~/.medmnist``; ``files`` lists the published sizes with their URLs and checksums.
     """
 
     kind: str
@@ -39,6 +62,8 @@ class SourceSpec:
     sha256: str | None = None
     root: str | None = None
     size_mb: float | None = None
+    flag: str | None = None
+    files: tuple[NpzFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,15 @@ class TestSpec:
 
 
 @dataclass(frozen=True)
+class BaselineSpec:
+    """Published results to print beside bench's: a table shipped in ``bench/baselines/`` and the
+    dataset's name in it (default: the entry's name)."""
+
+    table: str
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     title: str
@@ -108,13 +142,16 @@ class DatasetSpec:
     citation: str = ""
     homepage: str = ""
     notes: str = ""
+    baselines: BaselineSpec | None = None
 
 
-_SUBTABLES: dict[str, type] = {
-    "source": SourceSpec,
-    "layout": LayoutSpec,
-    "groups": GroupSpec,
-    "test": TestSpec,
+# Fields that hold a table ({ key = value, ... }) or a list of tables, per dataclass.
+_SUBTABLES: dict[type, dict[str, type]] = {
+    DatasetSpec: {"source": SourceSpec, "layout": LayoutSpec, "groups": GroupSpec, "test": TestSpec,
+                  "baselines": BaselineSpec},
+}
+_TABLE_LISTS: dict[type, dict[str, type]] = {
+    SourceSpec: {"files": NpzFile},
 }
 
 
@@ -157,8 +194,12 @@ def _build(cls: type, table: Any, where: str) -> Any:
             raise ConfigError(
                 f"{where}: unknown field '{key}'.{close_matches(key, types)} Allowed: {allowed}."
             )
-        if key in _SUBTABLES and cls is DatasetSpec:
-            kwargs[key] = _build(_SUBTABLES[key], value, f"{where}.{key}")
+        if key in _SUBTABLES.get(cls, {}):
+            kwargs[key] = _build(_SUBTABLES[cls][key], value, f"{where}.{key}")
+        elif key in _TABLE_LISTS.get(cls, {}):
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: field '{key}' must be a list of tables [{{ ... }}, ...], got {value!r}.")
+            kwargs[key] = tuple(_build(_TABLE_LISTS[cls][key], v, f"{where}.{key}[{i}]") for i, v in enumerate(value))
         else:
             kwargs[key] = _check_type(where, key, value, str(types[key]))
     try:
@@ -191,6 +232,14 @@ def validate(spec: DatasetSpec, where: str) -> DatasetSpec:
         raise ConfigError(f"{where}.source: kind '{src.kind}' needs 'path'.")
     if src.sha256 and not re.fullmatch(r"[0-9a-f]{64}", src.sha256):
         raise ConfigError(f"{where}.source: 'sha256' must be 64 lowercase hex digits, got {src.sha256!r}.")
+    if src.kind == "medmnist":
+        spec = _medmnist(spec, where)
+    else:
+        for key in ("flag", "files"):
+            if getattr(src, key):
+                raise ConfigError(f"{where}.source: '{key}' is only for kind 'medmnist' (this entry is '{src.kind}').")
+    if spec.baselines is not None:
+        spec = _baselines(spec, where)
     if spec.groups.kind == "column" and not spec.groups.column:
         raise ConfigError(f"{where}.groups: kind 'column' needs 'column' (the manifest column).")
     if spec.groups.kind == "column" and spec.layout.kind != "manifest":
@@ -225,6 +274,71 @@ def validate(spec: DatasetSpec, where: str) -> DatasetSpec:
             raise ConfigError(
                 f"{where}: 'positive' is {spec.positive!r}, not one of classes {list(spec.classes)}."
             )
+    return spec
+
+
+def _medmnist(spec: DatasetSpec, where: str) -> DatasetSpec:
+    """Checks and defaults for an npz source: its flag, its files, and the official split."""
+    src, at = spec.source, f"{where}.source"
+    for key in ("url", "sha256", "root"):
+        if getattr(src, key):
+            raise ConfigError(f"{at}: kind 'medmnist' takes no '{key}'; give each file's url and md5/sha256 in "
+                              f"'files' = [{{ size = 28, url = ..., md5 = ... }}, ...].")
+    flag = src.flag or spec.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", flag):
+        raise ConfigError(f"{at}: 'flag' is {flag!r}; it names the npz file (<flag>.npz), so it takes letters, "
+                          f"digits, '_', '-' and '.' only.")
+    sizes = [f.size for f in src.files]
+    for i, f in enumerate(src.files):
+        here = f"{at}.files[{i}]"
+        if f.size < 8:
+            raise ConfigError(f"{here}: 'size' is {f.size}; MedMNIST files hold 28, 64, 128 or 224 px images.")
+        if sizes.count(f.size) > 1:
+            raise ConfigError(f"{at}: 'files' lists size {f.size} twice.")
+        if f.md5 and not re.fullmatch(r"[0-9a-f]{32}", f.md5):
+            raise ConfigError(f"{here}: 'md5' must be 32 lowercase hex digits, got {f.md5!r}.")
+        if f.sha256 and not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
+            raise ConfigError(f"{here}: 'sha256' must be 64 lowercase hex digits, got {f.sha256!r}.")
+    if spec.layout != LayoutSpec():
+        raise ConfigError(f"{where}.layout: kind 'medmnist' has no layout: the npz file holds the images and labels.")
+    if spec.groups.kind != "none":
+        raise ConfigError(f"{where}.groups: kind 'medmnist' has no patient ids (the npz holds none), so 'groups' "
+                          f"must be kind 'none'; exact duplicate images are still kept together.")
+    # The official split is the point of MedMNIST: its test arrays are the held-out set. The npz
+    # index names each image after its split (test/000123.png), so the folder rule selects them.
+    official = TestSpec(kind="folder", folder="test")
+    if spec.test == TestSpec():
+        test = official
+    elif spec.test.kind == "folder" and spec.test.folder == "test":
+        test = spec.test
+    else:
+        raise ConfigError(f"{where}.test: kind 'medmnist' always holds out the npz's official test split; leave "
+                          f"'test' out (or write test = {{ kind = \"folder\", folder = \"test\" }}).")
+    return replace(spec, source=replace(src, flag=flag), test=test)
+
+
+def _baselines(spec: DatasetSpec, where: str) -> DatasetSpec:
+    ref, at = spec.baselines, f"{where}.baselines"
+    assert ref is not None
+    tables = published.tables()
+    _one_of(at, "table", ref.table, tables)
+    dataset = ref.dataset or spec.name
+    known = published.datasets(ref.table)
+    if dataset not in known:
+        raise ConfigError(f"{at}: table '{ref.table}' has no rows for dataset {dataset!r};"
+                          f"{close_matches(dataset, known)} it has: {', '.join(known)}.")
+    return replace(spec, baselines=replace(ref, dataset=dataset))
+
+
+def require_supported(spec: DatasetSpec) -> DatasetSpec:
+    """``spec`` when bench can train on its task; otherwise a ``ConfigError`` saying why not."""
+    if spec.task not in SUPPORTED_TASKS:
+        raise ConfigError(
+            f"{spec.name}: task '{spec.task}' is not supported. bench trains single-label classifiers (softmax over "
+            f"the classes, one label per image) and scores them with single-label metrics; a multi-label set needs "
+            f"sigmoid outputs and per-label metrics, which bench does not have. Supported tasks: "
+            f"{', '.join(SUPPORTED_TASKS)}; `bench datasets` lists each entry's task."
+        )
     return spec
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ class PreparedData:
                 "ignored_non_images": len(idx.ignored), "duplicates": s.duplicates,
                 "duplicate_groups_merged": s.duplicate_groups_merged,
                 "positive": None if self.positive is None else idx.classes[self.positive],
+                "source": self.spec.source.kind,
+                # Published results the report sets beside the held-out ones (bench/baselines/).
+                "baselines": asdict(self.spec.baselines) if self.spec.baselines is not None else None,
             },
             "split": {
                 "rule": s.rule, "folds": s.folds, "seed": s.seed,
@@ -75,7 +78,8 @@ class PreparedData:
                 "digest": self.splits_digest,
             },
             "cache": {"key": self.cache.key, "path": str(self.cache.path), "bytes": self.cache.nbytes,
-                      "built": self.cache.built, "size": self.size, "resize": self.resize},
+                      "built": self.cache.built, "size": self.size, "resize": self.resize,
+                      "source": self.cache.source},
         }
 
 

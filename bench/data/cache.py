@@ -1,7 +1,10 @@
 """Decode once: a uint8 image array per (dataset fingerprint, size, resize mode), memory-mapped.
 
 The fingerprint covers every file's relative path, byte size and mtime, so any change to the
-dataset gives a new cache entry rather than stale pixels. The array is written to a temporary
+dataset gives a new cache entry rather than stale pixels. Where the pixels come from is the
+index's ``pixels`` source: image files by default (decoded here), or whatever a source kind
+puts there instead (MedMNIST's npz arrays, read by ``bench.data.medmnist``, fingerprinted by the
+npz file rather than by a stat() per image). The array is written to a temporary
 file and renamed into place (atomic on POSIX), under a file lock, so two processes asking for
 the same cache at once decode it once and never see half a file.
 """
@@ -21,7 +24,7 @@ from filelock import FileLock
 
 from bench import paths
 from bench.data import images
-from bench.data.index import DatasetIndex
+from bench.data.index import DatasetIndex, OnError
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +43,38 @@ class ImageCache:
     failed: dict[int, str]  # row -> reason, for files that could not be decoded (rows are zeros)
     row_hashes: tuple[str, ...]  # digest of each decoded image, for exact-duplicate detection
     built: bool  # True when this call decoded the images, False when it read an existing cache
+    source: str = ""  # where the pixels came from (which files), for the manifest
 
     @property
     def nbytes(self) -> int:
         return int(self.array.nbytes)
 
 
-def fingerprint(index: DatasetIndex) -> str:
-    """Digest of relative paths, sizes and mtimes (and labels: a relabelled file is a new dataset)."""
-    h = hashlib.sha256()
-    for rel, label in zip(index.paths, index.labels):
-        st = (index.root / rel).stat()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n".encode())
-    return h.hexdigest()
+class ImageFiles:
+    """The default pixel source: one image file per row, at ``index.root / path``."""
+
+    def fingerprint(self, index: DatasetIndex, size: int | None) -> str:
+        """Digest of relative paths, sizes and mtimes (and labels: a relabelled file is a new dataset)."""
+        h = hashlib.sha256()
+        for rel, label in zip(index.paths, index.labels):
+            st = (index.root / rel).stat()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n".encode())
+        return h.hexdigest()
+
+    def fill(self, index: DatasetIndex, size: int, resize: str, out: np.ndarray, on_error: OnError,
+             workers: int | None) -> str:
+        files = [index.root / p for p in index.paths]
+        images.decode_many(files, size, resize, workers=workers, out=out,
+                           on_error=lambda i, err: on_error(i, err.reason))
+        return f"{len(files)} image files under {index.root}"
+
+
+FILES = ImageFiles()
+
+
+def fingerprint(index: DatasetIndex, size: int | None = None) -> str:
+    """Digest of what the cache of ``index`` at ``size`` is made from (see the pixel source)."""
+    return (index.pixels or FILES).fingerprint(index, size)
 
 
 def _key(index: DatasetIndex, fp: str, size: int, resize: str) -> str:
@@ -77,6 +99,7 @@ def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCa
         failed={int(k): v for k, v in meta["failed"].items()},
         row_hashes=tuple(meta["row_hashes"]),
         built=built,
+        source=meta.get("source", ""),
     )
 
 
@@ -88,15 +111,12 @@ def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Pa
     failed: dict[int, str] = {}
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        files = [index.root / p for p in index.paths]
-        images.decode_many(
-            files, size, resize, workers=workers, out=out,
-            on_error=lambda i, err: failed.__setitem__(i, err.reason),
-        )
+        source = (index.pixels or FILES).fill(index, size, resize, out, failed.__setitem__, workers)
         out.flush()
         hashes = [hashlib.blake2b(out[i].tobytes(), digest_size=16).hexdigest() for i in range(n)]
         del out
-        meta = {"paths": list(index.paths), "size": size, "resize": resize, "failed": failed, "row_hashes": hashes}
+        meta = {"paths": list(index.paths), "size": size, "resize": resize, "failed": failed, "row_hashes": hashes,
+                "source": source}
         _atomic_write_text(meta_path, json.dumps(meta))
         os.replace(tmp, npy)  # the commit point: readers look for the .npy
     finally:
@@ -109,7 +129,7 @@ def load_or_build(
     """The decoded images of ``index`` at ``size``; decodes only when no valid cache exists."""
     root = cache_dir or paths.cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(index)
+    fp = fingerprint(index, size)
     key = _key(index, fp, size, resize)
     npy, meta_path = root / f"{key}.npy", root / f"{key}.json"
     if npy.is_file() and meta_path.is_file():

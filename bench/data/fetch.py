@@ -1,8 +1,9 @@
 """Download a file (resumable, checksummed) and unpack an archive without trusting it.
 
 ``download`` streams into ``<dest>.part`` and only renames into place once the whole file is
-there and its sha256 matches, so a file at ``dest`` is always complete. An interrupted download
-keeps its ``.part`` and the next call asks the server for the rest (HTTP Range).
+there and its sha256 (or md5, which is what Zenodo publishes) matches, so a file at ``dest`` is
+always complete. An interrupted download keeps its ``.part`` and the next call asks the server
+for the rest (HTTP Range).
 
 ``safe_extract`` treats an archive as hostile: member names that are absolute or climb out with
 ``..``, links, devices and size bombs are refused before anything lands outside the target. It
@@ -58,6 +59,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz
 ZIP_SUFFIXES = (".zip",)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)", re.IGNORECASE)
 
@@ -75,6 +77,7 @@ def download(
     dest: Path,
     *,
     sha256: str | None = None,
+    md5: str | None = None,
     progress: bool = True,
     timeout: float = 30.0,
     chunk: int = 1 << 20,
@@ -82,15 +85,16 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
-    Resumes from ``<dest>.part`` when one is left over. With ``sha256`` the file is verified (a
-    mismatch deletes it and raises ``DataError``) and an existing ``dest`` with that digest is
-    returned without touching the network; without ``sha256`` an existing ``dest`` is trusted,
-    since only a finished download is ever renamed there. ``timeout`` is per socket operation,
-    not for the whole transfer. Connection problems raise ``NetworkError`` ending with
-    ``manual_hint``.
+    Resumes from ``<dest>.part`` when one is left over. With ``sha256`` (or ``md5``, for
+    publishers such as Zenodo that print only that; ``sha256`` wins when both are given) the
+    file is verified (a mismatch deletes it and raises ``DataError``) and an existing ``dest``
+    with that digest is returned without touching the network; without a digest an existing
+    ``dest`` is trusted, since only a finished download is ever renamed there. ``timeout`` is
+    per socket operation, not for the whole transfer. Connection problems raise
+    ``NetworkError`` ending with ``manual_hint``.
     """
     dest = Path(dest)
-    want = _normalize_sha256(sha256)
+    want = _checksum(sha256, md5)
     if _already_downloaded(dest, want):
         return dest
     _mkdir(dest.parent)
@@ -98,32 +102,41 @@ def download(
         if _already_downloaded(dest, want, quiet=True):  # another process finished it while we waited
             return dest
         part = dest.with_name(dest.name + ".part")
-        got = _fetch_into(url, part, timeout=timeout, chunk=chunk, progress=progress, hint=manual_hint)
-        if want is not None and got != want:
+        algorithm = want.algorithm if want is not None else "sha256"
+        got = _fetch_into(url, part, timeout=timeout, chunk=chunk, progress=progress, hint=manual_hint,
+                          algorithm=algorithm)
+        if want is not None and got != want.hexdigest:
             # Both are known bad now; leaving either would make the next call resume or trust it.
             part.unlink(missing_ok=True)
             dest.unlink(missing_ok=True)
             raise DataError(
-                f"{dest} downloaded from {url} has the wrong sha256:\n"
-                f"  expected {want}\n  actual   {got}\n"
+                f"{dest} downloaded from {url} has the wrong {algorithm}:\n"
+                f"  expected {want.hexdigest}\n  actual   {got}\n"
                 "The file was deleted, so running again downloads it afresh. If it keeps happening, "
-                "the file on the server has changed or the sha256 in datasets.toml is wrong."
+                f"the file on the server has changed or the {algorithm} in datasets.toml is wrong."
             )
         os.replace(part, dest)
     return dest
 
 
-def _already_downloaded(dest: Path, want: str | None, *, quiet: bool = False) -> bool:
+def _already_downloaded(dest: Path, want: _Checksum | None, *, quiet: bool = False) -> bool:
     if not dest.is_file():
         return False
     if want is None:
         return True
-    got = _sha256_file(dest)
-    if got == want:
+    got = _digest_file(dest, want.algorithm)
+    if got == want.hexdigest:
         return True
     if not quiet:
-        log.warning("%s exists but its sha256 is %s, not %s; downloading it again", dest, got, want)
+        log.warning("%s exists but its %s is %s, not %s; downloading it again", dest, want.algorithm, got,
+                    want.hexdigest)
     return False
+
+
+@dataclass(frozen=True)
+class _Checksum:
+    algorithm: str  # a hashlib name: sha256 or md5
+    hexdigest: str  # lowercase
 
 
 @dataclass(frozen=True)
@@ -135,11 +148,12 @@ class _Response:
     total: int | None  # the file's full size, when the server said
 
 
-def _fetch_into(url: str, part: Path, *, timeout: float, chunk: int, progress: bool, hint: str) -> str:
-    """Fill ``part`` with the whole file (resuming what is there); return its sha256."""
+def _fetch_into(url: str, part: Path, *, timeout: float, chunk: int, progress: bool, hint: str,
+                algorithm: str = "sha256") -> str:
+    """Fill ``part`` with the whole file (resuming what is there); return its digest (``algorithm``)."""
     have = part.stat().st_size if part.is_file() else 0
     resp = _open(url, have, timeout, part, hint)
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     if resp.offset:
         _hash_file_into(digest, part)
     if resp.body is None:
@@ -624,8 +638,25 @@ def _normalize_sha256(sha256: str | None) -> str | None:
     return value
 
 
+def _checksum(sha256: str | None, md5: str | None) -> _Checksum | None:
+    """The digest to verify a download against: sha256 when given, else md5, else none."""
+    value = _normalize_sha256(sha256)
+    if value is not None:
+        return _Checksum("sha256", value)
+    if md5 is None or md5 == "":
+        return None
+    value = md5.strip().lower().removeprefix("md5:")
+    if not _HEX32.fullmatch(value):
+        raise ConfigError(f"md5 must be 32 hex digits, got {md5!r}.")
+    return _Checksum("md5", value)
+
+
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return _digest_file(path, "sha256")
+
+
+def _digest_file(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)  # integrity, not security: md5 is fine
     _hash_file_into(digest, path)
     return digest.hexdigest()
 

@@ -33,6 +33,7 @@ __all__ = [
     "decode_image",
     "decode_many",
     "is_image_file",
+    "resize_array",
 ]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
@@ -311,6 +312,26 @@ def decode_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:
     """
     size, resizer = _check_args(size, resize)
     return np.array(_decode_checked(Path(path), size, resizer))
+
+
+def resize_array(pixels: np.ndarray, size: int, resize: str = "squash") -> np.ndarray:
+    """An image already in memory as a ``(size, size, 3)`` uint8 RGB array, resized like a file.
+
+    ``pixels`` is uint8 ``(h, w)`` or ``(h, w, 1)`` grayscale or ``(h, w, 3)`` RGB, as npz
+    datasets (MedMNIST) store them. An image that is already ``size`` square is returned as
+    stored, pixel for pixel; any other is resized with the same filter and ``resize`` mode as
+    :func:`decode_image`, grayscale staying one channel until the end.
+    """
+    size, resizer = _check_args(size, resize)
+    a = np.asarray(pixels)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        # The caller checks the arrays it reads (and names the file); this is a programming error.
+        raise ValueError(f"expected uint8 (h, w) or (h, w, 3) pixels, got {a.dtype} {a.shape}")
+    if a.shape[:2] != (size, size):
+        a = np.asarray(resizer(Image.fromarray(np.ascontiguousarray(a)), size))
+    return np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a
 
 
 def _default_workers() -> int:

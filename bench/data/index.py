@@ -3,6 +3,10 @@
 Building the index reads directory listings and CSVs only, never pixels; decoding happens once,
 in ``cache.py``. Every way a folder or manifest can be unusable is a ``DataError`` that names
 the path, the line or the class.
+
+A source kind whose images are not files in a folder (MedMNIST's npz arrays) builds its own
+index (``bench.data.sources``): its paths are then virtual (``train/000123.png``) and its
+``pixels`` tell the cache how to read them.
 """
 
 from __future__ import annotations
@@ -11,14 +15,32 @@ import csv
 import fnmatch
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 import numpy as np
 
 from bench.config import DatasetSpec
 from bench.data.images import is_image_file
 from bench.errors import DataError
+
+
+OnError = Callable[[int, str], None]  # (row, reason) of an image that could not be read
+
+
+class PixelSource(Protocol):
+    """How the image cache gets an index's pixels (the default reads ``root / path`` files)."""
+
+    def fingerprint(self, index: DatasetIndex, size: int | None) -> str:
+        """A digest that changes whenever the pixels the cache would hold at ``size`` could."""
+        ...
+
+    def fill(self, index: DatasetIndex, size: int, resize: str, out: np.ndarray, on_error: OnError,
+             workers: int | None) -> str:
+        """Write row i of ``index`` into ``out[i]`` as (size, size, 3) uint8; return what was read."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,7 @@ class DatasetIndex:
     official_test: np.ndarray | None  # bool per image, when the dataset defines its test split
     spec: DatasetSpec
     ignored: tuple[str, ...] = field(default=())  # non-image files seen (hidden files not listed)
+    pixels: PixelSource | None = None  # None: the image files at root / path
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -54,6 +77,7 @@ class DatasetIndex:
             official_test=None if self.official_test is None else self.official_test[idx],
             spec=self.spec,
             ignored=self.ignored,
+            pixels=self.pixels,
         )
 
 
@@ -184,6 +208,12 @@ def _official_test(spec: DatasetSpec, root: Path, paths: list[str], rows: list[d
 
 def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
     """List a dataset's images with labels, groups and official test membership."""
+    # Imported here: the source kinds' own index builders import this module.
+    from bench.data.sources import special_source
+
+    source = special_source(spec.source.kind)
+    if source is not None:
+        return source.build_index(spec, root)
     if not root.exists():
         raise DataError(f"Dataset folder {root} does not exist. {_hint(spec)}".strip())
     if not root.is_dir():

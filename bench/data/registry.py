@@ -8,7 +8,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import paths
-from bench.config import DatasetSpec, GroupSpec, LayoutSpec, SourceSpec, TestSpec, load_registry, validate
+from bench.config import (
+    DatasetSpec,
+    GroupSpec,
+    LayoutSpec,
+    SourceSpec,
+    TestSpec,
+    load_registry,
+    require_supported,
+    validate,
+)
+from bench.data.sources import special_source
 from bench.errors import DataError, close_matches
 
 # Manifest columns recognised as the group (patient) column in a plain folder's manifest.csv.
@@ -22,6 +32,9 @@ def registry(path: Path | None = None) -> dict[str, DatasetSpec]:
 def dataset_root(spec: DatasetSpec) -> Path:
     """Where a registry dataset's images are (or would be, once fetched)."""
     src = spec.source
+    source = special_source(src.kind)
+    if source is not None:
+        return source.root(spec)
     if src.kind == "embedded":
         return paths.DEMO_DIR / (src.path or spec.name)
     if src.kind == "archive":
@@ -73,7 +86,7 @@ def resolve(name: str, *, registry_path: Path | None = None, group_regex: str | 
     """``(spec, root)`` for a registry name or a folder path; a clear error otherwise."""
     specs = registry(registry_path)
     if name in specs:
-        spec = specs[name]
+        spec = require_supported(specs[name])
         if group_regex:
             spec = validate(replace(spec, groups=GroupSpec(kind="regex", pattern=group_regex)), name)
         return spec, dataset_root(spec)

@@ -223,6 +223,21 @@ class Builder:
                 self.note(text)
             self.guard(f"{d}: the test table",
                        lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board)))
+            self.guard(f"{d}: the published baselines", lambda d=d, board=board: self.literature(d, board))
+
+    def literature(self, d: str, board: pd.DataFrame) -> None:
+        """Published results beside bench's held-out ones, for a dataset whose entry names a baseline table."""
+        from bench.report.baselines import baselines_section
+
+        section = baselines_section(self.coll, d, board)
+        if section is None:
+            return
+        table, paragraphs, notes = section
+        self.table(table)
+        for text in paragraphs:
+            self.para(text)
+        for text in notes:
+            self.note(text)
 
     def cross(self) -> None:
         self.heading(2, SECTIONS["cross"])
