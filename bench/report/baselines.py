@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench import baselines as published
 from bench.report.collect import Collection
+from bench.report import tables as T
 from bench.report.tables import Table, best_mask, ci, count, slug, split_facts
 
 METRICS = (("auc", "test AUC"), ("accuracy", "test ACC"))
@@ -38,8 +39,7 @@ def _bench_rows(coll: Collection, dataset: str, board: pd.DataFrame) -> list[dic
     default_size = (coll.manifest(dataset).get("cache") or {}).get("size")
     rows = []
     for r in board.itertuples(index=False):
-        sub = tm[(tm.dataset == dataset) & (tm.study == r.study) & (tm.backbone.astype(str) == r.backbone)
-                 & (tm.trial == r.trial)]
+        sub = T.held_out_rows(coll, dataset, r)
         if sub.empty:
             continue
         row: dict[str, Any] = {

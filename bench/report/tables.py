@@ -445,6 +445,13 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Ta
                  terminal=True)
 
 
+def held_out_rows(coll: Collection, dataset: str, r: Any) -> pd.DataFrame:
+    """The held-out test metrics of one leaderboard row (its study, backbone and trial)."""
+    tm = coll.test_metrics
+    return tm[(tm.dataset == dataset) & (tm.study == r.study) & (tm.backbone.astype(str) == r.backbone)
+              & (tm.trial == r.trial)]
+
+
 def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table | None:
     """Every metric on the held-out test set, with its CI, for the leaderboard's models."""
     tm = coll.test_metrics
@@ -452,8 +459,7 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
         return None
     rows = []
     for r in board.itertuples(index=False):
-        sub = tm[(tm.dataset == dataset) & (tm.study == r.study) & (tm.backbone.astype(str) == r.backbone)
-                 & (tm.trial == r.trial)]
+        sub = held_out_rows(coll, dataset, r)
         if sub.empty:
             continue
         row: dict[str, Any] = {"dataset": dataset, "rank": r.rank, "backbone": r.backbone, "study": r.study,
