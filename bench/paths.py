@@ -8,6 +8,7 @@ from pathlib import Path
 import platformdirs
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+OFFLINE_ENV = "BENCH_OFFLINE"
 DEMO_DIR = PACKAGE_DIR / "data" / "demo"
 
 
@@ -34,3 +35,8 @@ def runs_dir() -> Path:
 def registry_file() -> Path:
     """datasets.toml: BENCH_DATASETS, else the registry shipped in the package (the repo's top-level file)."""
     return _env_path("BENCH_DATASETS", PACKAGE_DIR / "datasets.toml")
+
+
+def offline() -> bool:
+    """True under ``BENCH_OFFLINE=1`` (or ``bench --offline``): nothing may touch the network."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}

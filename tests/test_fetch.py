@@ -214,6 +214,16 @@ def test_complete_file_makes_no_request(serve, tmp_path):
     assert srv.requests == []
 
 
+def test_offline_download_fails_at_once_without_a_request(serve, tmp_path, monkeypatch):
+    srv = serve({"/ham.bin": PAYLOAD})
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
+    with pytest.raises(NetworkError, match=r"ham\.bin is not here and bench is offline.*put it there by hand"):
+        download(srv.url("/ham.bin"), tmp_path / "ham.bin", manual_hint="Or put it there by hand.")
+    assert srv.requests == [] and not (tmp_path / "ham.bin.part").exists()
+    (tmp_path / "ham.bin").write_bytes(PAYLOAD)  # a file already here is still used offline
+    assert download(srv.url("/ham.bin"), tmp_path / "ham.bin", sha256=PAYLOAD_SHA) == tmp_path / "ham.bin"
+
+
 def test_existing_file_with_wrong_digest_is_downloaded_again(serve, tmp_path):
     srv = serve({"/ham.bin": PAYLOAD})
     dest = tmp_path / "ham.bin"

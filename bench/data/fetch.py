@@ -42,7 +42,7 @@ from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
-from bench import __version__
+from bench import __version__, paths
 from bench.errors import ConfigError, DataError, NetworkError
 
 __all__ = ["MARKER", "download", "fetch_archive", "is_extracted", "safe_extract"]
@@ -97,6 +97,9 @@ def download(
     want = _checksum(sha256, md5)
     if _already_downloaded(dest, want):
         return dest
+    if paths.offline():
+        raise NetworkError(f"{dest} is not here and bench is offline ({paths.OFFLINE_ENV}=1 or --offline), so "
+                           f"{url} was not downloaded. {manual_hint}".rstrip())
     _mkdir(dest.parent)
     with _lock(dest.with_name(f".{dest.name}.lock"), f"downloading {dest.name}"):
         if _already_downloaded(dest, want, quiet=True):  # another process finished it while we waited

@@ -367,11 +367,6 @@ def location(spec: DatasetSpec) -> tuple[str, int | None]:
     return f"npz {', '.join(names)}", found[0].images
 
 
-def _offline() -> bool:
-    # The same switch as bench.models.weights.offline (not imported: bench.models loads Keras).
-    return os.environ.get("BENCH_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def fetch(spec: DatasetSpec, *, size: int | None = None, progress: bool = True) -> str:
     """Download the flag's npz for ``size`` (default: the entry's image size) unless it is there; say where it is."""
     from bench.data.fetch import download  # urllib and friends: only when downloading
@@ -385,10 +380,10 @@ def fetch(spec: DatasetSpec, *, size: int | None = None, progress: bool = True) 
                           f"use --size with one of those.")
     name, where = file_name(flag_of(spec), size), primary_folder(spec)
     for folder in folders(spec):
-        if (folder / name).is_file() and (folder != where or _offline()):
+        if (folder / name).is_file() and (folder != where or paths.offline()):
             inspect(folder / name)
             return f"{spec.name}: {folder / name} is there already ({size} px); nothing to download."
-    if _offline():
+    if paths.offline():
         raise DataError(f"{missing_message(spec, size)} bench is offline (BENCH_OFFLINE=1 or --offline), so "
                         f"nothing was downloaded.")
     if not entry.url:

@@ -14,16 +14,11 @@ from pathlib import Path
 import keras
 
 from bench.errors import ConfigError
+from bench.paths import OFFLINE_ENV, offline  # noqa: F401 - re-exported for bench.models.store
 from bench.models.registry import Backbone
 
 WEIGHTS_ENV = "BENCH_WEIGHTS"
-OFFLINE_ENV = "BENCH_OFFLINE"
 NO_WEIGHTS = {"none", "random", "scratch", ""}
-
-
-def offline() -> bool:
-    """True under ``BENCH_OFFLINE=1`` (or ``bench --offline``): nothing may touch the network."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def keras_cache_dir() -> Path:
