@@ -679,8 +679,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2
+    # Through the environment, --offline reaches worker processes too; restored afterwards, so a
+    # caller of main() in the same process (a test, a notebook) is not left offline.
+    previous = os.environ.get(paths.OFFLINE_ENV)
     if getattr(args, "offline", False):
-        os.environ["BENCH_OFFLINE"] = "1"  # the environment reaches worker processes too
+        os.environ[paths.OFFLINE_ENV] = "1"
     try:
         return args._command.run(args)
     except BenchError as err:
@@ -691,6 +694,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is None:
+            os.environ.pop(paths.OFFLINE_ENV, None)
+        else:
+            os.environ[paths.OFFLINE_ENV] = previous
 
 
 if __name__ == "__main__":

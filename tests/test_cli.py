@@ -36,6 +36,14 @@ def test_datasets_lists_the_registry(capsys):
     assert "not downloaded" in out  # gi8 is an archive nobody fetched here
 
 
+def test_offline_flag_lasts_for_its_command_only(capsys, monkeypatch):
+    monkeypatch.delenv("BENCH_OFFLINE", raising=False)
+    assert main(["datasets", "--offline"]) == 0
+    assert "BENCH_OFFLINE" not in os.environ  # a later main() in this process may use the network
+    monkeypatch.setenv("BENCH_OFFLINE", "yes")
+    assert main(["datasets"]) == 0 and os.environ["BENCH_OFFLINE"] == "yes"
+
+
 def test_cv_on_the_demo_set_writes_the_run_directory(capsys, tmp_path):
     out_dir = tmp_path / "run"
     code, out, err = run_main(
