@@ -38,6 +38,7 @@ def mixed_float16():
     apply_precision("float32")
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: CI runs it with the slow suite
 def test_mixed_precision_trains_resets_and_predicts_float32(mixed_float16):
     rng = np.random.default_rng(0)
     y = np.arange(64) % 2

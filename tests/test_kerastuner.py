@@ -116,6 +116,7 @@ def test_random_search_writes_the_optuna_records_on_the_same_folds_and_resumes(t
     assert len(trials_table(out)) == 4 and len(RunDir.open(out).manifest()["sessions"]) == 3
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: CI runs it with the slow suite
 def test_hyperband_trains_tuner_epochs_and_stops_at_the_budget(tmp_path, capsys):
     # max_epochs 3, factor 3: a bracket of 3 one-epoch trials, then the best at 3 epochs; then
     # a new bracket. --trials 4 must stop it after exactly four.

@@ -66,6 +66,7 @@ def finished(study: optuna.Study) -> list:
     return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: CI runs it with the slow suite
 def test_search_then_resume_to_a_larger_budget(tiny_space, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(run_args(tiny_space, out, 2)) == 0
@@ -109,6 +110,7 @@ def test_resume_refuses_a_changed_space_or_folds(tiny_space, tmp_path, capsys):
     assert code == 2 and "folds" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: CI runs it with the slow suite
 def test_rerun_a_trial_exactly_with_cv_from_trial(tiny_space, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(run_args(tiny_space, out, 1)) == 0
@@ -267,6 +269,7 @@ def test_command_lines_recorded_without_passwords():
     assert "hunter2" not in line and "bench:***@db" in line and "--trials 5" in line
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: CI runs it with the slow suite
 def test_search_ends_with_the_held_out_evaluation(tmp_path, capsys):
     space = tmp_path / "two.toml"
     space.write_text(TINY_SPACE.replace('backbone = "simple_cnn"', 'backbone = ["simple_cnn", "mobilenet_v2"]'))

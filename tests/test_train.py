@@ -68,6 +68,7 @@ def test_bn_reestimation_gives_exact_training_statistics():
     assert bn.momentum == 0.99  # restored
 
 
+@pytest.mark.slow  # over 30 s on 2 cores: CI runs it with the slow suite
 def test_from_scratch_predictions_do_not_collapse_to_one_class():
     x, y = toy_data(n=128, seed=3)
     trainer = FoldTrainer(config(backbone="mobilenet_v2", epochs=2, lr=1e-3, bn_momentum="auto"),
