@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -46,3 +48,48 @@ def make_folder(tmp_path):
         return root
 
     return make
+
+
+# Two backbones, tiny settings: a real search that finishes in about two minutes on 2 cores.
+TWO_BACKBONE_SPACE = """
+name = "tiny"
+[objective]
+metric = "balanced_accuracy"
+[params]
+weights = "none"
+size = 32
+epochs = 1
+augment = "none"
+[params.backbone]
+type = "categorical"
+choices = ["simple_cnn", "mobilenet_v2"]
+[params.lr]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+"""
+
+
+@pytest.fixture(scope="session")
+def demo_search(tmp_path_factory) -> tuple[Path, str]:
+    """One real `bench run` on the embedded demo X-rays, ending with its held-out evaluation.
+
+    simple_cnn vs MobileNetV2, 32 px, 1 epoch, 2 folds, 3 trials; shared by every slow test that
+    only reads a finished search (the report's, the held-out evaluation's), so it trains once per
+    session. Returns (run directory, what `bench run` printed).
+    """
+    from bench.cli import main
+
+    base = tmp_path_factory.mktemp("demo-search")
+    out = base / "runs" / "pneumonia-demo" / "tiny"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        for var, sub in (("BENCH_CACHE", "cache"), ("BENCH_RUNS", "runs"), ("BENCH_DATA", "data")):
+            mp.setenv(var, str(base / sub))
+        space = base / "tiny.toml"
+        space.write_text(TWO_BACKBONE_SPACE)
+        code = main(["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", "3", "--folds", "2",
+                     "--out", str(out), "--pruner", "none"])
+    assert code == 0, printed.getvalue()[-3000:]
+    return out, printed.getvalue()

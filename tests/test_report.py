@@ -12,7 +12,6 @@ Every test runs on two run directories (the ``run_dir`` fixture):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,27 +24,9 @@ import pytest
 from PIL import Image
 
 from bench import metrics as M
-from bench.cli import COMMANDS, main
+from bench.cli import main
 from bench.results import RunDir
 
-TINY_SPACE = """
-name = "tiny"
-[objective]
-metric = "balanced_accuracy"
-[params]
-weights = "none"
-size = 32
-epochs = 1
-augment = "none"
-[params.backbone]
-type = "categorical"
-choices = ["simple_cnn", "mobilenet_v2"]
-[params.lr]
-type = "float"
-low = 1e-3
-high = 1e-2
-log = true
-"""
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
 
@@ -171,36 +152,13 @@ def synthetic_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cli_run(tmp_path_factory) -> Path:
-    """A real search; BENCH_REPORT_TEST_RUN=DIR reports on a copy of an existing run directory instead."""
-    base = tmp_path_factory.mktemp("report-cli")
-    out = base / "runs" / "pneumonia-demo" / "tiny"
+def cli_run(request, tmp_path_factory) -> Path:
+    """The real search of conftest's ``demo_search`` (bench run + its bench final), read-only here;
+    BENCH_REPORT_TEST_RUN=DIR reports on a copy of an existing run directory instead."""
     if os.environ.get("BENCH_REPORT_TEST_RUN"):
+        out = tmp_path_factory.mktemp("report-cli") / "runs" / "pneumonia-demo" / "tiny"
         return copy_run(Path(os.environ["BENCH_REPORT_TEST_RUN"]), out)
-    with pytest.MonkeyPatch.context() as mp:
-        for var, sub in (("BENCH_CACHE", "cache"), ("BENCH_RUNS", "runs"), ("BENCH_DATA", "data")):
-            mp.setenv(var, str(base / sub))
-        space = base / "tiny.toml"
-        space.write_text(TINY_SPACE)
-        assert main(["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", "3", "--folds", "2",
-                     "--out", str(out), "--pruner", "none"]) == 0
-        run = RunDir.open(out)
-        if not run.file("final").exists():  # `bench run` ends with `bench final` once that exists
-            if "final" in COMMANDS:
-                assert main(["final", "--run", str(out), "--boot", "200"]) == 0
-            elif importlib.util.find_spec("bench.final") is not None:
-                from bench.final import evaluate_run
-
-                evaluate_run(out, n_boot=200)
-            else:
-                splits = run.table("splits")
-                test = (splits.split == "test").to_numpy()
-                labels = np.array([CLASSES.index(x) for x in splits.label])
-                trials = run.table("trials")
-                done = trials[trials.state == "COMPLETE"].sort_values("value", ascending=False)
-                chosen = {b: (int(g.number.iloc[0]), 1.0) for b, g in done.groupby("backbone")}
-                write_trivial_final(run, labels, list(splits.path), test, chosen)
-    return out
+    return request.getfixturevalue("demo_search")[0]
 
 
 @pytest.fixture(scope="session", params=["synthetic", pytest.param("cli", marks=pytest.mark.slow)])

@@ -269,14 +269,9 @@ def test_command_lines_recorded_without_passwords():
     assert "hunter2" not in line and "bench:***@db" in line and "--trials 5" in line
 
 
-@pytest.mark.slow  # over 30 s on 2 cores: CI runs it with the slow suite
-def test_search_ends_with_the_held_out_evaluation(tmp_path, capsys):
-    space = tmp_path / "two.toml"
-    space.write_text(TINY_SPACE.replace('backbone = "simple_cnn"', 'backbone = ["simple_cnn", "mobilenet_v2"]'))
-    out = tmp_path / "run"
-    args = [a for a in run_args(space, out, 3) if a != "--no-final"]
-    assert main(args) == 0
-    text = capsys.readouterr().out
+@pytest.mark.slow  # the shared two-backbone search (about 2 minutes): CI runs it with the slow suite
+def test_search_ends_with_the_held_out_evaluation(demo_search):
+    out, text = demo_search
     run = RunDir.open(out)
     final = run.final()["backbones"]
     trials = run.table("trials")
