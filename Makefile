@@ -1,6 +1,6 @@
 # The two commands of the README. Both set everything up on a fresh machine (a venv in .venv).
 #   make demo   the main job on the embedded demo dataset, offline (a search over three backbones)
-#   make test   the default test suite (about 5 minutes on 2 cores); `make test-slow` adds the end-to-end suite
+#   make test   the default test suite (about 7.5 minutes on 2 cores); `make test-slow` runs the slow end-to-end suite (about 13)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
