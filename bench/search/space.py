@@ -1021,9 +1021,9 @@ def _drop_absent_weights(params: dict[str, Param]) -> list[str]:
     from bench.models.weights import imagenet_path
 
     absent = [b for b in backbone.if_weights_present if imagenet_path(get_backbone(b)) is None]
-    kept = tuple(c for c in backbone.choices or () if c not in absent)
     if not absent:
         return []
+    kept = tuple(c for c in backbone.choices or () if c not in absent)
     if not kept:
         raise ConfigError(f"[params.backbone] (line {backbone.line}): every choice needs ImageNet weights that "
                           f"this machine does not have ({', '.join(absent)}): see `bench weights list`.")
