@@ -113,10 +113,10 @@ def download(
             part.unlink(missing_ok=True)
             dest.unlink(missing_ok=True)
             raise DataError(
-                f"{dest} downloaded from {url} has the wrong {algorithm}:\n"
-                f"  expected {want.hexdigest}\n  actual   {got}\n"
-                "The file was deleted, so running again downloads it afresh. If it keeps happening, "
-                f"the file on the server has changed or the {algorithm} in datasets.toml is wrong."
+                f"{dest} downloaded from {url} has the wrong {algorithm} (expected {want.hexdigest}, "
+                f"actual {got}); the file was deleted, so running again downloads it afresh. If it keeps "
+                f"happening, the file on the server has changed or the expected {algorithm} "
+                "(datasets.toml, or the published weights checksum) is wrong."
             )
         os.replace(part, dest)
     return dest

@@ -191,9 +191,9 @@ def missing_error(spec: Backbone) -> BenchError:
 def pull_one(spec: Backbone, *, progress: bool = True) -> Path:
     """Download ``spec``'s ImageNet file into the first weights folder and check it.
 
-    The bytes land in ``<file>.unverified`` (resumable through its ``.part``) and are renamed to
-    the real name only once their checksum matches the one Keras publishes, so a file under
-    the real name is always a good one. Offline, or for converted weights, fails at once.
+    ``download`` resumes through ``<file>.part`` and renames to the real name only once the
+    checksum Keras publishes matches (a mismatch deletes it), so a file under the real name is
+    always a good one. Offline, or for converted weights, fails at once.
     """
     from bench.data.fetch import download  # urllib and friends: only when downloading
 
@@ -201,28 +201,12 @@ def pull_one(spec: Backbone, *, progress: bool = True) -> Path:
         raise ConfigError(f"Backbone {spec.name!r} has no ImageNet weights.")
     if spec.imagenet_url is None or offline():
         raise missing_error(spec)
-    folder = weights_dirs()[0]
-    dest = folder / spec.imagenet_file
-    staging = folder / f"{spec.imagenet_file}.unverified"
-    url = source_url(spec)
-    download(
-        url, staging, progress=progress,
+    algo, _, published = PUBLISHED.get(spec.imagenet_file, "").partition(":")
+    return download(
+        source_url(spec), weights_dirs()[0] / spec.imagenet_file, progress=progress,
+        sha256=published if algo == "sha256" else None, md5=published if algo == "md5" else None,
         manual_hint=f"(the ImageNet weights of {spec.name!r}, {spec.imagenet_file}) {carry_hint(spec)}",
     )  # fmt: skip
-    published = PUBLISHED.get(spec.imagenet_file)
-    if published is not None:
-        got = digests(staging)
-        if not got.matches(published):
-            staging.unlink(missing_ok=True)
-            algo = published.partition(":")[0]
-            raise DataError(
-                f"{spec.imagenet_file} downloaded from {url} has the wrong {algo}: expected "
-                f"{published.partition(':')[2]}, got {getattr(got, algo)}. It was deleted and "
-                "not installed; running again downloads it afresh. If it keeps happening the "
-                f"server (${URL_BASE_ENV}, if set) serves a different file."
-            )
-    os.replace(staging, dest)
-    return dest
 
 
 @dataclass(frozen=True)
