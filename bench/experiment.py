@@ -21,6 +21,7 @@ import pandas as pd
 from bench import metrics as M
 from bench.config import DatasetSpec
 from bench.data import cache as image_cache
+from bench.data.conflicts import LabelConflict, label_conflicts
 from bench.data.index import DatasetIndex, build_index
 from bench.data.registry import binary_positive, resolve
 from bench.data.splits import Splits, build_splits
@@ -38,13 +39,14 @@ class PreparedData:
     skipped: tuple[tuple[str, str], ...]  # (path, reason) of unreadable files
     size: int
     resize: str
+    conflicts: tuple[LabelConflict, ...] = ()  # identical images under different labels
 
     @property
     def splits_digest(self) -> str:
         """Digest of which image is in which fold or the test set: a resumed study must match it."""
         h = hashlib.sha256()
         for path, test, fold in zip(self.index.paths, self.splits.test, self.splits.fold):
-            h.update(f"{path}\0{int(test)}\0{int(fold)}\n".encode())
+            h.update(f"{path}\0{int(test)}\0{int(fold)}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     @property
@@ -64,6 +66,8 @@ class PreparedData:
                 "fingerprint": self.cache.fingerprint, "skipped": [list(p) for p in self.skipped],
                 "ignored_non_images": len(idx.ignored), "duplicates": s.duplicates,
                 "duplicate_groups_merged": s.duplicate_groups_merged,
+                "label_conflicts": [c.as_dict() for c in self.conflicts],
+                "passed_over": [list(p) for p in idx.passed_over],
                 "positive": None if self.positive is None else idx.classes[self.positive],
                 "source": self.spec.source.kind,
                 # Published results the report sets beside the held-out ones (bench/baselines/).
@@ -100,13 +104,17 @@ def prepare_data(
     index = build_index(spec, root)
     size = size or spec.image_size
     resize = resize or spec.resize
+    for path, reason in index.passed_over[:_SHOWN]:
+        print(f"warning: passed over {index.root / path}: {reason}", file=sys.stderr)
+    if len(index.passed_over) > _SHOWN:
+        print(f"warning: ... and {len(index.passed_over) - _SHOWN} more passed over (all in the run's "
+              f"manifest.json)", file=sys.stderr)
     cached = image_cache.load_or_build(index, size, resize, cache_dir=cache_dir)
     skipped = tuple((index.paths[i], reason) for i, reason in sorted(cached.failed.items()))
     if skipped and strict:
-        listing = "\n".join(f"  {index.root / p}: {r}" for p, r in skipped[:20])
-        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
         raise DataError(
-            f"{len(skipped)} unreadable image file(s) in {index.root} (--strict):\n{listing}{more}\n"
+            f"{len(skipped)} unreadable image file(s) in {index.root} (--strict):\n"
+            f"{_listing([f'{index.root / p}: {r}' for p, r in skipped])}\n"
             f"Remove or replace them, or run without --strict to skip them."
         )
     keep = np.ones(len(index), dtype=bool)
@@ -116,6 +124,15 @@ def prepare_data(
         for path, reason in skipped:
             print(f"warning: skipped unreadable image {index.root / path}: {reason}", file=sys.stderr)
     hashes = tuple(h for h, k in zip(cached.row_hashes, keep) if k)
+    conflicts = tuple(label_conflicts(usable.paths, usable.labels, usable.classes, hashes))
+    if conflicts and strict:
+        raise DataError(
+            f"{len(conflicts)} set(s) of identical images in {index.root} carry different labels (--strict):\n"
+            f"{_listing([c.describe() for c in conflicts])}\n"
+            f"Keep each image once, under its right class, or run without --strict to be warned only."
+        )
+    for c in conflicts:
+        print(f"warning: identical images with different labels: {c.describe()}", file=sys.stderr)
     group_word = "patient" if spec.groups.kind != "none" else "image group"
     splits = build_splits(
         usable.labels, usable.groups, hashes, usable.classes,
@@ -125,7 +142,15 @@ def prepare_data(
     )
     rows = np.flatnonzero(keep)
     images = np.asarray(cached.array[rows]) if skipped else np.asarray(cached.array)
-    return PreparedData(spec, usable, images, splits, cached, skipped, size, resize)
+    return PreparedData(spec, usable, images, splits, cached, skipped, size, resize, conflicts)
+
+
+_SHOWN = 20  # lines of a long listing printed; the manifest keeps them all
+
+
+def _listing(lines: list[str]) -> str:
+    more = f"\n  ... and {len(lines) - _SHOWN} more" if len(lines) > _SHOWN else ""
+    return "\n".join(f"  {line}" for line in lines[:_SHOWN]) + more
 
 
 class DataBySize:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from bench.atomic import write_atomic, write_text_atomic
 from bench.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -73,11 +73,11 @@ def new_run_id(tag: str = "") -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _atomic_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_atomic(path, lambda f: frame.to_csv(f, index=False))
 
 
 def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -148,7 +148,7 @@ class RunDir:
             "path": paths, "label": labels, "group": groups,
             "split": np.where(test, "test", "cv"), "fold": fold,
         })
-        frame.to_csv(self.file("splits"), index=False)
+        _atomic_csv(self.file("splits"), frame)
 
     def append_fold(
         self,
@@ -207,7 +207,7 @@ class RunDir:
                 old = pd.read_csv(path, dtype={"path": str, "group": str, "truth": str}) if path.exists() else None
                 if old is not None and len(old):
                     frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
-                frame.to_csv(path, index=False)
+                _atomic_csv(path, frame)
 
     def model_path(self, backbone: str) -> Path:
         return self.path / "models" / f"{backbone}.keras"

@@ -23,6 +23,7 @@ import numpy as np
 from filelock import FileLock
 
 from bench import paths
+from bench.atomic import write_text_atomic
 from bench.data import images
 from bench.data.index import DatasetIndex, OnError
 
@@ -58,7 +59,9 @@ class ImageFiles:
         h = hashlib.sha256()
         for rel, label in zip(index.paths, index.labels):
             st = (index.root / rel).stat()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n".encode())
+            line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n"
+            # surrogateescape: a name that is not UTF-8 hashes as its own bytes, losslessly.
+            h.update(line.encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def fill(self, index: DatasetIndex, size: int, resize: str, out: np.ndarray, on_error: OnError,
@@ -79,13 +82,6 @@ def fingerprint(index: DatasetIndex, size: int | None = None) -> str:
 
 def _key(index: DatasetIndex, fp: str, size: int, resize: str) -> str:
     return f"{index.name}-{fp[:16]}-{size}px-{resize}-v{DECODER_VERSION}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCache:
@@ -117,7 +113,7 @@ def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Pa
         del out
         meta = {"paths": list(index.paths), "size": size, "resize": resize, "failed": failed, "row_hashes": hashes,
                 "source": source}
-        _atomic_write_text(meta_path, json.dumps(meta))
+        write_text_atomic(meta_path, json.dumps(meta))
         os.replace(tmp, npy)  # the commit point: readers look for the .npy
     finally:
         tmp.unlink(missing_ok=True)

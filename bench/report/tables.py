@@ -221,6 +221,8 @@ def dataset_overview(coll: Collection, dataset: str) -> Table:
                              f"groups); fold sizes {', '.join(map(str, sp['fold_sizes'] or [])) or '-'}"),
         ("held-out test", f"{count(sp['test_images'])} images ({count(sp['test_groups'])} groups)"),
         ("exact duplicates found", count(ds.get("duplicates"))),
+        ("identical images with different labels", _conflicts(ds.get("label_conflicts") or [])),
+        ("passed over (links, names)", str(len(ds.get("passed_over") or []))),
         ("skipped (unreadable) files", str(len(skipped)) + (": " + ", ".join(map(str, skipped[:5])) +
                                                           (" ..." if len(skipped) > 5 else "") if skipped else "")),
         ("licence", ds.get("license") or "-"),
@@ -230,6 +232,14 @@ def dataset_overview(coll: Collection, dataset: str) -> Table:
     return Table(slug("overview", dataset), f"{dataset}: the data",
                  f"From the run manifests of {dataset}; the held-out test set is never used by the search.",
                  data, data.copy())
+
+
+def _conflicts(conflicts: list[dict[str, list[str]]]) -> str:
+    """How many sets of identical images carry different labels, and the first few of them."""
+    if not conflicts:
+        return "0"
+    shown = "; ".join(" = ".join(f"{p} ({c})" for p, c in zip(x["paths"], x["labels"])) for x in conflicts[:3])
+    return f"{len(conflicts)}: {shown}" + (" ..." if len(conflicts) > 3 else "")
 
 
 def _versions(env: dict[str, Any]) -> str:
