@@ -228,7 +228,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and shuffling")
     g.add_argument("--test-fraction", type=float, help="held-out fraction when the dataset has no official test split")
     g.add_argument("--group-regex", help="regex on file names whose first group is the patient id (overrides the registry)")
-    g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    g.add_argument("--strict", action="store_true",
+                   help="fail on unreadable images instead of skipping them, and on identical images filed "
+                        "under different labels instead of warning")
     g.add_argument("--registry", type=Path, help="another datasets.toml")
 
 
@@ -525,6 +527,12 @@ class ReportCommand(Command):
 
 
 # ---- bench export / predict / explain -------------------------------------------------------
+def _add_no_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip checking the model file's sha256 and the card's binding digest (for a model or "
+                             "card you changed on purpose); size, outputs and backbone are still checked")
+
+
 def _list_unreadable(unreadable: list[tuple[str, str]]) -> None:
     if not unreadable:
         return
@@ -581,6 +589,7 @@ class PredictCommand(Command):
         parser.add_argument("--csv", type=Path, help="write one row per image: path, [truth], predicted, p_<class>...")
         parser.add_argument("--batch-size", type=int, default=64)
         parser.add_argument("--show", type=int, default=20, help="rows to print (default 20; all go to --csv)")
+        _add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
@@ -589,7 +598,7 @@ class PredictCommand(Command):
 
         from bench.predict import predict_paths
 
-        result = predict_paths(args.model, args.paths, batch_size=args.batch_size)
+        result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify)
         console = _console()
         frame = result.frame
         table = Table(title=f"{len(frame)} image(s), {args.model.name}")
@@ -639,13 +648,14 @@ class ExplainCommand(Command):
                             help="backbone block whose output is explained: -1 = last (default), -2 = the one "
                                  "before (finer map), ...")
         parser.add_argument("--display-size", type=int, help="overlay side in pixels (default: model size, at least 224)")
+        _add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.explain import explain_paths
 
         result = explain_paths(args.model, args.paths, args.out, class_name=args.class_name, block=args.block,
-                               display_size=args.display_size)
+                               display_size=args.display_size, verify=not args.no_verify)
         t = result.target
         console = _console()
         console.print(f"Grad-CAM on {t.backbone or 'the model'}: block {t.block + 1} of {t.n_blocks} "
