@@ -15,20 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_export import class_folder, heldout_images, make_final_run, run_main
-
-
-@pytest.fixture(scope="module")
-def final_run(tmp_path_factory) -> Path:
-    return make_final_run(tmp_path_factory)
-
-
-@pytest.fixture
-def exported(final_run, tmp_path, capsys) -> Path:
-    model = tmp_path / "exported" / "winner.keras"
-    code, _, err = run_main(capsys, "export", "--run", final_run, "--out", model)
-    assert code == 0, err
-    return model
+from tests.test_export import class_folder, exported, final_run, heldout_images, run_main  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

@@ -46,9 +46,10 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".t
 
 # The largest image decoded, checked from the header before any pixel is read. 2**27 pixels
 # (134 Mpx, e.g. 11585 x 11585 or 16384 x 8192) is far above any X-ray, CT slice, fundus photo or
-# histology tile (whole-slide scans are pyramidal files Pillow cannot open anyway), while keeping
-# one image's decode (up to 4 bytes a pixel for RGBA plus the 8-bit copy) near 1 GiB: the README
-# promises an oversized file is reported and skipped, not that it takes the machine down.
+# histology tile (whole-slide scans are pyramidal files Pillow cannot open anyway), while bounding
+# one image's decode: an RGBA PNG at the limit, the worst case (4 bytes a pixel, then composited
+# on black), peaks at 1.7 GiB (measured). The README promises an oversized file is reported and
+# skipped, not that it takes the machine down; 2**30 let one file take 3.3 GiB per thread.
 # Pillow's own limit is raised to ours if lower (never lowered, and left alone if disabled), so
 # Pillow's DecompressionBombError (at twice its limit) only fires for files we refuse anyway.
 MAX_PIXELS = 2**27
