@@ -254,7 +254,14 @@ class CVCommand(Command):
         g.add_argument("--dropout", type=float, default=0.2)
         g.add_argument("--label-smoothing", type=float, default=0.0)
         g.add_argument("--no-class-weights", action="store_true", help="do not weight classes by inverse frequency")
-        g.add_argument("--patience", type=int, default=5, help="early-stopping patience on validation loss (0 = off)")
+        g.add_argument("--patience", type=int, default=5,
+                       help="early-stopping patience on the inner validation split's loss (0 = off)")
+        g.add_argument("--reduce-lr", type=int, default=3,
+                       help="reduce-LR-on-plateau patience on the inner validation split's loss (0 = off)")
+        g.add_argument("--inner-val", type=float, default=0.15,
+                       help="fraction of each training fold (whole patients, stratified) that early stopping "
+                            "and LR reduction read; the scored fold never reaches them (default 0.15; 0 = "
+                            "neither: fixed epochs at a constant rate)")
         g.add_argument("--bn-momentum", default="auto", help="'auto' (matched to steps per epoch), 'keep', or a number")
         out = parser.add_argument_group("output")
         out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<run-id>)")
@@ -290,8 +297,8 @@ class CVCommand(Command):
             backbone=args.backbone, weights=args.weights, size=data.size, unfrozen=args.unfrozen,
             lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, optimizer=args.optimizer,
             augment=args.augment, dropout=args.dropout, label_smoothing=args.label_smoothing,
-            class_weights=not args.no_class_weights, early_stopping=args.patience, bn_momentum=bn,
-            seed=args.seed,
+            class_weights=not args.no_class_weights, early_stopping=args.patience, reduce_lr=args.reduce_lr,
+            inner_val=args.inner_val, bn_momentum=bn, seed=args.seed,
         )
         return run_cv_command(args, data, config, t_start)
 
@@ -418,7 +425,9 @@ class RunCommand(Command):
         g.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials in total")
         g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
         g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
-        g.add_argument("--pruner", default="wilcoxon", help="wilcoxon (default), median, halving, none")
+        g.add_argument("--pruner", default="median",
+                       help="median (default: cuts a trial below the finished trials' median on an epoch or a "
+                            "fold), halving, wilcoxon (fold scores only; acts at 5+ folds), none")
         g.add_argument("--engine", default="optuna", choices=["optuna", "kerastuner"],
                        help="optuna (default), or kerastuner to compare search strategies on the same folds")
         g.add_argument("--tuner", default="hyperband", help="with --engine kerastuner: hyperband, bayesian, random")

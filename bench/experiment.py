@@ -23,7 +23,7 @@ from bench.config import DatasetSpec
 from bench.data import cache as image_cache
 from bench.data.index import DatasetIndex, build_index
 from bench.data.registry import binary_positive, resolve
-from bench.data.splits import Splits, build_splits
+from bench.data.splits import Splits, build_splits, stratified_group_fraction
 from bench.errors import DataError
 from bench.results import RunDir
 
@@ -158,6 +158,36 @@ class FoldScore:
     info: dict[str, Any]
 
 
+# Seed offset of the refit's inner split, apart from the folds' (0..k-1).
+REFIT_SPLIT = 1000
+
+
+def inner_split(data: PreparedData, train: np.ndarray, fraction: float, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, stop)`` masks: ``stop`` holds about ``fraction`` of each class of ``train``, in whole
+    groups (patients, duplicates); early stopping, LR reduction and epoch-level pruning read it,
+    the model trains on ``fit``.
+
+    The split depends on the dataset's split seed and ``key`` (the fold, or ``REFIT_SPLIT``), not
+    on the trial: every trial of a search stops on the same images, so their epoch curves are
+    comparable and a pruner compares like with like.
+    """
+    stop = np.zeros_like(train)
+    if fraction > 0:
+        rows = np.flatnonzero(train)
+        picked = stratified_group_fraction(data.index.labels[rows], data.splits.groups[rows], fraction,
+                                           seed=data.splits.seed * 7919 + key)
+        stop[rows[picked]] = True
+    return train & ~stop, stop
+
+
+def epoch_scorer(data: PreparedData, metrics: tuple[str, ...]) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """Scores the inner split's predictions each epoch with metrics of the registry."""
+    def score(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+        return M.compute_metrics(y, proba, names=metrics, positive=data.positive)
+
+    return score
+
+
 def _fold_predictions(data: PreparedData, val: np.ndarray, proba: np.ndarray) -> pd.DataFrame:
     idx = data.index
     rows = np.flatnonzero(val)
@@ -179,27 +209,37 @@ def cross_validate(
     *,
     trial: int = 0,
     on_fold: Callable[[FoldScore], None] | None = None,
-    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, int, dict[str, float]], str | None] | None = None,
     stop_after_fold: Callable[[FoldScore], bool] | None = None,
+    epoch_metrics: tuple[str, ...] = ("balanced_accuracy",),
 ) -> list[FoldScore]:
-    """Train ``config`` on every fold (model built once); returns per-fold scores."""
+    """Train ``config`` on every fold (model built once); returns per-fold scores.
+
+    Each training fold gives up an inner split (``config.inner_val``) that early stopping, LR
+    reduction and ``on_epoch`` read (its ``val_*`` logs, with ``epoch_metrics``); the outer fold
+    is predicted once, after training, and only that prediction is scored. ``on_epoch`` may
+    return a reason to stop the fold (a pruned trial): the fold is recorded with that status.
+    """
     from bench.train import FoldTrainer  # imports keras: keep `bench datasets` fast
 
     s = data.splits
     labels = data.index.labels
     first_train, _ = s.fold_masks(0)
     trainer = FoldTrainer(config, len(data.index.classes), n_train_hint=int(first_train.sum()))
+    scorer = epoch_scorer(data, epoch_metrics)
     scores: list[FoldScore] = []
     for k in range(s.folds):
         train, val = s.fold_masks(k)
+        fit, stop = inner_split(data, train, config.inner_val, key=k)
         result = trainer.fit_fold(
-            k, data.images[train], labels[train], data.images[val], labels[val],
+            k, data.images[fit], labels[fit], data.images[val], labels[val],
+            data.images[stop], labels[stop], scorer=scorer,
             on_epoch=(lambda e, logs, k=k: on_epoch(k, e, logs)) if on_epoch else None,
         )
         n_epochs = max(result.epochs_run, 1)
         info = {
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-            "n_train": result.n_train, "n_val": result.n_val,
+            "n_train": result.n_train, "n_val": result.n_val, "n_inner_val": result.n_stop,
             "seconds_fit": round(result.seconds.get("fit", 0.0), 3),
             "seconds_first_epoch": round(result.seconds.get("first_epoch", 0.0), 3),
             "seconds_build": round(result.seconds.get("build", 0.0), 3),
@@ -224,7 +264,7 @@ def cross_validate(
         scores.append(score)
         if on_fold:
             on_fold(score)
-        if stop_after_fold and stop_after_fold(score):
+        if result.pruned or (stop_after_fold and stop_after_fold(score)):
             break
     return scores
 

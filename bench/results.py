@@ -13,7 +13,8 @@ runs from several machines):
                        target (class index), p_<class>...
     history.csv        one row per trial x fold x epoch x metric (training curves)
     trials.csv         one row per finished trial of a search: number, state, value, backbone,
-                       params (JSON), seconds, pruned_at_fold, fail_reason, engine
+                       params (JSON), seconds, pruned_at_fold, pruned_at_epoch (-1: at the
+                       fold's end), fail_reason, engine; value only for complete trials
     final.json         the held-out evaluation: per backbone its best trial, refit epochs, sizes,
                        seconds and the saved model (models/<backbone>.keras)
     test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
@@ -92,6 +93,24 @@ def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
         f.flush()
         os.fsync(f.fileno())
+
+
+def trial_record(trial: Any, engine: str = "optuna") -> dict[str, Any]:
+    """The trials.csv row of a finished Optuna trial (a ``FrozenTrial``).
+
+    Only a complete trial has a value: Optuna gives a pruned trial its last intermediate value,
+    which may be one epoch's score on an inner validation split, not a cross-validation result.
+    """
+    attrs = trial.user_attrs
+    config = attrs.get("config") or dict(trial.params)
+    return {
+        "number": trial.number, "state": trial.state.name,
+        "value": trial.value if trial.state.name == "COMPLETE" else None,
+        "backbone": config.get("backbone") or trial.params.get("backbone"),
+        "params": config, "seconds": attrs.get("seconds"),
+        "pruned_at_fold": attrs.get("pruned_at_fold"), "pruned_at_epoch": attrs.get("pruned_at_epoch"),
+        "fail_reason": attrs.get("fail_reason"), "engine": engine, "host": (attrs.get("worker") or {}).get("host"),
+    }
 
 
 @dataclass(frozen=True)
@@ -188,7 +207,7 @@ class RunDir:
     def append_trial(self, row: dict[str, Any]) -> None:
         """A finished search trial (any engine), in the same columns for Optuna and KerasTuner."""
         columns = ("number", "state", "value", "backbone", "params", "seconds", "pruned_at_fold",
-                   "fail_reason", "engine", "host")
+                   "pruned_at_epoch", "fail_reason", "engine", "host")
         clean = {c: row.get(c) for c in columns}
         if not isinstance(clean["params"], str):
             clean["params"] = json.dumps(clean["params"] or {}, sort_keys=True, default=str)

@@ -319,7 +319,9 @@ class Builder:
         if len(hist):
             fig = F.training_curves_figure(hist, self.figdir, f"curves_{name}", f"{row.backbone}: training curves",
                                            f"Loss and accuracy per epoch of each cross-validation fold of trial "
-                                           f"{row.trial}: training (solid) and validation fold (dashed).")
+                                           f"{row.trial}: training (solid) and the inner validation split that early "
+                                           f"stopping and LR reduction read (dashed; the scored fold is predicted "
+                                           f"once, after training).")
         if fig is None:
             self.note(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} of "
                       f"{row.study}.")

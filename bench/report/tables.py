@@ -62,6 +62,15 @@ def f3(x: Any) -> str:
     return "-" if isnan(x) else f"{float(x):.3f}"
 
 
+def pruned_where(fold: Any, epoch: Any) -> str:
+    """'fold 1, epoch 2' (cut on its learning curve), 'fold 2 end' (on its fold score) or '-'."""
+    if isnan(fold):
+        return "-"
+    if isnan(epoch) or int(float(epoch)) < 0:
+        return f"fold {int(float(fold)) + 1} end"
+    return f"fold {int(float(fold)) + 1}, epoch {int(float(epoch)) + 1}"
+
+
 def pm(mean: Any, std: Any) -> str:
     if isnan(mean):
         return "-"
@@ -738,6 +747,7 @@ def trials_table(coll: Collection, dataset: str, study: str) -> Table | None:
         "seconds": pd.to_numeric(trials.get("seconds"), errors="coerce").to_numpy()
         if "seconds" in trials else math.nan,
         "pruned_at_fold": trials.get("pruned_at_fold", pd.Series(math.nan, index=trials.index)).to_numpy(),
+        "pruned_at_epoch": trials.get("pruned_at_epoch", pd.Series(math.nan, index=trials.index)).to_numpy(),
         "fail_reason": trials.get("fail_reason", pd.Series(None, index=trials.index)).to_numpy(),
         "run": trials.run.to_numpy(),
     })
@@ -747,7 +757,7 @@ def trials_table(coll: Collection, dataset: str, study: str) -> Table | None:
         **{k: [short(v) for v in data[k]] for k in keys},
         LABELS.get(metric, metric): [f3(x) for x in data.value],
         "duration": [seconds(x) for x in data.seconds],
-        "pruned after fold": ["-" if isnan(x) else str(int(float(x)) + 1) for x in data.pruned_at_fold],
+        "pruned at": [pruned_where(f, e) for f, e in zip(data.pruned_at_fold, data.pruned_at_epoch)],
         "failure": ["" if isnan(x) else str(x)[:160] for x in data.fail_reason],
     })
     if len(set(data.run)) > 1:
@@ -755,8 +765,9 @@ def trials_table(coll: Collection, dataset: str, study: str) -> Table | None:
     maximize = coll.runs_of(dataset, study)[0].objective.get("direction", "maximize") == "maximize"
     bold = best_mask(data, display, {LABELS.get(metric, metric): ("value", "max" if maximize else "min")})
     caption = (f"Every finished trial of study {study}: the searched parameters (fields that differ between "
-               f"trials), its {metric} ({cv_phrase(coll, dataset)}, mean over folds), duration, the fold a pruned "
-               f"trial stopped after, and why a failed one failed.")
+               f"trials), its {metric} ({cv_phrase(coll, dataset)}, mean over folds), duration, where a pruned trial "
+               f"was cut (fold and epoch: its curve on the fold's inner validation split fell below the other "
+               f"trials'; or a fold's end: its mean fold score did), and why a failed one failed.")
     return Table(slug("trials", dataset, study), f"{dataset} / {study}: trials", caption, data, display, bold)
 
 

@@ -189,7 +189,7 @@ class KerasTunerSearch:
             problems.append(f"--storage (KerasTuner keeps its state in <run directory>/{PROJECT})")
         if o.study:
             problems.append("--study (the run directory is <dataset>-<space>-kerastuner-<tuner>, or --out)")
-        if o.sampler != "tpe" or o.pruner != "wilcoxon":
+        if o.sampler != "tpe" or o.pruner != "median":
             problems.append("--sampler/--pruner (they choose Optuna's strategy; choose --tuner instead)")
         if problems:
             raise ConfigError("Not available with --engine kerastuner: " + "; ".join(problems) + ".")

@@ -28,10 +28,11 @@ from optuna.trial import TrialState
 
 from bench import __version__, paths
 from bench.errors import BenchError, ConfigError
-from bench.results import RunDir
+from bench.results import RunDir, trial_record
 from bench.search import devices
 from bench.search.progress import Progress
-from bench.search.samplers import make_pruner, make_sampler
+from bench.search.pruners import make_pruner
+from bench.search.samplers import make_sampler
 from bench.search.space import load_space, resolve_space
 from bench.search.storage import describe_storage, open_storage
 from bench.search.worker import (
@@ -40,7 +41,6 @@ from bench.search.worker import (
     EXIT_STOPPED,
     WorkerSpec,
     finished_and_running,
-    trial_row,
     worker_main,
 )
 
@@ -67,7 +67,7 @@ class SearchOptions:
     out: Path | None = None
     runs_dir: Path | None = None
     sampler: str = "tpe"
-    pruner: str = "wilcoxon"
+    pruner: str = "median"
     jobs: int = 1
     timeout: float | None = None
     trial_timeout: float | None = None
@@ -121,7 +121,7 @@ class Supervisor:
         for note in self.space.notes:
             self.console.print(note)
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
-        make_pruner(o.pruner, o.folds)
+        make_pruner(o.pruner)
         self.data = prepare_data(**search_data_kwargs(o), size=self.size)
         self.study_name = o.study or f"{self.data.spec.name}-{self.space.name}"
         parent = o.runs_dir or paths.runs_dir()
@@ -129,7 +129,7 @@ class Supervisor:
         self.storage = open_storage(o.storage, self.run.path, heartbeat_interval=o.heartbeat, grace_period=o.grace)
         self.study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, load_if_exists=True, direction=self.space.direction,
-            sampler=make_sampler(o.sampler, o.seed, self.space), pruner=make_pruner(o.pruner, o.folds),
+            sampler=make_sampler(o.sampler, o.seed, self.space), pruner=make_pruner(o.pruner),
         )
         self._check_identity()
         self._seed_each_backbone()
@@ -204,7 +204,7 @@ class Supervisor:
         storage.set_trial_user_attr(trial_id, "fail_reason", reason)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         self.failures.append(f"trial {number}: {reason}")
-        self.run.append_trial(trial_row(storage.get_trial(trial_id)))
+        self.run.append_trial(trial_record(storage.get_trial(trial_id)))
         retries = int(trial.user_attrs.get("retries", 0))
         if retry and retries < MAX_RETRIES and trial.params:
             self.study.enqueue_trial(trial.params, user_attrs={"retry_of": number, "retries": retries + 1},

@@ -111,7 +111,8 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
     from bench.experiment import DataBySize, prepare_data
     from bench.results import RunDir
     from bench.search.objective import make_objective
-    from bench.search.samplers import make_pruner, make_sampler
+    from bench.search.pruners import make_pruner
+    from bench.search.samplers import make_sampler
     from bench.search.space import load_space
     from bench.search.storage import open_storage
 
@@ -131,23 +132,12 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
     study = optuna.load_study(
         study_name=spec.study_name, storage=storage,
         sampler=make_sampler(spec.sampler, spec.seed * 100 + spec.index, space),
-        pruner=make_pruner(spec.pruner, spec.folds),
+        pruner=make_pruner(spec.pruner),
     )
     objective = make_objective(DataBySize(data, **kwargs), space, run, study_seed=spec.seed, fixed=spec.fixed,
                                on_event=lambda kind, payload: send(kind, payload), budget=spec.trials)
     send("ready", {"environment": environment.describe(), "host": socket.gethostname()})
     return study, objective
-
-
-def trial_row(trial: Any, engine: str = "optuna") -> dict[str, Any]:
-    attrs = trial.user_attrs
-    return {
-        "number": trial.number, "state": trial.state.name, "value": trial.value,
-        "backbone": (attrs.get("config") or {}).get("backbone") or trial.params.get("backbone"),
-        "params": attrs.get("config") or trial.params, "seconds": attrs.get("seconds"),
-        "pruned_at_fold": attrs.get("pruned_at_fold"), "fail_reason": attrs.get("fail_reason"),
-        "engine": engine, "host": (attrs.get("worker") or {}).get("host"),
-    }
 
 
 def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, run: Any) -> int:
@@ -177,7 +167,9 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
         if trial is not None and trial.user_attrs.get("surplus"):
             continue  # another worker took the last place; wait for the budget to settle
         if trial is not None:
-            run.append_trial(trial_row(trial))
+            from bench.results import trial_record
+
+            run.append_trial(trial_record(trial))
             send("trial_end", {
                 "number": trial.number, "state": trial.state.name, "value": trial.value,
                 "backbone": (trial.user_attrs.get("config") or {}).get("backbone"),
