@@ -51,7 +51,7 @@ def refit_epochs(run: RunDir, trial: int, fallback: int) -> int:
 
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
                  console: Any = None, registry: Path | None = None) -> dict[str, Any]:
-    from bench.experiment import prepare_data
+    from bench.experiment import prepare_data_from_manifest
     from bench.train import FoldTrainer, TrainConfig
 
     run = RunDir.open(run_dir)
@@ -67,15 +67,10 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
     results: dict[str, Any] = {}
     for backbone, trial in chosen.items():
         config = TrainConfig(**configs[trial])
-        data = prepare_data(
-            manifest.get("dataset_arg", manifest["dataset"]["name"]), folds=manifest["split"]["folds"],
-            seed=manifest["split"]["seed"], size=config.size, resize=manifest["cache"]["resize"],
-            registry_path=registry,
-        )
-        if data.splits_digest != manifest["split"].get("digest", data.splits_digest):
-            raise DataError(f"The dataset changed since {run.path} was made (its splits differ): the held-out "
-                            f"evaluation would not match the search. Re-run the search.")
-        train, test = ~data.splits.test, data.splits.test
+        data = prepare_data_from_manifest(manifest, size=config.size, registry=registry)
+        # The CV pool, not "everything but the test set": images excluded for sharing a patient
+        # with the test set must not reach the refit either.
+        train, test = data.splits.cv, data.splits.test
         epochs = refit_epochs(run, trial, config.epochs)
         say(f"{backbone}: refitting trial {trial} on {int(train.sum())} training images for {epochs} epochs, "
             f"then scoring {int(test.sum())} held-out test images")
