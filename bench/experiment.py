@@ -29,6 +29,7 @@ from bench.results import RunDir
 
 
 DEFAULT_FOLDS = 5
+FOLDS_FROM = ("--folds", "datasets.toml", "default")  # where a run's number of folds came from
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,6 @@ class PreparedData:
         idx, s = self.index, self.splits
         run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], s.groups, s.split_names(), s.fold,
                          np.where(s.excluded, EXCLUDED_BECAUSE, ""))
-
-
-FOLDS_FROM = ("--folds", "datasets.toml", "default")
 
 
 def prepare_data(

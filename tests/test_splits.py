@@ -25,6 +25,19 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def cv_and_report(capsys, tmp_path: Path, dataset: str, reg: Path, *options: str) -> tuple[str, RunDir, str]:
+    """A real one-epoch `bench cv` of simple_cnn on 2 folds, then `bench report` on it:
+    (what cv printed, its run directory, the report's index.md)."""
+    out = tmp_path / "run"
+    code, printed, err = run_main(capsys, "cv", "--dataset", dataset, "--registry", str(reg), "--folds", "2",
+                                  "--backbone", "simple_cnn", "--epochs", "1", "--augment", "none", "--out", str(out),
+                                  *options)
+    assert code == 0, err
+    code, _, err = run_main(capsys, "report", "--run", str(out), "--out", str(tmp_path / "report"), "--quiet")
+    assert code == 0, err
+    return printed, RunDir.open(out), (tmp_path / "report" / "index.md").read_text()
+
+
 def registry(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "datasets.toml"
     path.write_text(body)
@@ -120,22 +133,13 @@ def test_as_published_keeps_them_and_the_cli_manifest_and_report_warn(tmp_path, 
     root = tmp_path / "official"
     leaks = synthetic_official_split(root)
     reg = registry(tmp_path, SYNTHETIC.format(root=root))
-    out = tmp_path / "run"
-    code, printed, err = run_main(
-        capsys, "cv", "--dataset", "official", "--registry", str(reg), "--official-test", "as-published",
-        "--folds", "2", "--backbone", "simple_cnn", "--epochs", "1", "--augment", "none", "--out", str(out))
-    assert code == 0, err
+    printed, run, report = cv_and_report(capsys, tmp_path, "official", reg, "--official-test", "as-published")
     assert "CV and test share 2 patients (2 CV images; --official-test as-published)" in printed
-    run = RunDir.open(out)
     split = run.manifest()["split"]
     assert (split["official_test"], split["shared_groups"], split["excluded_images"]) == ("as-published", 2, 0)
     splits = run.table("splits")
     assert set(splits.loc[splits.split == "cv", "path"]) >= set(leaks.values())  # kept in CV
     assert set(splits.split) == {"cv", "test"}
-
-    code, _, err = run_main(capsys, "report", "--run", str(out), "--out", str(tmp_path / "report"), "--quiet")
-    assert code == 0, err
-    report = (tmp_path / "report" / "index.md").read_text()
     assert "CV and the held-out test set share 2 patients/groups (2 CV images)" in report
 
 
@@ -143,21 +147,13 @@ def test_clean_is_the_default_and_splits_csv_says_why(tmp_path, capsys):
     root = tmp_path / "official"
     leaks = synthetic_official_split(root)
     reg = registry(tmp_path, SYNTHETIC.format(root=root))
-    out = tmp_path / "run"
-    code, printed, err = run_main(
-        capsys, "cv", "--dataset", "official", "--registry", str(reg), "--folds", "2", "--backbone", "simple_cnn",
-        "--epochs", "1", "--augment", "none", "--out", str(out))
-    assert code == 0, err
+    printed, run, report = cv_and_report(capsys, tmp_path, "official", reg)
     assert "removed 2 images of 2 patients from the CV pool: they also have images in the official test set" in printed
-    run = RunDir.open(out)
     splits = run.table("splits").set_index("path")
     assert set(splits.index[splits.split == "excluded"]) == set(leaks.values())
     assert (splits.loc[list(leaks.values()), "fold"] == -1).all()
     assert splits.loc[list(leaks.values()), "excluded_because"].str.contains("test set").all()
     assert not set(run.table("predictions").path) & set(leaks.values())  # never scored, never trained on
-    code, _, err = run_main(capsys, "report", "--run", str(out), "--out", str(tmp_path / "report"), "--quiet")
-    assert code == 0, err
-    report = (tmp_path / "report" / "index.md").read_text()
     assert "2 images of 2 patients/groups left out of CV" in report and "share 2 patients" not in report
 
 
@@ -215,19 +211,12 @@ def test_min_class_images_drops_the_class_everywhere_and_renumbers(tmp_path, cap
     assert data.splits.dropped_classes == {"c": {"cv_images": 3, "test_images": 1}}
     assert data.summary()["split"]["min_class_images"] == 4
 
-    out = tmp_path / "run"
-    code, printed, err = run_main(
-        capsys, "cv", "--dataset", "small", "--registry", str(reg), "--min-class-images", "4", "--folds", "2",
-        "--backbone", "simple_cnn", "--epochs", "1", "--augment", "none", "--out", str(out))
-    assert code == 0, err
+    printed, run, report = cv_and_report(capsys, tmp_path, "small", reg, "--min-class-images", "4")
     assert "left out class 'c' (--min-class-images 4): 3 CV and 1 test images" in printed
-    manifest = RunDir.open(out).manifest()
+    manifest = run.manifest()
     assert manifest["dataset"]["classes"] == ["a", "b"]
     assert manifest["split"]["dropped_classes"] == {"c": {"cv_images": 3, "test_images": 1}}
-    code, _, err = run_main(capsys, "report", "--run", str(out), "--out", str(tmp_path / "report"), "--quiet")
-    assert code == 0, err
-    assert "class 'c' dropped (--min-class-images 4): 3 CV and 1 test images" in \
-        (tmp_path / "report" / "index.md").read_text()
+    assert "class 'c' dropped (--min-class-images 4): 3 CV and 1 test images" in report
 
 
 def test_a_registry_entry_sets_the_default_folds(tmp_path):

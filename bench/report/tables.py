@@ -149,6 +149,8 @@ def split_facts(coll: Collection, dataset: str) -> dict[str, Any]:
 
 def split_removals(sp: dict[str, Any]) -> str:
     """What the split took out of the data (patients shared with the test set, small classes), in words."""
+    if sp["official_test"] is None:
+        return "- (not recorded: a run made before bench checked for patients shared with the test set)"
     parts = []
     if sp["excluded_images"]:
         parts.append(f"{count(sp['excluded_images'])} images of {count(sp['shared_groups'])} patients/groups left out "
