@@ -45,7 +45,7 @@ def best_trials(run: RunDir) -> dict[str, int]:
 
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
                  console: Any = None, registry: Path | None = None) -> dict[str, Any]:
-    from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data
+    from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data_from_manifest
     from bench.train import FoldTrainer, TrainConfig
 
     run = RunDir.open(run_dir)
@@ -62,15 +62,10 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
     results: dict[str, Any] = {}
     for backbone, trial in chosen.items():
         config = TrainConfig(**configs[trial])
-        data = prepare_data(
-            manifest.get("dataset_arg", manifest["dataset"]["name"]), folds=manifest["split"]["folds"],
-            seed=manifest["split"]["seed"], size=config.size, resize=manifest["cache"]["resize"],
-            registry_path=registry,
-        )
-        if data.splits_digest != manifest["split"].get("digest", data.splits_digest):
-            raise DataError(f"The dataset changed since {run.path} was made (its splits differ): the held-out "
-                            f"evaluation would not match the search. Re-run the search.")
-        train, test = data.splits.fold >= 0, data.splits.test
+        data = prepare_data_from_manifest(manifest, size=config.size, registry=registry)
+        # The CV pool, not "everything but the test set": images excluded for sharing a patient
+        # with the test set must not reach the refit either.
+        train, test = data.splits.cv, data.splits.test
         fit, stop = inner_split(data, train, config.inner_val, key=REFIT_SPLIT)
         say(f"{backbone}: refitting trial {trial} on {int(fit.sum())} of the {int(train.sum())} cross-validation "
             f"images (up to {config.epochs} epochs; early stopping and LR reduction read the other "

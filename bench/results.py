@@ -4,9 +4,11 @@ Only this module reads or writes it. Layout (all CSV in long format so pandas ca
 runs from several machines):
 
     manifest.json      command line, versions, backend, device, seeds, dataset fingerprint,
-                       skipped files, duplicates, split rule and sizes
+                       skipped files, duplicates, split rule and sizes, what the split excluded or
+                       dropped, and every data setting (``data``: what re-opening the run needs)
     config.json        the training configuration(s) scored (keyed by trial number)
-    splits.csv         path, label, group, split (cv|test), fold (-1 for test)
+    splits.csv         path, label, group, split (cv|test|excluded), fold (-1 outside CV), excluded_because
+                       (why an image is in neither CV nor test: it shares a patient with the test set)
     folds.csv          one row per trial x fold: status, epochs, timings, sizes
     metrics.csv        one row per trial x fold x metric: value (split = cv for validation folds)
     predictions.csv    one row per trial x validation image: path, group, fold, truth (class name),
@@ -162,10 +164,10 @@ class RunDir:
             _atomic_json(path, configs)
 
     def write_splits(self, paths: tuple[str, ...], labels: list[str], groups: np.ndarray,
-                     test: np.ndarray, fold: np.ndarray) -> None:
+                     split: np.ndarray, fold: np.ndarray, excluded_because: np.ndarray) -> None:
         frame = pd.DataFrame({
-            "path": paths, "label": labels, "group": groups,
-            "split": np.where(test, "test", "cv"), "fold": fold,
+            "path": paths, "label": labels, "group": groups, "split": split, "fold": fold,
+            "excluded_because": excluded_because,
         })
         frame.to_csv(self.file("splits"), index=False)
 

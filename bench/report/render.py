@@ -202,6 +202,8 @@ class Builder:
             for note in coll.notes:
                 if note.dataset == d and note.section == "overview":
                     self.note(note.text)
+            for text in T.split_warnings(coll, d):
+                self.note(text)
             self.guard(f"{d}: the dataset table", lambda d=d: self.table(T.dataset_overview(coll, d)))
             self.guard(f"{d}: the runs table", lambda d=d: self.table(T.runs_overview(coll, d)))
 

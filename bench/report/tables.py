@@ -149,7 +149,39 @@ def split_facts(coll: Collection, dataset: str) -> dict[str, Any]:
     return {"folds": split.get("folds"), "cv_images": split.get("cv_images"),
             "test_images": split.get("test_images"), "cv_groups": split.get("cv_groups"),
             "test_groups": split.get("test_groups"), "rule": split.get("rule"),
-            "fold_sizes": split.get("fold_sizes"), "digest": split.get("digest")}
+            "fold_sizes": split.get("fold_sizes"), "digest": split.get("digest"),
+            "folds_from": split.get("folds_from"), "official_test": split.get("official_test"),
+            "shared_groups": split.get("shared_groups"), "shared_images": split.get("shared_images"),
+            "excluded_images": split.get("excluded_images"), "dropped_classes": split.get("dropped_classes") or {},
+            "min_class_images": split.get("min_class_images")}
+
+
+def split_removals(sp: dict[str, Any]) -> str:
+    """What the split took out of the data (patients shared with the test set, small classes), in words."""
+    if sp["official_test"] is None:
+        return "- (not recorded: a run made before bench checked for patients shared with the test set)"
+    parts = []
+    if sp["excluded_images"]:
+        parts.append(f"{count(sp['excluded_images'])} images of {count(sp['shared_groups'])} patients/groups left out "
+                     f"of CV: they also have images in the official test set (--official-test clean)")
+    elif sp["shared_groups"]:
+        parts.append(f"none: CV and test share {count(sp['shared_groups'])} patients/groups "
+                     f"(--official-test {sp['official_test']})")
+    for name, n in sp["dropped_classes"].items():
+        parts.append(f"class '{name}' dropped (--min-class-images {sp['min_class_images']}): {count(n.get('cv_images'))} "
+                     f"CV and {count(n.get('test_images'))} test images")
+    return "; ".join(parts) or "none"
+
+
+def split_warnings(coll: Collection, dataset: str) -> list[str]:
+    """The overview's warnings: CV and test that share patients make every held-out number optimistic."""
+    sp = split_facts(coll, dataset)
+    if sp["shared_groups"] and not sp["excluded_images"]:
+        return [f"Warning: CV and the held-out test set share {count(sp['shared_groups'])} patients/groups "
+                f"({count(sp['shared_images'])} CV images), because the run kept the official test split's overlap "
+                f"(--official-test {sp['official_test']}). Models were trained on patients they are then tested on: "
+                f"the held-out numbers of {dataset} are optimistic."]
+    return []
 
 
 def cv_phrase(coll: Collection, dataset: str, folds: Any = None, images: Any = None) -> str:
@@ -226,7 +258,8 @@ def dataset_overview(coll: Collection, dataset: str) -> Table:
         ("images", count(ds.get("images"))),
         ("patients / groups", count(ds.get("groups"))),
         ("split rule", sp["rule"] or "-"),
-        ("cross-validation", f"{sp['folds']} folds on {count(sp['cv_images'])} images ({count(sp['cv_groups'])} "
+        ("removed by the split", split_removals(sp)),
+        ("cross-validation", f"{sp['folds']} folds" + (f" ({sp['folds_from']})" if sp["folds_from"] else "") + f" on {count(sp['cv_images'])} images ({count(sp['cv_groups'])} "
                              f"groups); fold sizes {', '.join(map(str, sp['fold_sizes'] or [])) or '-'}"),
         ("held-out test", f"{count(sp['test_images'])} images ({count(sp['test_groups'])} groups)"),
         ("exact duplicates found", count(ds.get("duplicates"))),

@@ -35,15 +35,10 @@ class WorkerSpec:
     """Everything a worker needs, picklable (workers are spawned, not forked)."""
 
     index: int
-    dataset: str
+    data: dict[str, Any]  # the supervisor's DataSettings (asdict): the same call, the same splits
     folds: int
     seed: int
     size: int | None
-    resize: str | None
-    strict: bool
-    group_regex: str | None
-    registry: str | None
-    test_fraction: float | None
     space_path: str
     fixed: dict[str, Any]
     storage: str | None
@@ -118,12 +113,7 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    kwargs = dict(
-        dataset=spec.dataset, folds=spec.folds, seed=spec.seed, resize=spec.resize, strict=spec.strict,
-        group_regex=spec.group_regex, registry_path=Path(spec.registry) if spec.registry else None,
-        test_fraction=spec.test_fraction,
-    )
-    data = prepare_data(**kwargs, size=spec.size)
+    data = prepare_data(**spec.data, size=spec.size)
     if spec.splits_digest and data.splits_digest != spec.splits_digest:
         raise RuntimeError("this worker computed different splits from the supervisor's; the dataset changed")
     space = load_space(Path(spec.space_path))
@@ -134,7 +124,7 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
         sampler=make_sampler(spec.sampler, spec.seed * 100 + spec.index, space),
         pruner=make_pruner(spec.pruner),
     )
-    objective = make_objective(DataBySize(data, **kwargs), space, run, study_seed=spec.seed, fixed=spec.fixed,
+    objective = make_objective(DataBySize(data), space, run, study_seed=spec.seed, fixed=spec.fixed,
                                on_event=lambda kind, payload: send(kind, payload), budget=spec.trials)
     send("ready", {"environment": environment.describe(), "host": socket.gethostname()})
     return study, objective
