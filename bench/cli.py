@@ -562,7 +562,7 @@ class ExportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
-        from bench.export import export_model
+        from bench.export import export_model, resampled
 
         result = export_model(args.run, backbone=args.backbone, out=args.out)
         console = _console()
@@ -576,7 +576,8 @@ class ExportCommand(Command):
 
         console.print(f"{result.backbone} (trial {result.card['training']['trial']}): {metric} "
                       f"CV {num(cv.get('mean'))} ± {num(cv.get('std'))}, held-out test {num(test.get('value'))} "
-                      f"(95% CI {num(test.get('low'))}-{num(test.get('high'))}, {ev['test'].get('n_images')} images)")
+                      f"(95% CI {num(test.get('low'))}-{num(test.get('high'))}, {ev['test'].get('n_images')} images, "
+                      f"{resampled(ev['test'])})")
         console.print(f"model: {result.model}\ncard:  {result.card_md}\n       {result.card_json}")
         return 0
 

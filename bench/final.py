@@ -1,5 +1,6 @@
 """The held-out evaluation: each backbone's best configuration, refit on all training data,
-scored once on the test set with bootstrap confidence intervals.
+scored once on the test set with bootstrap confidence intervals over patients (over images
+where the dataset has no patient ids).
 
 This is the only code that touches the held-out test images, and it runs after the search:
 nothing it computes flows back into choosing a configuration. The refit follows the recipe that
@@ -79,10 +80,14 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         proba = trainer.predict(data.images[test])
         seconds = time.perf_counter() - t0
         y = data.index.labels[test]
-        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive)
+        # Resample whole patients (cluster bootstrap); without patient ids, images (exact duplicates together).
+        unit = "patients" if data.spec.groups.kind != "none" else "images"
+        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive,
+                              groups=data.splits.groups[test], unit=unit)
         n_test = int(test.sum())
         metric_rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": name, "value": ci.value,
-                        "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot}
+                        "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
+                        "unit": ci.unit, "n_units": ci.n_units}
                        for name, ci in cis.items()]
         rows = np.flatnonzero(test)
         idx = data.index
@@ -105,7 +110,8 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         _draw_gradcam(run, backbone, {idx.paths[i]: data.images[i] for i in rows}, say)
         ci = cis.get(objective)
         if ci is not None and not math.isnan(ci.value):
-            say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images)")
+            say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images, "
+                f"{M.bootstrap_phrase(ci.n_units, ci.unit, n_test)})")
         results[backbone] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
     return results
 

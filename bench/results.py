@@ -20,7 +20,10 @@ runs from several machines):
     final.json         the held-out evaluation: per backbone its best trial, refit epochs, sizes,
                        seconds and the saved model (models/<backbone>.keras)
     test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
-                       bootstrap 95% CI (low, high), n_images, n_boot (split = test)
+                       bootstrap 95% CI (low, high), n_images, n_boot, unit (what the bootstrap
+                       resampled: patients, or images where the dataset has no patient ids) and
+                       n_units (how many) (split = test); files written before unit existed read as
+                       unit images, n_units = n_images, which is what they resampled
     test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
     study.db           the Optuna study (default SQLite storage)
     models/            the final models, <backbone>.keras (written by ``bench final``)
@@ -225,7 +228,7 @@ class RunDir:
             _atomic_json(self.file("final"), final)
             for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
                 path = self.file(key)
-                old = pd.read_csv(path, dtype={"path": str, "group": str, "truth": str}) if path.exists() else None
+                old = self.table(key) if path.exists() else None
                 if old is not None and len(old):
                     frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
                 frame.to_csv(path, index=False)
@@ -271,4 +274,8 @@ class RunDir:
         if not path.exists():
             return pd.DataFrame()
         # Paths, labels and groups stay strings even when a patient id looks like a number or "NA".
-        return pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str})
+        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str})
+        if key == "test_metrics" and "unit" not in frame and "n_images" in frame:
+            # Written before CIs could resample patients: those resampled images.
+            frame["unit"], frame["n_units"] = "images", frame["n_images"]
+        return frame

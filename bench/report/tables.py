@@ -12,6 +12,7 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +194,13 @@ def cv_phrase(coll: Collection, dataset: str, folds: Any = None, images: Any = N
 
 def test_phrase(n: Any) -> str:
     return f"held-out test, {count(n)} images"
+
+
+def resampled(n_units: Iterable[Any], units: Iterable[Any], n_images: Iterable[Any]) -> str:
+    """What held-out CIs resampled, e.g. "bootstrap over 40 patients" (joined if models differ)."""
+    phrases = dict.fromkeys(M.bootstrap_phrase(n, u, None if isnan(i) else i)
+                            for n, u, i in zip(n_units, units, n_images) if not isnan(n) and isinstance(u, str))
+    return " / ".join(phrases) if phrases else "bootstrap"
 
 
 def params_of(row: Any) -> dict[str, Any]:
@@ -400,7 +408,7 @@ def leaderboard(coll: Collection, dataset: str) -> pd.DataFrame:
 
 def _test_values(coll: Collection, dataset: str, study: str, backbone: str, trial: int, metric: str) -> dict:
     out = {"test_value": math.nan, "test_low": math.nan, "test_high": math.nan, "test_images": math.nan,
-           "test_of": ""}
+           "test_units": math.nan, "test_unit": None, "test_of": ""}
     tm = coll.test_metrics
     if tm.empty:
         return out
@@ -416,7 +424,8 @@ def _test_values(coll: Collection, dataset: str, study: str, backbone: str, tria
         return out
     r = row.iloc[0]
     out.update(test_value=float(r.value), test_low=float(r.get("low", math.nan)),
-               test_high=float(r.get("high", math.nan)), test_images=r.get("n_images", math.nan))
+               test_high=float(r.get("high", math.nan)), test_images=r.get("n_images", math.nan),
+               test_units=r.get("n_units", math.nan), test_unit=r.get("unit"))
     return out
 
 
@@ -480,11 +489,17 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Ta
     rules["images/s"] = ("images_per_second", "max")
     bold = best_mask(board, display, rules) if not board.empty else None
     caption = (f"Cross-validation: mean ± std over the validation folds ({cv_phrase(coll, dataset, images=n_cv)}), "
-               f"each backbone's best complete trial by {metric}. Test column: {test_phrase(n_test)}, "
-               f"bootstrap 95% CI; the test set was used once, after the search. Best per column in bold. "
+               f"each backbone's best complete trial by {metric}. Test column: {test_phrase(n_test)}, 95% CI by "
+               f"{_board_resampled(board)}; the test set was used once, after the search. Best per column in bold. "
                f"s/epoch and images/s: training, mean over folds.")
     return Table(slug("leaderboard", dataset), f"{dataset}: leaderboard", caption, board, display, bold,
                  terminal=True)
+
+
+def _board_resampled(board: pd.DataFrame) -> str:
+    if board.empty or "test_units" not in board:
+        return "bootstrap"
+    return resampled(board.test_units, board.test_unit, board.test_images)
 
 
 def held_out_rows(coll: Collection, dataset: str, r: Any) -> pd.DataFrame:
@@ -513,6 +528,8 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
             row[f"{m}_high"] = float(x.high.iloc[0]) if len(x) and "high" in x else math.nan
         row["n_images"] = int(sub.n_images.iloc[0]) if "n_images" in sub and len(sub) else math.nan
         row["n_boot"] = int(sub.n_boot.min()) if "n_boot" in sub and len(sub) else math.nan
+        row["n_units"] = int(sub.n_units.iloc[0]) if "n_units" in sub and len(sub) else math.nan
+        row["unit"] = str(sub.unit.iloc[0]) if "unit" in sub and len(sub) else None
         rows.append(row)
     if not rows:
         return None
@@ -523,8 +540,9 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
     bold = best_mask(data, display, {LABELS[m]: (m, "max" if higher_is_better(m) else "min") for m in KEY_METRICS})
     n = data.n_images.dropna()
     n_cv = count(split_facts(coll, dataset)["cv_images"])
+    over = resampled(data.n_units, data.unit, data.n_images)
     caption = (f"{test_phrase(n.iloc[0] if len(n) else None)}: each model refit on all {n_cv} "
-               f"CV images and scored once; [95% CI] from a stratified bootstrap "
+               f"CV images and scored once; [95% CI] from a stratified {over} "
                f"({count(data.n_boot.min())} resamples). Best per column in bold.")
     return Table(slug("test", dataset), f"{dataset}: held-out test, all metrics", caption, data, display, bold)
 
