@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import metrics as M
 from bench.atomic import write_text_atomic
 from bench.errors import ConfigError, DataError
 from bench.results import RunDir
@@ -122,16 +123,25 @@ def cv_summary(run: RunDir, trial: int) -> dict[str, Any]:
 
 
 def heldout_summary(run: RunDir, backbone: str) -> dict[str, Any]:
-    """The held-out test metrics of ``backbone`` with their bootstrap 95% CIs."""
+    """The held-out test metrics of ``backbone`` with their bootstrap 95% CIs and what the bootstrap
+    resampled (``unit``, patients or images, and ``n_units``, how many)."""
     table = run.table("test_metrics")
-    out: dict[str, Any] = {"n_images": None, "n_boot": None, "metrics": {}}
+    out: dict[str, Any] = {"n_images": None, "n_boot": None, "unit": None, "n_units": None, "metrics": {}}
     if table.empty:
         return out
     rows = table[table.backbone == backbone]
     for r in rows.itertuples():
         out["metrics"][str(r.metric)] = {"value": r.value, "low": r.low, "high": r.high}
         out["n_images"], out["n_boot"] = int(r.n_images), int(r.n_boot)
+        out["unit"], out["n_units"] = str(r.unit), int(r.n_units)
     return out
+
+
+def resampled(test: dict[str, Any]) -> str:
+    """``heldout_summary``'s bootstrap in words: "bootstrap over 40 patients"."""
+    if test.get("n_units") is None:
+        return "bootstrap"
+    return M.bootstrap_phrase(test["n_units"], test["unit"], test.get("n_images"))
 
 
 def select_backbone(run: RunDir, backbone: str | None = None) -> str:
@@ -359,7 +369,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         *[f"| {k} | {_fmt(v['mean'])} | {_fmt(v['std'])} | {v['n_folds']} |" for k, v in ev["cv"]["metrics"].items()],
         "",
         f"Held-out test set ({ev['test'].get('n_images')} images, never seen by the search; 95% percentile "
-        f"bootstrap CI over {ev['test'].get('n_boot')} resamples):",
+        f"CI, {resampled(ev['test'])}, {ev['test'].get('n_boot')} resamples):",
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",

@@ -132,10 +132,11 @@ def write_trivial_final(run: RunDir, labels: np.ndarray, paths: list[str], test:
     y = labels[test]
     for backbone, (trial, skill) in chosen.items():
         proba = _proba(y, skill, np.random.default_rng(7 + trial))
-        cis = M.bootstrap_all(y, proba, n_boot=100, seed=0, positive=1)
-        rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": m, "value": c.value, "low": c.low,
-                 "high": c.high, "n_images": int(test.sum()), "n_boot": c.n_boot} for m, c in cis.items()]
         predictions = _predictions([p for p, t in zip(paths, test) if t], y, proba)
+        cis = M.bootstrap_all(y, proba, n_boot=100, seed=0, positive=1, groups=predictions.group, unit="patients")
+        rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": m, "value": c.value, "low": c.low,
+                 "high": c.high, "n_images": int(test.sum()), "n_boot": c.n_boot, "unit": c.unit,
+                 "n_units": c.n_units} for m, c in cis.items()]
         predictions.insert(0, "trial", trial)
         predictions.insert(0, "backbone", backbone)
         run.write_final_backbone(backbone, {"trial": trial, "refit_epochs": 3, "n_train": int((~test).sum()),
@@ -222,6 +223,11 @@ def test_report_writes_markdown_html_tables_and_figures_reproducibly(reported, t
         assert section in md and section in page
     assert "4. Significance" in md  # bench/report/stats.py is there
     assert "held-out test" in md and "-fold CV on" in md  # every table says its split and size
+    # Every held-out CI says what it resampled, whole patients: the leaderboard's and the all-metrics table's captions.
+    patients = RunDir.open(run_dir).table("test_predictions").group.nunique()
+    assert set(RunDir.open(run_dir).table("test_metrics").n_units) == {patients}
+    assert md.count(f"95% CI by bootstrap over {patients} patients;") == 1
+    assert md.count(f"from a stratified bootstrap over {patients} patients (") == 1
     assert "bench cv --from-trial" in md
     # self-contained: figures inlined, nothing fetched
     assert "data:image/png;base64," in page
@@ -251,6 +257,29 @@ def test_report_writes_markdown_html_tables_and_figures_reproducibly(reported, t
     shutil.rmtree(out)  # delete the report and make it again: the same bytes in every table
     assert report(["--run", str(run_dir), "--out", str(out), "--quiet"], capsys)[0] == 0
     assert csv_bytes(out) == first
+
+
+def test_held_out_cis_written_before_patient_bootstrap_read_as_image_bootstrap(synthetic_run, tmp_path, capsys):
+    run = copy_run(synthetic_run, tmp_path / "runs" / "old")
+    old = pd.read_csv(run / "test_metrics.csv").drop(columns=["unit", "n_units"])  # as bench final wrote it before
+    old.to_csv(run / "test_metrics.csv", index=False)
+    n_test = int(old.n_images.iloc[0])
+    table = RunDir.open(run).table("test_metrics")
+    assert set(table.unit) == {"images"} and (table.n_units == n_test).all()
+    assert report(["--run", str(run), "--out", str(tmp_path / "out"), "--quiet"], capsys)[0] == 0
+    md = (tmp_path / "out" / "index.md").read_text()
+    assert f"95% CI by bootstrap over {n_test} images;" in md and "bootstrap over 20 patients" not in md
+    # A re-run of bench final for one backbone keeps the others' old rows, labelled as what they were.
+    rd = RunDir.open(run)
+    first = str(old.backbone.iloc[0])
+    rd.write_final_backbone(first, {"trial": 0}, [{"backbone": first, "trial": 0, "split": "test", "metric": "auc",
+                                                   "value": 0.9, "low": 0.8, "high": 1.0, "n_images": n_test,
+                                                   "n_boot": 10, "unit": "patients", "n_units": 7}],
+                            pd.DataFrame({"backbone": [first], "path": ["x.png"]}))
+    table = rd.table("test_metrics")
+    assert list(table[table.backbone == first].unit) == ["patients"]
+    assert set(table[table.backbone != first].unit) == {"images"}
+    assert (table[table.backbone != first].n_units == n_test).all()
 
 
 def test_leaderboard_cv_numbers_recomputed_from_out_of_fold_predictions(reported):

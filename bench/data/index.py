@@ -16,7 +16,7 @@ import fnmatch
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -84,6 +84,17 @@ class DatasetIndex:
             passed_over=self.passed_over,
             pixels=self.pixels,
         )
+
+    def without_classes(self, names: set[str] | list[str]) -> tuple[DatasetIndex, np.ndarray]:
+        """The index without every image of these classes, labels re-numbered over the classes left.
+
+        Returns ``(index, keep)``; ``keep`` (bool per row of this index) selects the same rows elsewhere.
+        """
+        kept_classes = tuple(c for c in self.classes if c not in names)
+        renumber = np.array([kept_classes.index(c) if c in kept_classes else -1 for c in self.classes])
+        keep = renumber[self.labels] >= 0
+        index = self.subset(keep)
+        return replace(index, labels=renumber[index.labels], classes=kept_classes), keep
 
 
 @dataclass(frozen=True)

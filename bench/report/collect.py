@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import DataError
-from bench.results import FILES, RunDir
+from bench.results import FILES, RunDir, trial_record
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc")
 DEFAULT_OBJECTIVE = {"metric": "balanced_accuracy", "direction": "maximize"}
@@ -372,13 +372,8 @@ def _rows_from_study(run: Run, numbers: list[int], study: Any) -> pd.DataFrame:
         t = by_number.get(n)
         if t is None or t.state.name not in ("COMPLETE", "PRUNED", "FAIL"):
             continue
-        attrs = t.user_attrs
-        config = attrs.get("config") or dict(t.params)
-        rows.append({"number": n, "state": t.state.name, "value": t.value,
-                     "backbone": config.get("backbone") or t.params.get("backbone"),
-                     "params": json.dumps(config, sort_keys=True, default=str), "seconds": attrs.get("seconds"),
-                     "pruned_at_fold": attrs.get("pruned_at_fold"), "fail_reason": attrs.get("fail_reason"),
-                     "engine": "optuna", "host": (attrs.get("worker") or {}).get("host")})
+        row = trial_record(t)
+        rows.append({**row, "params": json.dumps(row["params"], sort_keys=True, default=str)})
     return pd.DataFrame(rows)
 
 
@@ -394,7 +389,7 @@ def _in_flight(run: Run, trials: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFr
         ok = int((group.status == "ok").sum()) if "status" in group else len(group)
         rows.append({"number": int(number), "state": "INTERRUPTED", "value": math.nan,
                      "backbone": str(group.backbone.iloc[0]) if "backbone" in group else "?", "params": "{}",
-                     "seconds": math.nan, "pruned_at_fold": math.nan,
+                     "seconds": math.nan, "pruned_at_fold": math.nan, "pruned_at_epoch": math.nan,
                      "fail_reason": f"no record of its end: {ok} fold(s) finished when {run.label} stopped",
                      "engine": run.engine, "host": None, "_in_flight": True})
     return pd.DataFrame(rows)

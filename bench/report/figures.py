@@ -119,7 +119,7 @@ def roc_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], positiv
 
 
 def training_curves_figure(history: pd.DataFrame, folder: Path, name: str, title: str, caption: str) -> Figure | None:
-    """Loss and accuracy per epoch: train solid, validation dashed, one colour per fold."""
+    """Loss and accuracy per epoch: train solid, inner validation split dashed, one colour per fold."""
     panels = [(m, f"val_{m}") for m in ("loss", "accuracy") if m in set(history.metric)]
     if not panels:
         return None
@@ -132,7 +132,7 @@ def training_curves_figure(history: pd.DataFrame, folder: Path, name: str, title
                 r = rows[rows.metric == metric].sort_values("epoch")
                 if len(r):
                     ax.plot(r.epoch, r.value, linestyle=style, marker="o", markersize=3, color=color,
-                            label=f"fold {int(fold) + 1} {'train' if metric == train else 'validation'}")
+                            label=f"fold {int(fold) + 1} {'train' if metric == train else 'inner val'}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(train)
         ax.set_title(train)

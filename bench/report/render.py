@@ -202,6 +202,8 @@ class Builder:
             for note in coll.notes:
                 if note.dataset == d and note.section == "overview":
                     self.note(note.text)
+            for text in T.split_warnings(coll, d):
+                self.note(text)
             self.guard(f"{d}: the dataset table", lambda d=d: self.table(T.dataset_overview(coll, d)))
             self.guard(f"{d}: the runs table", lambda d=d: self.table(T.runs_overview(coll, d)))
 
@@ -319,7 +321,9 @@ class Builder:
         if len(hist):
             fig = F.training_curves_figure(hist, self.figdir, f"curves_{name}", f"{row.backbone}: training curves",
                                            f"Loss and accuracy per epoch of each cross-validation fold of trial "
-                                           f"{row.trial}: training (solid) and validation fold (dashed).")
+                                           f"{row.trial}: training (solid) and the inner validation split that early "
+                                           f"stopping and LR reduction read (dashed; the scored fold is predicted "
+                                           f"once, after training).")
         if fig is None:
             self.note(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} of "
                       f"{row.study}.")
