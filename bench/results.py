@@ -167,10 +167,11 @@ class RunDir:
             _atomic_json(path, configs)
 
     def write_splits(self, paths: tuple[str, ...], labels: list[str], groups: np.ndarray,
-                     split: np.ndarray, fold: np.ndarray, excluded_because: np.ndarray) -> None:
+                     split: np.ndarray, fold: np.ndarray, excluded_because: np.ndarray | None = None) -> None:
+        """``split`` names each image's side (cv, test, excluded); ``excluded_because`` says why."""
         frame = pd.DataFrame({
             "path": paths, "label": labels, "group": groups, "split": split, "fold": fold,
-            "excluded_because": excluded_because,
+            "excluded_because": [""] * len(paths) if excluded_because is None else excluded_because,
         })
         _atomic_csv(self.file("splits"), frame)
 

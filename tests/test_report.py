@@ -78,7 +78,7 @@ def make_synthetic_run(out: Path, *, study_name: str = "synthetic-tpe", sampler:
         "sessions": [{"sampler": sampler, "jobs": 1, "host": "test"}],
     }
     run.write_manifest(manifest)
-    run.write_splits(tuple(paths), [CLASSES[y] for y in labels], np.arange(n), test, fold)
+    run.write_splits(tuple(paths), [CLASSES[y] for y in labels], np.arange(n), np.where(test, "test", "cv"), fold)
     storage = f"sqlite:///{run.file('study')}"
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
     dists = {"backbone": optuna.distributions.CategoricalDistribution(["simple_cnn", "mobilenet_v2"]),
