@@ -380,7 +380,13 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
     run.update_manifest(status="complete" if not failed else "complete_with_failures", seconds=round(wall, 1))
     print_cv_tables(console, scores, summary_table, data, config)
     console.print(f"wall time {wall:.1f} s; run directory: {run.path}")
-    return 0 if not failed or len(failed) < len(scores) else 1
+    if failed:  # a mean over the folds that survived is not the k-fold estimate asked for
+        reasons = "; ".join(f"fold {s.fold + 1}: {s.status}" for s in failed)
+        _err_console().print(
+            f"[red]{len(failed)} of {len(scores)} folds failed ({reasons}). The {len(scores) - len(failed)} "
+            f"finished fold(s) are kept in {run.path}; the means above are over them only.[/]", highlight=False)
+        return 1
+    return 0
 
 
 def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, config: Any) -> None:
