@@ -382,6 +382,38 @@ def test_datasets_strategies_engines_and_cv_runs_together(tmp_path, capsys):
     assert f"bench cv --from-trial 0 --run {cv}" in md
 
 
+def test_each_dataset_ranks_by_the_direction_of_its_own_objective(tmp_path):
+    """set-b minimises log loss, set-a and set-c maximise balanced accuracy: ranks follow each manifest."""
+    from bench.report import stats
+    from bench.report import tables as T
+    from bench.report.collect import collect, find_run_dirs
+
+    runs = tmp_path / "runs"
+    for name, shift in (("set-a", 0.0), ("set-b", 0.3), ("set-c", -0.6)):
+        run = make_synthetic_run(runs / name / "tpe", dataset=name, skill_shift=shift)
+        for held_out in ("final.json", "test_metrics.csv", "test_predictions.csv"):  # rank the CV means (no ties)
+            (run / held_out).unlink()
+        if name == "set-b":
+            manifest = json.loads((run / "manifest.json").read_text())
+            manifest["objective"] = {"metric": "log_loss", "direction": "minimize"}
+            (run / "manifest.json").write_text(json.dumps(manifest))
+    coll = collect(find_run_dirs(runs), runs)
+    boards = {d: T.leaderboard(coll, d) for d in coll.datasets}
+    cross = T.cross_dataset(coll, boards)
+    ranks = cross.data.set_index("backbone")
+    expected = {}
+    for d, low_is_best in (("set-a", False), ("set-b", True), ("set-c", False)):
+        value = boards[d].set_index("backbone").objective_value
+        assert value.nunique() == len(value)  # no tie: a wrong direction would change the ranks
+        expected[d] = value.rank(ascending=low_is_best)
+        assert ranks[f"{d}_rank"].to_dict() == expected[d].to_dict(), d
+    mean_rank = pd.DataFrame(expected).mean(axis=1).to_dict()
+    assert ranks.mean_rank.to_dict() == pytest.approx(mean_rank)
+    table, _, message = T.friedman_table(coll, cross, stats)
+    assert table is not None, message
+    assert table.data.set_index("backbone").mean_rank.to_dict() == pytest.approx(mean_rank)
+
+
 def drop_trials_cv(run: Path) -> None:
     """Keep trial 1 only, renumbered 0, as `bench cv` writes it."""
     for name in ("folds.csv", "metrics.csv", "predictions.csv", "history.csv"):

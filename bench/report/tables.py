@@ -624,9 +624,10 @@ def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | 
         return None, None, f"The Friedman test needs at least 3 datasets; the report has {len(datasets)}."
     if len(complete) < 2:
         return None, None, "Fewer than two backbones were run on every dataset: no Friedman test."
-    directions = {coll.objective(d).get("direction", "maximize") for d in datasets}
+    # Each dataset's own objective direction (its manifest's): a loss is ranked low-is-best there only.
+    maximize = {d: coll.objective(d).get("direction", "maximize") == "maximize" for d in datasets}
     try:
-        res = stats.friedman(scores[complete], higher_is_better=directions != {"minimize"})
+        res = stats.friedman(scores[complete], higher_is_better=maximize)
     except ValueError as err:
         return None, None, f"No Friedman test: {err}."
     avg = res["avg_ranks"]
