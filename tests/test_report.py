@@ -253,9 +253,49 @@ def test_report_writes_markdown_html_tables_and_figures_reproducibly(reported, t
     assert csv_bytes(out) == first
 
 
+def cv_from_predictions(predictions: pd.DataFrame, trial: int, classes: list[str], positive: int) -> dict:
+    """A trial's CV numbers as the leaderboard defines them, from its out-of-fold predictions alone:
+    each fold scored by compute_metrics, then the mean and the std (ddof 1) over the folds."""
+    rows = predictions[predictions.trial.astype(int) == trial]
+    per_fold = [M.compute_metrics(fold.target.to_numpy(int), fold[[f"p_{c}" for c in classes]].to_numpy(float),
+                                  positive=positive) for _, fold in rows.groupby("fold", sort=True)]
+    out = {"folds": len(per_fold)}
+    for metric in per_fold[0]:
+        values = np.array([f[metric] for f in per_fold])
+        values = values[np.isfinite(values)]
+        out[f"cv_{metric}_mean"] = float(values.mean()) if values.size else np.nan
+        out[f"cv_{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else np.nan
+    return out
+
+
 def test_leaderboard_cv_numbers_recomputed_from_out_of_fold_predictions(reported):
     run_dir, out, _ = reported
     board = leaderboard_of(out)
+    run = RunDir.open(run_dir)
+    dataset = run.manifest()["dataset"]
+    classes, positive = dataset["classes"], dataset["classes"].index(dataset["positive"])
+    predictions = run.table("predictions")
+    columns = [c for c in board.columns if c.startswith("cv_") and c.endswith(("_mean", "_std"))]
+    assert {"cv_balanced_accuracy_mean", "cv_auc_std", "cv_mcc_mean", "cv_sensitivity_std"} <= set(columns)
+    tolerance = 1e-9  # the tables are written with full float precision: only summation order may differ
+    for row in board.itertuples(index=False):
+        again = cv_from_predictions(predictions, row.trial, classes, positive)
+        assert again["folds"] == row.folds_scored == row.folds, row.backbone
+        for column in columns:
+            shown = getattr(row, column)
+            if np.isnan(again[column]):
+                assert np.isnan(shown), (row.backbone, column)
+            else:
+                assert shown == pytest.approx(again[column], abs=tolerance), (row.backbone, column)
+        assert row.objective_value == pytest.approx(again["cv_balanced_accuracy_mean"], abs=tolerance)
+
+    # The comparison can fail: one image's prediction flipped moves the recomputed numbers off the table's.
+    row = board.iloc[0]
+    flipped = predictions[predictions.trial.astype(int) == int(row.trial)].reset_index(drop=True)
+    probas = [flipped.columns.get_loc(f"p_{c}") for c in classes]
+    flipped.iloc[0, probas] = flipped.iloc[0, probas[::-1]].to_numpy()
+    moved = cv_from_predictions(flipped, int(row.trial), classes, positive)
+    assert abs(moved["cv_balanced_accuracy_mean"] - row.cv_balanced_accuracy_mean) > 100 * tolerance
 def test_runs_copied_from_two_machines_merge_into_one_leaderboard(run_dir, tmp_path, capsys):
     reference = tmp_path / "reference"
     assert report(["--run", str(run_dir), "--out", str(reference), "--quiet"], capsys)[0] == 0
