@@ -517,6 +517,9 @@ class ReportCommand(Command):
         parser.add_argument("--out", type=Path, default=Path("reports"), metavar="DIR",
                             help="where to write index.md, index.html, tables/ and figures/ (default reports/)")
         parser.add_argument("--quiet", action="store_true", help="do not print the main tables")
+        parser.add_argument("--strict", action="store_true",
+                            help="exit 1, naming each problem, if any part could not be drawn or any record is "
+                                 "missing (a figure, a held-out result, a file); the report is written anyway")
 
     def run(self, args: argparse.Namespace) -> int:
         from bench.report.render import print_report, write_report
@@ -527,6 +530,13 @@ class ReportCommand(Command):
             console.print(f"report: {report.html}")
         else:
             print_report(console, report)
+        if args.strict and report.problems:
+            err = _err_console()
+            err.print(f"[red]bench report --strict: {len(report.problems)} problem(s) in {report.html}:[/]",
+                      highlight=False)
+            for text in report.problems:
+                err.print(f"  - {text}", markup=False, highlight=False)
+            return 1
         return 0
 
 

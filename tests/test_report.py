@@ -331,6 +331,26 @@ def test_missing_metrics_file_gives_a_note_not_a_traceback(run_dir, tmp_path, ca
     assert board.objective_value.notna().all() and board.cv_auc_mean.isna().all()
 
 
+def test_strict_report_fails_naming_each_missing_figure_or_record(synthetic_run, tmp_path, capsys):
+    run = copy_run(synthetic_run, tmp_path / "runs" / "strict")
+    backbones = sorted(json.loads((run / "final.json").read_text())["backbones"])
+    for backbone in backbones:  # the Grad-CAM grids `bench final` draws with a real model
+        (run / "figures").mkdir(exist_ok=True)
+        Image.new("RGB", (64, 48), (200, 40, 40)).save(run / "figures" / f"gradcam_{backbone}.png")
+    code, _, err = report(["--run", str(run), "--out", str(tmp_path / "clean"), "--quiet", "--strict"], capsys)
+    assert code == 0, err  # every section drawn, nothing missing
+
+    (run / "figures" / f"gradcam_{backbones[0]}.png").unlink()
+    (run / "history.csv").unlink()
+    code, _, err = report(["--run", str(run), "--out", str(tmp_path / "broken"), "--quiet", "--strict"], capsys)
+    message = " ".join(err.split())
+    assert code == 1 and "Traceback" not in err
+    assert "bench report --strict: " in message and str(tmp_path / "broken" / "index.html") in message
+    assert f"No Grad-CAM grid for {backbones[0]}" in message and f"No Grad-CAM grid for {backbones[1]}" not in message
+    assert "history.csv is missing" in message and "No training curves for" in message
+    assert (tmp_path / "broken" / "index.html").is_file()  # written anyway, to look at
+
+
 def test_run_without_a_completed_trial(run_dir, tmp_path, capsys):
     run = copy_run(run_dir, tmp_path / "runs" / "failed")
     trials = pd.read_csv(run / "trials.csv", dtype=str, keep_default_na=False)
