@@ -253,7 +253,7 @@ def test_report_writes_markdown_html_tables_and_figures_reproducibly(reported, t
     assert csv_bytes(out) == first
 
 
-def cv_from_predictions(predictions: pd.DataFrame, trial: int, classes: list[str], positive: int) -> dict:
+def cv_from_predictions(predictions: pd.DataFrame, trial: int, classes: list[str], positive: int | None) -> dict:
     """A trial's CV numbers as the leaderboard defines them, from its out-of-fold predictions alone:
     each fold scored by compute_metrics, then the mean and the std (ddof 1) over the folds."""
     rows = predictions[predictions.trial.astype(int) == trial]
@@ -273,7 +273,8 @@ def test_leaderboard_cv_numbers_recomputed_from_out_of_fold_predictions(reported
     board = leaderboard_of(out)
     run = RunDir.open(run_dir)
     dataset = run.manifest()["dataset"]
-    classes, positive = dataset["classes"], dataset["classes"].index(dataset["positive"])
+    classes = dataset["classes"]
+    positive = classes.index(dataset["positive"]) if dataset.get("positive") in classes else None
     predictions = run.table("predictions")
     columns = [c for c in board.columns if c.startswith("cv_") and c.endswith(("_mean", "_std"))]
     assert {"cv_balanced_accuracy_mean", "cv_auc_std", "cv_mcc_mean", "cv_sensitivity_std"} <= set(columns)
