@@ -395,7 +395,13 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
     run.update_manifest(status="complete" if not failed else "complete_with_failures", seconds=round(wall, 1))
     print_cv_tables(console, scores, summary_table, data, config)
     console.print(f"wall time {wall:.1f} s; run directory: {run.path}")
-    return 0 if not failed or len(failed) < len(scores) else 1
+    if failed:  # a mean over the folds that survived is not the k-fold estimate asked for
+        reasons = "; ".join(f"fold {s.fold + 1}: {s.status}" for s in failed)
+        _err_console().print(
+            f"[red]{len(failed)} of {len(scores)} folds failed ({reasons}). The {len(scores) - len(failed)} "
+            f"finished fold(s) are kept in {run.path}; the means above are over them only.[/]", highlight=False)
+        return 1
+    return 0
 
 
 def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, config: Any) -> None:
@@ -525,6 +531,9 @@ class ReportCommand(Command):
         parser.add_argument("--out", type=Path, default=Path("reports"), metavar="DIR",
                             help="where to write index.md, index.html, tables/ and figures/ (default reports/)")
         parser.add_argument("--quiet", action="store_true", help="do not print the main tables")
+        parser.add_argument("--strict", action="store_true",
+                            help="exit 1, naming each problem, if any part could not be drawn or any record is "
+                                 "missing (a figure, a held-out result, a file); the report is written anyway")
 
     def run(self, args: argparse.Namespace) -> int:
         from bench.report.render import print_report, write_report
@@ -535,6 +544,13 @@ class ReportCommand(Command):
             console.print(f"report: {report.html}")
         else:
             print_report(console, report)
+        if args.strict and report.problems:
+            err = _err_console()
+            err.print(f"[red]bench report --strict: {len(report.problems)} problem(s) in {report.html}:[/]",
+                      highlight=False)
+            for text in report.problems:
+                err.print(f"  - {text}", markup=False, highlight=False)
+            return 1
         return 0
 
 

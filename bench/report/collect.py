@@ -11,7 +11,7 @@ for the same trial number (two separate SQLite studies with the default name) ar
 the later one becomes its own study, named ``<study>@<run>``, and a note says so.
 
 Missing or unreadable files never raise: each becomes a ``Note`` that the report shows in the
-section that needed the file.
+section that needed the file, marked as a problem (``bench report --strict`` fails on those).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Note:
     text: str
     dataset: str | None = None  # None: about the whole report
     section: str = "overview"  # overview, leaderboard, models, search, significance, ...
+    problem: bool = True  # something is missing or broken (--strict fails), not just a fact worth knowing
 
 
 @dataclass
@@ -309,7 +310,8 @@ def _split_conflicting_studies(runs: list[Run], trials: dict[str, pd.DataFrame],
             new = f"{run.study}@{run.label}"
             notes.append(Note(f"{run.label} and {first_label[key]} both call their study '{run.study}' but record "
                               f"different results for the same trial numbers: they are separate studies (separate "
-                              f"storages) and are reported apart, this one as '{new}'.", run.dataset))
+                              f"storages) and are reported apart, this one as '{new}'.", run.dataset,
+                              problem=False))
             run.study = new
             key = (run.dataset, run.study)
             known = None

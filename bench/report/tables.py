@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics as M
-from bench.report.collect import KEY_METRICS, Collection, Run, load_study, proba_matrix
+from bench.report.collect import KEY_METRICS, Collection, Note, Run, load_study, proba_matrix
 
 LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "auc": "AUC",
@@ -439,25 +439,32 @@ def _test_values(coll: Collection, dataset: str, study: str, backbone: str, tria
     return out
 
 
-def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> list[str]:
+def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> list[Note]:
+    """What the leaderboard lacks (problems: a held-out value or metrics missing) and how it ranks."""
     notes = []
     metric = coll.objective(dataset)["metric"]
+
+    def add(text: str, problem: bool = True) -> None:
+        notes.append(Note(text, dataset, "leaderboard", problem))
+
     for r in board.itertuples(index=False):
         if r.test_of:
-            notes.append(f"{r.backbone}: the held-out result on record is of {r.test_of}, not of the leaderboard's "
-                         f"best trial {r.study} #{r.trial} (the search went on after `bench final`, or another "
-                         f"study did better); run `bench final --run {shlex.quote(str(_run_path(coll, r.run)))}` "
-                         f"for a test value of this one.")
+            add(f"{r.backbone}: the held-out result on record is of {r.test_of}, not of the leaderboard's "
+                f"best trial {r.study} #{r.trial} (the search went on after `bench final`, or another "
+                f"study did better); run `bench final --run {shlex.quote(str(_run_path(coll, r.run)))}` "
+                f"for a test value of this one.")
+        elif isnan(r.test_value) and not board.test_value.isna().all():
+            add(f"{r.backbone}: no held-out result for trial {r.study} #{r.trial}.")
         if r.folds_scored == 0 and not isnan(r.objective_value):
-            notes.append(f"{r.backbone}: no per-fold metrics (metrics.csv) for trial {r.trial} of {r.study}: the "
-                         f"{metric} shown is the search's recorded value; the other metrics are not available.")
+            add(f"{r.backbone}: no per-fold metrics (metrics.csv) for trial {r.trial} of {r.study}: the "
+                f"{metric} shown is the search's recorded value; the other metrics are not available.")
     if not board.empty and board.test_value.isna().all() and not any(board.test_of):
-        notes.append("No held-out test results yet: `bench final --run DIR` refits each backbone's best trial on "
-                     "all CV images and scores it once on the held-out test set (see Reproduce).")
+        add("No held-out test results yet: `bench final --run DIR` refits each backbone's best trial on "
+            "all CV images and scores it once on the held-out test set (see Reproduce).")
     studies = {r.study: r.objective for r in coll.runs_of(dataset)}
     other = sorted({f"{s} ({o['metric']})" for s, o in studies.items() if o["metric"] != metric})
     if other:
-        notes.append(f"Ranked by {metric}; these studies optimised another metric: {', '.join(other)}.")
+        add(f"Ranked by {metric}; these studies optimised another metric: {', '.join(other)}.", problem=False)
     return notes
 
 
@@ -694,9 +701,10 @@ def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | 
         return None, None, f"The Friedman test needs at least 3 datasets; the report has {len(datasets)}."
     if len(complete) < 2:
         return None, None, "Fewer than two backbones were run on every dataset: no Friedman test."
-    directions = {coll.objective(d).get("direction", "maximize") for d in datasets}
+    # Each dataset's own objective direction (its manifest's): a loss is ranked low-is-best there only.
+    maximize = {d: coll.objective(d).get("direction", "maximize") == "maximize" for d in datasets}
     try:
-        res = stats.friedman(scores[complete], higher_is_better=directions != {"minimize"})
+        res = stats.friedman(scores[complete], higher_is_better=maximize)
     except ValueError as err:
         return None, None, f"No Friedman test: {err}."
     avg = res["avg_ranks"]
