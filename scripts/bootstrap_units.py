@@ -37,11 +37,11 @@ def main() -> None:
     args = ap.parse_args()
 
     data = prepare_data(args.dataset, folds=args.folds, seed=args.seed, size=args.size)
-    train, test = ~data.splits.test, data.splits.test
+    train, test = data.splits.cv, data.splits.test
     config = TrainConfig(backbone=args.backbone, size=args.size, epochs=args.epochs, early_stopping=0,
-                         reduce_lr=0, seed=args.train_seed)
+                         reduce_lr=0, inner_val=0.0, seed=args.train_seed)
     trainer = FoldTrainer(config, len(data.index.classes), n_train_hint=int(train.sum()))
-    trainer.fit_full(data.images[train], data.index.labels[train], args.epochs)
+    trainer.fit_full(data.images[train], data.index.labels[train])
     proba = trainer.predict(data.images[test])
     y, groups = data.index.labels[test], data.splits.groups[test]
     sizes = np.bincount(np.unique(groups, return_inverse=True)[1].ravel())

@@ -176,6 +176,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "class_weights": FieldRule(_CAT, None, _bool_check, "true or false"),
     "early_stopping": FieldRule((*_CAT, "int"), "int", _int_at_least(0), "a patience >= 0 (0 = off)"),
     "reduce_lr": FieldRule((*_CAT, "int"), "int", _int_at_least(0), "a patience >= 0 (0 = off)"),
+    "inner_val": FieldRule((*_CAT, "float"), "float", _float_in(0.0, 0.5, hi_open=False),
+                           "a fraction in [0, 0.5] (0 = no inner split: no early stopping, no LR reduction)"),
     "bn_momentum": FieldRule((*_CAT, "float"), "float", _bn_check, "'auto', 'keep' or a number in [0, 1)"),
 }
 # ``seed`` is a TrainConfig field too, but it belongs to the run (--seed), not to the search.
