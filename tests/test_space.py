@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from bench.errors import ConfigError
-from bench.search.space import _param as space_mod
+from bench.search.space import _blocks as space_mod
 from bench.search.space import (
     FIELD_RULES,
     SearchSpace,
