@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__, paths
+from bench.argtypes import at_least, below_one, fraction, positive_float, positive_int, whole
 from bench.errors import BenchError, ConfigError
 
 COMMANDS: dict[str, type[Command]] = {}
@@ -116,7 +117,7 @@ class BackbonesCommand(Command):
     help = "List the registered backbones: parameters, cut points, blocks, minimum input size."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--size", type=int, default=None, help="input size to build them at (default: each one's minimum, at least 64)")
+        parser.add_argument("--size", type=positive_int, default=None, help="input size to build them at (default: each one's minimum, at least 64)")
         parser.add_argument("names", nargs="*", help="only these backbones")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -148,8 +149,8 @@ class FetchCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("name", help="dataset name from `bench datasets`")
         parser.add_argument("--registry", type=Path)
-        parser.add_argument("--max-gb", type=float, default=50.0, help="refuse archives that unpack to more than this")
-        parser.add_argument("--size", type=int, help="MedMNIST: the file of this image size (28, 64, 128, 224; "
+        parser.add_argument("--max-gb", type=positive_float, default=50.0, help="refuse archives that unpack to more than this")
+        parser.add_argument("--size", type=positive_int, help="MedMNIST: the file of this image size (28, 64, 128, 224; "
                                                      "default: the dataset's image_size)")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -222,11 +223,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", required=dataset_required,
                    help="registry name (`bench datasets`) or a class-per-folder path")
-    g.add_argument("--size", type=int, help="image side in pixels (default: the dataset's image_size)")
+    g.add_argument("--size", type=positive_int, help="image side in pixels (default: the dataset's image_size)")
     g.add_argument("--resize", choices=["squash", "pad", "crop"], help="how images become square (default: the dataset's)")
-    g.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and shuffling")
-    g.add_argument("--test-fraction", type=float, help="held-out fraction when the dataset has no official test split")
+    g.add_argument("--folds", type=at_least(2), default=5, help="cross-validation folds (default 5)")
+    g.add_argument("--seed", type=whole, default=0, help="seed for splits, initialisation and shuffling")
+    g.add_argument("--test-fraction", type=fraction, help="held-out fraction when the dataset has no official test split")
     g.add_argument("--group-regex", help="regex on file names whose first group is the patient id (overrides the registry)")
     g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
     g.add_argument("--registry", type=Path, help="another datasets.toml")
@@ -240,21 +241,21 @@ class CVCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_data_arguments(parser, dataset_required=False)
         r = parser.add_argument_group("re-run a search trial exactly")
-        r.add_argument("--from-trial", type=int, metavar="N", help="trial number of the search in --run")
+        r.add_argument("--from-trial", type=whole, metavar="N", help="trial number of the search in --run")
         r.add_argument("--run", type=Path, help="the search's run directory (with --from-trial)")
         g = parser.add_argument_group("model and training")
         g.add_argument("--backbone", default="mobilenet_v2", help="backbone name (`bench backbones`)")
         g.add_argument("--weights", type=_weights, default=None, help="imagenet, none (default) or a weights file")
         g.add_argument("--unfrozen", type=_unfrozen, default="all", help="blocks to fine-tune: 0 = frozen features, 'all' (default)")
-        g.add_argument("--epochs", type=int, default=10)
-        g.add_argument("--lr", type=float, default=1e-3)
-        g.add_argument("--batch-size", type=int, default=32)
+        g.add_argument("--epochs", type=positive_int, default=10)
+        g.add_argument("--lr", type=positive_float, default=1e-3)
+        g.add_argument("--batch-size", type=positive_int, default=32)
         g.add_argument("--optimizer", default="adam", help="adam, adamw, sgd, rmsprop")
         g.add_argument("--augment", default="light", help="none, light, medium, heavy")
-        g.add_argument("--dropout", type=float, default=0.2)
-        g.add_argument("--label-smoothing", type=float, default=0.0)
+        g.add_argument("--dropout", type=below_one, default=0.2)
+        g.add_argument("--label-smoothing", type=below_one, default=0.0)
         g.add_argument("--no-class-weights", action="store_true", help="do not weight classes by inverse frequency")
-        g.add_argument("--patience", type=int, default=5, help="early-stopping patience on validation loss (0 = off)")
+        g.add_argument("--patience", type=whole, default=5, help="early-stopping patience on validation loss (0 = off)")
         g.add_argument("--bn-momentum", default="auto", help="'auto' (matched to steps per epoch), 'keep', or a number")
         out = parser.add_argument_group("output")
         out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<run-id>)")
@@ -415,7 +416,7 @@ class RunCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_data_arguments(parser)
         g = parser.add_argument_group("search")
-        g.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials in total")
+        g.add_argument("--trials", type=positive_int, required=True, help="finished (complete or pruned) trials in total")
         g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
         g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
         g.add_argument("--pruner", default="wilcoxon", help="wilcoxon (default), median, halving, none")
@@ -425,12 +426,12 @@ class RunCommand(Command):
         g.add_argument("--storage", help="SQLAlchemy URL (postgresql://...), journal:FILE, or a .db/.log file; "
                                          "default: study.db in the run directory")
         g.add_argument("--study", help="study name (default <dataset>-<space>)")
-        g.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (one per GPU with GPUs)")
-        g.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-        g.add_argument("--trial-timeout", type=float, help="fail a trial that runs longer than this many seconds")
-        g.add_argument("--max-failures", type=int, default=10, help="stop after this many failed trials")
+        g.add_argument("--jobs", type=positive_int, default=1, help="worker processes on this machine (one per GPU with GPUs)")
+        g.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
+        g.add_argument("--trial-timeout", type=positive_float, help="fail a trial that runs longer than this many seconds")
+        g.add_argument("--max-failures", type=positive_int, default=10, help="stop after this many failed trials")
         g.add_argument("--precision", default="float32", help="float32, mixed_float16 (GPU), mixed_bfloat16")
-        g.add_argument("--heartbeat", type=int, default=30, help="seconds between a worker's heartbeats")
+        g.add_argument("--heartbeat", type=positive_int, default=30, help="seconds between a worker's heartbeats")
         g.add_argument("--no-final", action="store_true",
                        help="skip the held-out evaluation when the search ends (run `bench final` later)")
         out = parser.add_argument_group("output")
@@ -469,7 +470,7 @@ class FinalCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--run", type=Path, required=True, help="a run directory of bench run (or bench cv)")
         parser.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
-        parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+        parser.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% CIs")
         parser.add_argument("--registry", type=Path, help="another datasets.toml")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -579,8 +580,8 @@ class PredictCommand(Command):
         parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
                             help="image files or folders (a folder of class subfolders is also scored)")
         parser.add_argument("--csv", type=Path, help="write one row per image: path, [truth], predicted, p_<class>...")
-        parser.add_argument("--batch-size", type=int, default=64)
-        parser.add_argument("--show", type=int, default=20, help="rows to print (default 20; all go to --csv)")
+        parser.add_argument("--batch-size", type=positive_int, default=64)
+        parser.add_argument("--show", type=whole, default=20, help="rows to print (default 20; all go to --csv)")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
@@ -638,7 +639,7 @@ class ExplainCommand(Command):
         parser.add_argument("--block", type=int, default=-1,
                             help="backbone block whose output is explained: -1 = last (default), -2 = the one "
                                  "before (finer map), ...")
-        parser.add_argument("--display-size", type=int, help="overlay side in pixels (default: model size, at least 224)")
+        parser.add_argument("--display-size", type=positive_int, help="overlay side in pixels (default: model size, at least 224)")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()

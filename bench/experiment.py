@@ -98,7 +98,7 @@ def prepare_data(
 ) -> PreparedData:
     spec, root = resolve(dataset, registry_path=registry_path, group_regex=group_regex)
     index = build_index(spec, root)
-    size = size or spec.image_size
+    size = size if size is not None else spec.image_size  # 0 is an error, never "the default"
     resize = resize or spec.resize
     cached = image_cache.load_or_build(index, size, resize, cache_dir=cache_dir)
     skipped = tuple((index.paths[i], reason) for i, reason in sorted(cached.failed.items()))
