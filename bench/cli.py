@@ -17,7 +17,7 @@ from typing import Any
 
 from bench import __version__, paths
 from bench.argtypes import at_least, below_one, fraction, positive_float, positive_int, whole
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, DataError
 
 COMMANDS: dict[str, type[Command]] = {}
 
@@ -154,7 +154,7 @@ class FetchCommand(Command):
                                                      "default: the dataset's image_size)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from bench.data.fetch import fetch_archive
+        from bench.data.fetch import archive_path, fetch_archive
         from bench.data.registry import dataset_root, registry
         from bench.data.sources import special_source
         from bench.errors import close_matches
@@ -175,13 +175,27 @@ class FetchCommand(Command):
         if root.is_dir() and any(root.iterdir()) and not (target / ".bench-extracted").exists():
             _console().print(f"{spec.name}: {root} already holds data (unpacked by hand); nothing to download.")
             return 0
+        archive = archive_path(spec.source.url, target)
         hint = (f"Download {spec.source.url} by hand (from {spec.homepage or 'its homepage'}) and unpack it into "
                 f"{target} so that {root} holds the class folders, or put the archive itself at "
-                f"{target.parent / 'downloads'} and run `bench fetch {spec.name}` again.")
+                f"{archive} and run `bench fetch {spec.name}` again.")
         fetch_archive(spec.source.url, spec.source.sha256, target, max_bytes=int(args.max_gb * 2**30),
                       manual_hint=hint)
+        if not root.is_dir():
+            raise DataError(f"{spec.name}: the archive {archive.name} was unpacked into {target}, but the registry's "
+                            f"root {root} is not there. The archive holds: {_top_level(target)}. Fix `root` of "
+                            f"[{spec.name}] in {args.registry or paths.registry_file()} (a path inside {target}).")
         _console().print(f"{spec.name}: ready in {root}")
         return 0
+
+
+def _top_level(folder: Path, shown: int = 10) -> str:
+    """What an unpacked archive holds at its top, for a message: 'a/, b/, c.txt'."""
+    from bench.data.fetch import MARKER
+
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name != MARKER)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (", ".join(names[:shown]) + more) if names else "nothing"
 
 
 # ---- bench weights --------------------------------------------------------------------------
