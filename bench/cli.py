@@ -30,6 +30,8 @@ def register_command(cls: type[Command]) -> type[Command]:
 class Command:
     name = ""
     help = ""
+    # Commands that load TensorFlow in this process: its C++ lines go to a log file (bench.quiet).
+    native_log = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
@@ -115,6 +117,7 @@ class DatasetsCommand(Command):
 class BackbonesCommand(Command):
     name = "backbones"
     help = "List the registered backbones: parameters, cut points, blocks, minimum input size."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--size", type=positive_int, default=None, help="input size to build them at (default: each one's minimum, at least 64)")
@@ -203,6 +206,7 @@ def _top_level(folder: Path, shown: int = 10) -> str:
 class WeightsCommand(Command):
     name = "weights"
     help = "Pretrained weight files: list, pull, export/import (air-gapped machines), convert."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from bench import weights_cli
@@ -251,6 +255,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
 class CVCommand(Command):
     name = "cv"
     help = "Train and score one configuration by stratified, patient-aware k-fold cross-validation."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_data_arguments(parser, dataset_required=False)
@@ -384,7 +389,8 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
             console.print(f"[red]fold {score.fold + 1} failed: {score.status}[/]")
 
     try:
-        scores = cross_validate(data, config, run, on_fold=on_fold, on_epoch=on_epoch)
+        with run.failed_on_error():
+            scores = cross_validate(data, config, run, on_fold=on_fold, on_epoch=on_epoch)
     except KeyboardInterrupt:
         run.update_manifest(status="interrupted", seconds=round(time.perf_counter() - t_start, 1))
         console.print(f"[yellow]Interrupted; finished folds are kept in {run.path}[/]")
@@ -480,6 +486,7 @@ class RunCommand(Command):
 class FinalCommand(Command):
     name = "final"
     help = "Refit each backbone's best configuration on all training data and score it once on the held-out test set."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--run", type=Path, required=True, help="a run directory of bench run (or bench cv)")
@@ -555,6 +562,7 @@ def _list_unreadable(unreadable: list[tuple[str, str]]) -> None:
 class ExportCommand(Command):
     name = "export"
     help = "Save a run's refit best model (the one scored on the held-out test) as .keras with a model card."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--run", type=Path, required=True, help="a run directory after `bench final`")
@@ -588,6 +596,7 @@ class ExportCommand(Command):
 class PredictCommand(Command):
     name = "predict"
     help = "Class probabilities for image files or folders from an exported model (same preprocessing as training)."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", type=Path, metavar="MODEL.keras", help="an exported model (its .card.json beside it)")
@@ -642,6 +651,7 @@ class PredictCommand(Command):
 class ExplainCommand(Command):
     name = "explain"
     help = "Grad-CAM overlays: where in each image the model looked for the class it predicted."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", type=Path, metavar="MODEL.keras", help="an exported model (its .card.json beside it)")
@@ -700,7 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "offline", False):
         os.environ[paths.OFFLINE_ENV] = "1"
     try:
-        return args._command.run(args)
+        if not args._command.native_log:
+            return args._command.run(args)
+        from bench.quiet import native_stderr_to_log
+
+        with native_stderr_to_log():
+            return args._command.run(args)
     except BenchError as err:
         from rich.markup import escape
 

@@ -17,15 +17,15 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.atomic import atomic_path, atomic_write_text
 from bench.errors import ConfigError, DataError
 from bench.results import RunDir
 
@@ -347,16 +347,9 @@ def render_markdown(card: dict[str, Any]) -> str:
 
 def write_card(card: dict[str, Any], model_path: Path) -> tuple[Path, Path]:
     json_path, md_path = card_paths(model_path)
-    _atomic_write(json_path, json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    _atomic_write(md_path, render_markdown(card))
+    atomic_write_text(json_path, json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    atomic_write_text(md_path, render_markdown(card))
     return json_path, md_path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ---- export --------------------------------------------------------------------------------------
@@ -387,10 +380,8 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
         raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not (out.exists() and out.resolve() == source.resolve()):
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-        os.close(fd)
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            shutil.copyfile(source, tmp)
     model = load_model(out)
     card = build_card(run, chosen, out, model)
     n_out = int(model.outputs[0].shape[-1])
@@ -411,8 +402,19 @@ def load_model(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"No model file {path}.")
+    if not _is_keras_archive(path):  # Keras itself would say "File not found" for it
+        raise DataError(f"{path} is not a Keras model: a .keras file is a zip archive holding config.json and "
+                        "the weights, and this one is not. Give the .keras file `bench export` wrote.")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for a bad file
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"Cannot load the Keras model {path}: {reason}.") from err
+
+
+def _is_keras_archive(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False

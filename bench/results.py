@@ -33,11 +33,12 @@ Rows are appended fold by fold, so an interrupted run keeps every finished fold.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from bench.errors import DataError
+from bench.atomic import atomic_write_text
+from bench.errors import BenchError, DataError
 
 SCHEMA_VERSION = 1
 
@@ -73,11 +75,7 @@ def new_run_id(tag: str = "") -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -134,6 +132,16 @@ class RunDir:
             manifest = self.manifest()
             manifest.update(changes)
             _atomic_json(self.file("manifest"), manifest)
+
+    @contextlib.contextmanager
+    def failed_on_error(self) -> Iterator[None]:
+        """Inside the block, an error marks the run "failed" with its reason (not "running" for ever)."""
+        try:
+            yield
+        except Exception as err:
+            reason = str(err) if isinstance(err, BenchError) else f"{type(err).__name__}: {err}"
+            self.update_manifest(status="failed", reason=reason)
+            raise
 
     def write_config(self, trial: int, config: dict[str, Any]) -> None:
         path = self.file("config")

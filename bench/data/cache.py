@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 from filelock import FileLock
 
 from bench import paths
+from bench.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from bench.data import images
 from bench.data.index import DatasetIndex, OnError
 
@@ -81,13 +80,6 @@ def _key(index: DatasetIndex, fp: str, size: int, resize: str) -> str:
     return f"{index.name}-{fp[:16]}-{size}px-{resize}-v{DECODER_VERSION}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCache:
     meta = json.loads(meta_path.read_text())
     array = np.load(npy, mmap_mode="r")
@@ -105,11 +97,8 @@ def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCa
 
 def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Path, workers: int | None) -> None:
     n = len(index)
-    fd, tmp_name = tempfile.mkstemp(dir=npy.parent, prefix=npy.name, suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     failed: dict[int, str] = {}
-    try:
+    with atomic_path(npy) as tmp:  # the rename onto the .npy is the commit point: readers look for it
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         source = (index.pixels or FILES).fill(index, size, resize, out, failed.__setitem__, workers)
         out.flush()
@@ -117,10 +106,7 @@ def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Pa
         del out
         meta = {"paths": list(index.paths), "size": size, "resize": resize, "failed": failed, "row_hashes": hashes,
                 "source": source}
-        _atomic_write_text(meta_path, json.dumps(meta))
-        os.replace(tmp, npy)  # the commit point: readers look for the .npy
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write_text(meta_path, json.dumps(meta))
 
 
 def load_or_build(
@@ -137,6 +123,9 @@ def load_or_build(
     with FileLock(str(root / f"{key}.lock")):
         if npy.is_file() and meta_path.is_file():  # another process built it while we waited
             return _load(npy, meta_path, key, fp, built=False)
+        # A writer killed mid-build (kill -9, power cut) leaves a temporary as big as the whole cache.
+        for stale in remove_stale_temporaries(root):
+            log.info("removed %s, left by a killed writer", stale)
         log.info("decoding %d images of %s at %d px into %s", len(index), index.name, size, npy)
         _build(index, size, resize, npy, meta_path, workers)
     return _load(npy, meta_path, key, fp, built=True)

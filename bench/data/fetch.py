@@ -43,6 +43,7 @@ from typing import BinaryIO
 from filelock import FileLock, Timeout
 
 from bench import __version__, paths
+from bench.atomic import default_mode
 from bench.errors import ConfigError, DataError, NetworkError
 
 __all__ = ["MARKER", "archive_path", "download", "fetch_archive", "is_extracted", "safe_extract"]
@@ -317,6 +318,7 @@ def safe_extract(
     digest = _sha256_file(archive)
     log.info("extracting %s into %s", archive, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.extracting-", dir=root.parent))
+    tmp.chmod(default_mode(directory=True))  # mkdtemp's 0700 would stay on the renamed dataset folder
     try:
         unpack = _unpack_zip if kind == "zip" else _unpack_tar
         rels = unpack(archive, tmp.resolve(), _Limits(max_bytes, max_files))

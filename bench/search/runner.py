@@ -344,15 +344,23 @@ class Supervisor:
             self.console.print(f"{len(self.failures)} failed trial(s) in this session:")
             for line in self.failures[-10:]:
                 self.console.print(f"  {line}")
+        # Whatever ended the search (its budget, --timeout, --max-failures), its best trials get their
+        # held-out numbers: a user who budgets by time is owed them too. Only Ctrl-C (code 130,
+        # returned before this) skips it.
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if code == 0 and self.o.final and complete:
+            if status != "complete":
+                self.console.print(f"The search ended after {finished} of {self.o.trials} trials; the held-out "
+                                   "evaluation uses the best trials so far.")
+            if self.o.storage is not None:
+                # A shared study: this machine's run directory holds only its own trials.
+                self.console.print("Shared storage: run the held-out evaluation once, on the machine of your "
+                                   "choice, with `bench final --run DIR` after copying the run directories together.")
+            elif self._final_is_stale():
+                code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
+                                               self.run.path, self.o.registry, self.console)
         if self.stop_reason and self.stop_reason.startswith("--max-failures"):
             return 1
-        if code == 0 and status == "complete" and self.o.final and self.o.storage is not None:
-            # A shared study: this machine's run directory holds only its own trials.
-            self.console.print("Shared storage: run the held-out evaluation once, on the machine of your choice, "
-                               "with `bench final --run DIR` after copying the run directories together.")
-        elif code == 0 and status == "complete" and self.o.final and self._final_is_stale():
-            code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
-                                           self.run.path, self.o.registry, self.console)
         return code
 
 
@@ -424,11 +432,13 @@ def _final_main(run_dir: str, registry: str | None) -> None:
     from rich.console import Console
 
     from bench.final import evaluate_run
+    from bench.quiet import native_stderr_to_log
 
     console = Console()
     try:
-        evaluate_run(Path(run_dir), console=console if console.is_terminal else Console(width=160),
-                     registry=Path(registry) if registry else None)
+        with native_stderr_to_log():
+            evaluate_run(Path(run_dir), console=console if console.is_terminal else Console(width=160),
+                         registry=Path(registry) if registry else None)
     except BenchError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -450,7 +460,8 @@ def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, conso
 def run_search(options: SearchOptions, console: Any) -> int:
     supervisor = Supervisor(options, console)
     supervisor.prepare()
-    code = supervisor.run_workers()
+    with supervisor.run.failed_on_error():
+        code = supervisor.run_workers()
     if code == 130:
         return code
     return supervisor.finish(code)

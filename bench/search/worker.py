@@ -87,17 +87,20 @@ def worker_main(spec: WorkerSpec, queue: Any, stop: Any) -> None:
     def send(kind: str, payload: dict[str, Any]) -> None:
         queue.put((kind, {"worker": spec.index, "pid": os.getpid(), **payload}))
 
-    try:
-        study, objective = _setup(spec, send)
-    except Exception as err:  # noqa: BLE001 - reported to the supervisor, which prints it
-        from bench.errors import BenchError
+    from bench.quiet import native_stderr_to_log
 
-        message = str(err) if isinstance(err, BenchError) else f"{type(err).__name__}: {err}"
-        send("setup_failed", {"error": message})
-        sys.exit(EXIT_SETUP_FAILED)
-    from bench.results import RunDir
+    with native_stderr_to_log():
+        try:
+            study, objective = _setup(spec, send)
+        except Exception as err:  # noqa: BLE001 - reported to the supervisor, which prints it
+            from bench.errors import BenchError
 
-    sys.exit(_loop(spec, study, objective, send, stop, RunDir.open(Path(spec.run_dir))))
+            message = str(err) if isinstance(err, BenchError) else f"{type(err).__name__}: {err}"
+            send("setup_failed", {"error": message})
+            sys.exit(EXIT_SETUP_FAILED)
+        from bench.results import RunDir
+
+        sys.exit(_loop(spec, study, objective, send, stop, RunDir.open(Path(spec.run_dir))))
 
 
 def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:

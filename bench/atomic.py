@@ -1,0 +1,76 @@
+"""Atomic output files: written to a temporary beside the target, then renamed into place.
+
+One helper for every file bench writes whole (manifests, configs, model cards, cache metadata),
+so every one gets the same two properties: a reader sees the old file or the new one, never
+half of one; and the file has the mode the user's umask gives a new file (``tempfile`` makes its
+temporaries 0600, and its folders 0700, which a rename would otherwise keep).
+
+A temporary's name carries the writer's host and pid (``<name>.<host>-<pid>.<random>.tmp``), so
+one left behind by a killed writer can be recognised and removed by ``remove_stale_temporaries``
+without touching a live writer's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_text", "default_mode", "remove_stale_temporaries"]
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]*\.tmp$")
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file (or folder) under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to; renamed onto ``path`` if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, default_mode())
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` whose writer on this host is dead; return them.
+
+    Those of other hosts (a shared folder) are left: their pids mean nothing here.
+    """
+    removed = []
+    for tmp in Path(folder).glob("*.tmp"):
+        m = _TEMP.search(tmp.name)
+        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
