@@ -8,6 +8,7 @@ stays instant.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import sys
@@ -721,6 +722,15 @@ def main(argv: list[str] | None = None) -> int:
 
         _err_console().print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Not a bug and not the user's typo: say where, keep the traceback out of it.
+        where = f" while writing {err.filename}" if err.filename else ""
+        _err_console().print(f"[bold red]error:[/] no space left on the disk{where}. Free some space and run the "
+                             "same command again: files are written whole, so nothing partial is read back.",
+                             highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -140,7 +140,8 @@ class RunDir:
             yield
         except Exception as err:
             reason = str(err) if isinstance(err, BenchError) else f"{type(err).__name__}: {err}"
-            self.update_manifest(status="failed", reason=reason)
+            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                self.update_manifest(status="failed", reason=reason)
             raise
 
     def write_config(self, trial: int, config: dict[str, Any]) -> None:

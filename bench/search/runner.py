@@ -39,6 +39,7 @@ from bench.search.worker import (
     EXIT_SETUP_FAILED,
     EXIT_STOPPED,
     WorkerSpec,
+    describe_error,
     finished_and_running,
     trial_row,
     worker_main,
@@ -201,8 +202,11 @@ class Supervisor:
         trial = storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             return
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except Exception as err:  # a full disk, a database gone: the search cannot go on
+            raise BenchError(f"cannot record trial {number} as failed ({reason}): {describe_error(err)}") from None
         self.failures.append(f"trial {number}: {reason}")
         self.run.append_trial(trial_row(storage.get_trial(trial_id)))
         retries = int(trial.user_attrs.get("retries", 0))
@@ -272,7 +276,7 @@ class Supervisor:
                             self.fail_and_retry(slot.trial, reason)
                             self.progress.trial_failed(slot.trial, reason)
                         if code == EXIT_SETUP_FAILED:
-                            setup_error = self.setup_error or f"worker {i} could not start"
+                            setup_error = self.setup_error or f"worker {i} stopped (exit code {code})"
                             self.stop.set()
                             continue
                         if len(self.failures) >= o.max_failures and not self.stop.is_set():
@@ -284,12 +288,12 @@ class Supervisor:
                         if finished < o.trials:  # recycle, failed trial, crash: replace the worker
                             slots[i] = self._start(i)
                     time.sleep(0.2)
+        except BenchError:
+            self._stop_workers(slots)
+            raise
         except KeyboardInterrupt:
-            self.stop.set()
+            self._stop_workers(slots)
             for slot in slots.values():
-                slot.process.kill()
-            for slot in slots.values():
-                slot.process.join(10)
                 if slot.trial is not None:
                     self.fail_and_retry(slot.trial, "interrupted by the user (Ctrl-C)")
             self.run.update_manifest(status="interrupted")
@@ -297,10 +301,17 @@ class Supervisor:
                                f"continue the study.[/] Run directory: {self.run.path}")
             return 130
         if setup_error:
-            raise BenchError(f"The search workers could not start: {setup_error}")
+            raise BenchError(f"The search stopped: {setup_error}")
         return 0
 
     setup_error: str | None = None
+
+    def _stop_workers(self, slots: dict[int, _Slot]) -> None:
+        self.stop.set()
+        for slot in slots.values():
+            slot.process.kill()
+        for slot in slots.values():
+            slot.process.join(10)
 
     def _drain(self, slots: dict[int, _Slot]) -> None:
         while True:
