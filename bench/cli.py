@@ -433,6 +433,7 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
 class RunCommand(Command):
     name = "run"
     help = "Search configurations with Optuna, every trial scored by k-fold cross-validation."
+    native_log = True  # preparing the search loads TensorFlow; its workers inherit the log too
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_data_arguments(parser)

@@ -274,11 +274,12 @@ def test_a_real_journal_cut_mid_record_is_repaired_and_the_search_goes_on(tiny_s
 @pytest.mark.slow
 def test_a_search_stopped_by_timeout_still_gets_its_held_out_evaluation(tiny_space, tmp_path):
     out = tmp_path / "run"
-    args = [a for a in run_args(tiny_space, out, 5, "--timeout", "1") if a != "--no-final"]
+    # 40 s: long enough for the first trial to start (workers take ~10 s to set up), far short of 50 trials
+    args = [a for a in run_args(tiny_space, out, 50, "--timeout", "40") if a != "--no-final"]
     proc = bench_process(args)
     text = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, text
-    assert "--timeout 1 s reached" in text and "held-out evaluation uses the best trials so far" in text
+    assert "--timeout 40 s reached" in text and "held-out evaluation uses the best trials so far" in text
     final = json.loads((out / "final.json").read_text())
     assert final["backbones"]["simple_cnn"]["trial"] is not None
     assert json.loads((out / "manifest.json").read_text())["status"] == "stopped"

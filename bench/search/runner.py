@@ -451,7 +451,8 @@ def _final_main(run_dir: str, registry: str | None) -> None:
             evaluate_run(Path(run_dir), console=console if console.is_terminal else Console(width=160),
                          registry=Path(registry) if registry else None)
     except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # stdout: under `bench run` this process's descriptor 2 is TensorFlow's log file (bench.quiet)
+        print(f"error: {err}", file=sys.stdout)
         sys.exit(2)
 
 
