@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -66,6 +65,33 @@ def _fill(folder: Path) -> Path:
             f.write(b"\0" * 65536)
             f.flush()
     return filler
+
+
+def _complete(url: str) -> dict[int, float]:
+    """Trial number -> value of the COMPLETE trials of the tiny study."""
+    study = optuna.load_study(study_name="pneumonia-demo-tiny", storage=url)
+    return {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
+
+
+def _wait_for_trials(url: str, proc: subprocess.Popen, running_too: bool = False) -> None:
+    """Until the study has a complete trial (and, with ``running_too``, one in flight)."""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            states = {t.state for t in optuna.load_study(study_name="pneumonia-demo-tiny", storage=url).trials}
+            if TrialState.COMPLETE in states and (TrialState.RUNNING in states or not running_too):
+                return
+
+
+def _rerun_completes_the_budget(args: list[str], url: str, before: dict[int, float], budget: int) -> None:
+    rerun = bench_process(args)
+    text = rerun.communicate(timeout=900)[0]
+    assert rerun.returncode == 0, text
+    study = optuna.load_study(study_name="pneumonia-demo-tiny", storage=url)
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == budget
+    assert all(study.trials[n].value == v for n, v in before.items())  # finished trials intact
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
 # --------------------------------------------------------------------------- killed writers
@@ -215,14 +241,8 @@ def test_ctrl_c_during_a_trial_keeps_finished_trials_stops_workers_and_resumes(t
     space.write_text(TINY_SPACE.replace("epochs = 1", "epochs = 3"))
     args = run_args(space, out, 3, "--jobs", "2")
     proc = bench_process(args)
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        with contextlib.suppress(Exception):
-            trials = optuna.load_study(study_name="pneumonia-demo-tiny", storage=f"sqlite:///{out}/study.db").trials
-            if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                    t.state == TrialState.RUNNING for t in trials):
-                break
+    url = f"sqlite:///{out / 'study.db'}"
+    _wait_for_trials(url, proc, running_too=True)
     workers = _children(proc.pid)
     assert workers
     proc.send_signal(signal.SIGINT)
@@ -232,18 +252,10 @@ def test_ctrl_c_during_a_trial_keeps_finished_trials_stops_workers_and_resumes(t
     time.sleep(1)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
                 and "Z" not in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])]
-    url = f"sqlite:///{out / 'study.db'}"
-    before = {t.number: t.value for t in optuna.load_study(study_name="pneumonia-demo-tiny", storage=url).trials
-              if t.state == TrialState.COMPLETE}
+    before = _complete(url)
     assert before
     assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
-    rerun = bench_process(args)
-    text = rerun.communicate(timeout=900)[0]
-    assert rerun.returncode == 0, text
-    study = optuna.load_study(study_name="pneumonia-demo-tiny", storage=url)
-    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
-    assert all(study.trials[n].value == v for n, v in before.items())
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    _rerun_completes_the_budget(args, url, before, 3)
 
 
 # --------------------------------------------------------------------------- a journal cut mid-write
@@ -293,25 +305,13 @@ def test_a_disk_filling_up_mid_search_stops_it_clearly_and_the_rerun_keeps_finis
         args = run_args(tiny_space, out, 3)
         proc = bench_process(args)
         url = f"sqlite:///{out / 'study.db'}"
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            with contextlib.suppress(Exception):
-                study = optuna.load_study(study_name="pneumonia-demo-tiny", storage=url)
-                if any(t.state == TrialState.COMPLETE for t in study.trials):
-                    break
+        _wait_for_trials(url, proc)
         filler = _fill(disk)
         text = proc.communicate(timeout=300)[0]
         assert proc.returncode not in (0, None), text
         assert "no space left" in text.lower() and "Traceback" not in text.split("stopped")[-1], text
-        before = {t.number: t.value for t in optuna.load_study(study_name="pneumonia-demo-tiny", storage=url).trials
-                  if t.state == TrialState.COMPLETE}
+        before = _complete(url)
         assert before
         filler.unlink()
-        rerun = bench_process(args)
-        text = rerun.communicate(timeout=900)[0]
-        assert rerun.returncode == 0, text
-        study = optuna.load_study(study_name="pneumonia-demo-tiny", storage=url)
-        assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
-        assert all(study.trials[n].value == v for n, v in before.items())
+        _rerun_completes_the_budget(args, url, before, 3)
         json.loads((out / "manifest.json").read_text())  # whole, not half-written
