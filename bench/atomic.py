@@ -1,12 +1,14 @@
-"""Atomic output files: written to a temporary beside the target, then renamed into place.
+"""Writing an output file so that a reader sees the old version or the new one, never half of either.
 
-One helper for every file bench writes whole (manifests, configs, model cards, cache metadata),
-so every one gets the same two properties: a reader sees the old file or the new one, never
-half of one; and the file has the mode the user's umask gives a new file (``tempfile`` makes its
-temporaries 0600, and its folders 0700, which a rename would otherwise keep).
+The content goes to a temporary file beside the target and is renamed over it (atomic on POSIX).
+If writing fails part-way (a name that cannot be encoded, a full disk, Ctrl-C), the temporary
+file is removed and the target keeps its previous content, or stays absent.
 
-A temporary's name carries the writer's host and pid (``<name>.<host>-<pid>.<random>.tmp``), so
-one left behind by a killed writer can be recognised and removed by ``remove_stale_temporaries``
+Every file bench writes whole goes through here, so every one also gets the mode the user's
+umask gives a new file (``tempfile`` makes its temporaries 0600, and its folders 0700, which the
+rename would otherwise keep). A temporary's name carries the writer's host and pid
+(``<name>.<host>-<pid>.<random>.tmp``), so one left behind by a killed writer (``kill -9``, a
+power cut: no ``finally`` runs) is recognised and removed by ``remove_stale_temporaries``
 without touching a live writer's.
 """
 
@@ -16,11 +18,12 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_text", "default_mode", "remove_stale_temporaries"]
+__all__ = ["atomic_path", "default_mode", "remove_stale_temporaries", "write_atomic", "write_text_atomic"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]*\.tmp$")
@@ -47,9 +50,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
+    """Call ``write(f)`` on a file (UTF-8 text, or bytes) that replaces ``path`` only once it is complete."""
+    with atomic_path(path) as tmp, (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")) as f:
+        write(f)
+    return Path(path)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_atomic(path, lambda f: f.write(text))
 
 
 def _alive(pid: int) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import __version__, paths
 from bench.argtypes import at_least, below_one, fraction, positive_float, positive_int, whole
+from bench.config import OFFICIAL_TEST_POLICIES
 from bench.errors import BenchError, ConfigError, DataError
 
 COMMANDS: dict[str, type[Command]] = {}
@@ -244,12 +245,30 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
                    help="registry name (`bench datasets`) or a class-per-folder path")
     g.add_argument("--size", type=positive_int, help="image side in pixels (default: the dataset's image_size)")
     g.add_argument("--resize", choices=["squash", "pad", "crop"], help="how images become square (default: the dataset's)")
-    g.add_argument("--folds", type=at_least(2), default=5, help="cross-validation folds (default 5)")
+    g.add_argument("--folds", type=at_least(2), help="cross-validation folds (default: the dataset's `folds` in "
+                                                  "datasets.toml, else 5)")
     g.add_argument("--seed", type=whole, default=0, help="seed for splits, initialisation and shuffling")
     g.add_argument("--test-fraction", type=fraction, help="held-out fraction when the dataset has no official test split")
     g.add_argument("--group-regex", help="regex on file names whose first group is the patient id (overrides the registry)")
-    g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    g.add_argument("--official-test", choices=OFFICIAL_TEST_POLICIES, default="clean",
+                   help="clean (default): images whose patient (or duplicate group) also has images in the official "
+                        "test set leave the CV pool; as-published: keep them (the report warns)")
+    g.add_argument("--min-class-images", type=whole, default=0, metavar="N",
+                   help="leave out classes with fewer than N images in the CV pool (their test images too)")
+    g.add_argument("--strict", action="store_true",
+                   help="fail on unreadable images instead of skipping them, and on identical images filed "
+                        "under different labels instead of warning")
     g.add_argument("--registry", type=Path, help="another datasets.toml")
+
+
+def data_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The data options of ``add_data_arguments`` as ``prepare_data`` (and ``DataSettings``) keywords."""
+    if args.min_class_images < 0:
+        raise ConfigError(f"--min-class-images must be 0 (keep every class) or more, got {args.min_class_images}.")
+    return dict(dataset=args.dataset, folds=args.folds, seed=args.seed, resize=args.resize, strict=args.strict,
+                group_regex=args.group_regex, registry=str(args.registry) if args.registry else None,
+                test_fraction=args.test_fraction, official_test=args.official_test,
+                min_class_images=args.min_class_images)
 
 
 @register_command
@@ -275,7 +294,14 @@ class CVCommand(Command):
         g.add_argument("--dropout", type=below_one, default=0.2)
         g.add_argument("--label-smoothing", type=below_one, default=0.0)
         g.add_argument("--no-class-weights", action="store_true", help="do not weight classes by inverse frequency")
-        g.add_argument("--patience", type=whole, default=5, help="early-stopping patience on validation loss (0 = off)")
+        g.add_argument("--patience", type=whole, default=5,
+                       help="early-stopping patience on the inner validation split's loss (0 = off)")
+        g.add_argument("--reduce-lr", type=whole, default=3,
+                       help="reduce-LR-on-plateau patience on the inner validation split's loss (0 = off)")
+        g.add_argument("--inner-val", type=below_one, default=0.15,
+                       help="fraction of each training fold (whole patients, stratified) that early stopping "
+                            "and LR reduction read; the scored fold never reaches them (default 0.15; 0 = "
+                            "neither: fixed epochs at a constant rate)")
         g.add_argument("--bn-momentum", default="auto", help="'auto' (matched to steps per epoch), 'keep', or a number")
         out = parser.add_argument_group("output")
         out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<run-id>)")
@@ -300,24 +326,20 @@ class CVCommand(Command):
                 bn = float(bn)
             except ValueError:
                 raise ConfigError(f"--bn-momentum must be 'auto', 'keep' or a number, got {bn!r}.") from None
-        data = prepare_data(
-            args.dataset, folds=args.folds, seed=args.seed, size=args.size, resize=args.resize,
-            strict=args.strict, group_regex=args.group_regex, registry_path=args.registry,
-            test_fraction=args.test_fraction,
-        )
+        data = prepare_data(size=args.size, **data_settings(args))
         from bench.train import TrainConfig
 
         config = TrainConfig(
             backbone=args.backbone, weights=args.weights, size=data.size, unfrozen=args.unfrozen,
             lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, optimizer=args.optimizer,
             augment=args.augment, dropout=args.dropout, label_smoothing=args.label_smoothing,
-            class_weights=not args.no_class_weights, early_stopping=args.patience, bn_momentum=bn,
-            seed=args.seed,
+            class_weights=not args.no_class_weights, early_stopping=args.patience, reduce_lr=args.reduce_lr,
+            inner_val=args.inner_val, bn_momentum=bn, seed=args.seed,
         )
         return run_cv_command(args, data, config, t_start)
 
     def rerun_trial(self, args: argparse.Namespace, t_start: float) -> int:
-        from bench.experiment import prepare_data
+        from bench.experiment import prepare_data_from_manifest
         from bench.results import RunDir
         from bench.train import TrainConfig
 
@@ -330,14 +352,7 @@ class CVCommand(Command):
             known = ", ".join(str(n) for n in sorted(configs)[:20]) or "none"
             raise ConfigError(f"{search.file('config')} has no trial {args.from_trial} (trials: {known}).")
         config = TrainConfig(**configs[args.from_trial])  # the trial's own seed comes with it
-        data = prepare_data(
-            manifest.get("dataset_arg", manifest["dataset"]["name"]), folds=manifest["split"]["folds"],
-            seed=manifest["split"]["seed"], size=config.size, resize=manifest["cache"]["resize"],
-            registry_path=args.registry,
-        )
-        if data.splits_digest != manifest["split"].get("digest", data.splits_digest):
-            raise ConfigError(f"The dataset's splits differ from those of the search in {args.run} (the data "
-                              f"changed since): trial {args.from_trial} cannot be re-run exactly.")
+        data = prepare_data_from_manifest(manifest, size=config.size, registry=args.registry)
         return run_cv_command(args, data, config, t_start)
 
 
@@ -355,9 +370,11 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
     )
     console.print(
         f"split: {sp['rule']}; held-out test {sp['test_images']} images (not used here); "
-        f"{sp['folds']}-fold CV on {sp['cv_images']} images; image cache "
+        f"{sp['folds']}-fold CV ({sp['folds_from']}) on {sp['cv_images']} images; image cache "
         f"{'built' if summary['cache']['built'] else 'reused'} ({summary['cache']['bytes'] / 2**20:.1f} MiB)"
     )
+    for line in data.split_lines():
+        console.print(line, highlight=False)
     run = RunDir.create(args.runs_dir or paths.runs_dir(), data.spec.name, out=args.out, tag="cv")
     run.write_manifest({
         "kind": "cv",
@@ -369,9 +386,7 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
         "status": "running",
     })
     run.write_config(0, config.to_dict())
-    idx = data.index
-    run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], data.splits.groups,
-                     data.splits.test, data.splits.fold)
+    data.write_splits(run)
 
     def on_epoch(fold: int, epoch: int, logs: dict[str, float]) -> None:
         console.print(
@@ -402,14 +417,20 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
     run.update_manifest(status="complete" if not failed else "complete_with_failures", seconds=round(wall, 1))
     print_cv_tables(console, scores, summary_table, data, config)
     console.print(f"wall time {wall:.1f} s; run directory: {run.path}")
-    return 0 if not failed or len(failed) < len(scores) else 1
+    if failed:  # a mean over the folds that survived is not the k-fold estimate asked for
+        reasons = "; ".join(f"fold {s.fold + 1}: {s.status}" for s in failed)
+        _err_console().print(
+            f"[red]{len(failed)} of {len(scores)} folds failed ({reasons}). The {len(scores) - len(failed)} "
+            f"finished fold(s) are kept in {run.path}; the means above are over them only.[/]", highlight=False)
+        return 1
+    return 0
 
 
 def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, config: Any) -> None:
     from rich.table import Table
 
     shown = ["accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc"]
-    n_cv = int((~data.splits.test).sum())
+    n_cv = int(data.splits.cv.sum())
     table = Table(title=f"{config.backbone} on {data.spec.name}: {data.splits.folds}-fold CV, "
                         f"validation folds of {n_cv} images (held-out test not used)")
     table.add_column("fold")
@@ -441,7 +462,9 @@ class RunCommand(Command):
         g.add_argument("--trials", type=positive_int, required=True, help="finished (complete or pruned) trials in total")
         g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
         g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
-        g.add_argument("--pruner", default="wilcoxon", help="wilcoxon (default), median, halving, none")
+        g.add_argument("--pruner", default="median",
+                       help="median (default: cuts a trial below the finished trials' median on an epoch or a "
+                            "fold), halving, wilcoxon (fold scores only; acts at 5+ folds), none")
         g.add_argument("--engine", default="optuna", choices=["optuna", "kerastuner"],
                        help="optuna (default), or kerastuner to compare search strategies on the same folds")
         g.add_argument("--tuner", default="hyperband", help="with --engine kerastuner: hyperband, bayesian, random")
@@ -463,10 +486,7 @@ class RunCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         options = dict(
-            dataset=args.dataset, trials=args.trials, space=args.space, folds=args.folds, seed=args.seed,
-            size=args.size, resize=args.resize, strict=args.strict, group_regex=args.group_regex,
-            registry=str(args.registry) if args.registry else None, test_fraction=args.test_fraction,
-            storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
+            trials=args.trials, space=args.space, size=args.size, **data_settings(args), storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
             sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,
             trial_timeout=args.trial_timeout, max_failures=args.max_failures, heartbeat=args.heartbeat,
             grace=max(3 * args.heartbeat, 10), precision=args.precision, final=not args.no_final,
@@ -535,6 +555,9 @@ class ReportCommand(Command):
         parser.add_argument("--out", type=Path, default=Path("reports"), metavar="DIR",
                             help="where to write index.md, index.html, tables/ and figures/ (default reports/)")
         parser.add_argument("--quiet", action="store_true", help="do not print the main tables")
+        parser.add_argument("--strict", action="store_true",
+                            help="exit 1, naming each problem, if any part could not be drawn or any record is "
+                                 "missing (a figure, a held-out result, a file); the report is written anyway")
 
     def run(self, args: argparse.Namespace) -> int:
         from bench.report.render import print_report, write_report
@@ -545,10 +568,23 @@ class ReportCommand(Command):
             console.print(f"report: {report.html}")
         else:
             print_report(console, report)
+        if args.strict and report.problems:
+            err = _err_console()
+            err.print(f"[red]bench report --strict: {len(report.problems)} problem(s) in {report.html}:[/]",
+                      highlight=False)
+            for text in report.problems:
+                err.print(f"  - {text}", markup=False, highlight=False)
+            return 1
         return 0
 
 
 # ---- bench export / predict / explain -------------------------------------------------------
+def _add_no_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip checking the model file's sha256 and the card's binding digest (for a model or "
+                             "card you changed on purpose); size, outputs and backbone are still checked")
+
+
 def _list_unreadable(unreadable: list[tuple[str, str]]) -> None:
     if not unreadable:
         return
@@ -575,7 +611,7 @@ class ExportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
-        from bench.export import export_model
+        from bench.export import export_model, resampled
 
         result = export_model(args.run, backbone=args.backbone, out=args.out)
         console = _console()
@@ -589,7 +625,8 @@ class ExportCommand(Command):
 
         console.print(f"{result.backbone} (trial {result.card['training']['trial']}): {metric} "
                       f"CV {num(cv.get('mean'))} ± {num(cv.get('std'))}, held-out test {num(test.get('value'))} "
-                      f"(95% CI {num(test.get('low'))}-{num(test.get('high'))}, {ev['test'].get('n_images')} images)")
+                      f"(95% CI {num(test.get('low'))}-{num(test.get('high'))}, {ev['test'].get('n_images')} images, "
+                      f"{resampled(ev['test'])})")
         console.print(f"model: {result.model}\ncard:  {result.card_md}\n       {result.card_json}")
         return 0
 
@@ -607,6 +644,7 @@ class PredictCommand(Command):
         parser.add_argument("--csv", type=Path, help="write one row per image: path, [truth], predicted, p_<class>...")
         parser.add_argument("--batch-size", type=positive_int, default=64)
         parser.add_argument("--show", type=whole, default=20, help="rows to print (default 20; all go to --csv)")
+        _add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
@@ -615,7 +653,7 @@ class PredictCommand(Command):
 
         from bench.predict import predict_paths
 
-        result = predict_paths(args.model, args.paths, batch_size=args.batch_size)
+        result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify)
         console = _console()
         frame = result.frame
         table = Table(title=f"{len(frame)} image(s), {args.model.name}")
@@ -666,13 +704,14 @@ class ExplainCommand(Command):
                             help="backbone block whose output is explained: -1 = last (default), -2 = the one "
                                  "before (finer map), ...")
         parser.add_argument("--display-size", type=positive_int, help="overlay side in pixels (default: model size, at least 224)")
+        _add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.explain import explain_paths
 
         result = explain_paths(args.model, args.paths, args.out, class_name=args.class_name, block=args.block,
-                               display_size=args.display_size)
+                               display_size=args.display_size, verify=not args.no_verify)
         t = result.target
         console = _console()
         console.print(f"Grad-CAM on {t.backbone or 'the model'}: block {t.block + 1} of {t.n_blocks} "

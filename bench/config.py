@@ -26,6 +26,9 @@ SOURCE_KINDS = ("embedded", "local", "archive", "medmnist")
 LAYOUT_KINDS = ("folders", "manifest")
 GROUP_KINDS = ("none", "column", "regex")
 TEST_KINDS = ("fraction", "folder", "column", "file")
+# An official test split sharing patients with the rest: "clean" takes the rest's images of those
+# patients out of the CV pool, "as-published" keeps them (and the report warns). See data/splits.py.
+OFFICIAL_TEST_POLICIES = ("clean", "as-published")
 RESIZE_MODES = ("squash", "pad", "crop")
 
 
@@ -137,6 +140,8 @@ class DatasetSpec:
     positive: str | None = None
     image_size: int = 224
     resize: str = "squash"
+    # Default --folds for this dataset (e.g. a published 2-fold split, or classes too small for 5).
+    folds: int | None = None
     images: int | None = None
     license: str = "unknown"
     citation: str = ""
@@ -260,6 +265,8 @@ def validate(spec: DatasetSpec, where: str) -> DatasetSpec:
         raise ConfigError(f"{where}.test: kind 'column' needs layout kind 'manifest'.")
     if test.kind == "file" and not test.file:
         raise ConfigError(f"{where}.test: kind 'file' needs 'file' (a CSV listing the test images).")
+    if spec.folds is not None and spec.folds < 2:
+        raise ConfigError(f"{where}: 'folds' (the default --folds) must be at least 2, got {spec.folds}.")
     if spec.image_size < 16:
         raise ConfigError(f"{where}: 'image_size' must be at least 16, got {spec.image_size}.")
     if spec.classes is not None:

@@ -21,30 +21,60 @@ import pandas as pd
 from bench import metrics as M
 from bench.config import DatasetSpec
 from bench.data import cache as image_cache
+from bench.data.conflicts import LabelConflict, label_conflicts
 from bench.data.index import DatasetIndex, build_index
 from bench.data.registry import binary_positive, resolve
-from bench.data.splits import Splits, build_splits
+from bench.data.splits import EXCLUDED_BECAUSE, Splits, build_splits, classes_below, stratified_group_fraction
 from bench.errors import DataError
 from bench.results import RunDir
+
+
+DEFAULT_FOLDS = 5
+FOLDS_FROM = ("--folds", "datasets.toml", "default")  # where a run's number of folds came from
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Every choice that decides which images a run uses and how they are split.
+
+    The manifest records them (its ``data`` section, with defaults resolved), and every command
+    that re-opens a run (``bench final``, ``bench cv --from-trial``) rebuilds the data from that
+    record through ``prepare_data_from_manifest``: a setting cannot be lost between commands.
+    The field names are ``prepare_data``'s keywords.
+    """
+
+    dataset: str
+    folds: int | None = None  # None: the registry entry's `folds`, else DEFAULT_FOLDS
+    seed: int = 0
+    resize: str | None = None
+    strict: bool = False
+    group_regex: str | None = None
+    registry: str | None = None  # another datasets.toml
+    test_fraction: float | None = None
+    official_test: str = "clean"  # OFFICIAL_TEST_POLICIES
+    min_class_images: int = 0
 
 
 @dataclass(frozen=True)
 class PreparedData:
     spec: DatasetSpec
-    index: DatasetIndex  # usable images only (unreadable ones dropped)
+    index: DatasetIndex  # usable images only (unreadable ones and dropped classes left out)
     images: np.ndarray  # (n, size, size, 3) uint8, rows aligned with index
     splits: Splits
     cache: image_cache.ImageCache
     skipped: tuple[tuple[str, str], ...]  # (path, reason) of unreadable files
     size: int
     resize: str
+    settings: DataSettings  # as resolved: folds, resize, test fraction and registry filled in
+    folds_from: str = "--folds"  # where the number of folds came from (FOLDS_FROM)
+    conflicts: tuple[LabelConflict, ...] = ()  # identical images under different labels
 
     @property
     def splits_digest(self) -> str:
-        """Digest of which image is in which fold or the test set: a resumed study must match it."""
+        """Digest of which image is in which fold, the test set or neither: a resumed study must match it."""
         h = hashlib.sha256()
-        for path, test, fold in zip(self.index.paths, self.splits.test, self.splits.fold):
-            h.update(f"{path}\0{int(test)}\0{int(fold)}\n".encode())
+        for path, split, fold in zip(self.index.paths, self.splits.split_names(), self.splits.fold):
+            h.update(f"{path}\0{split}\0{int(fold)}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     @property
@@ -52,9 +82,9 @@ class PreparedData:
         return binary_positive(self.spec, self.index.classes)
 
     def summary(self) -> dict[str, Any]:
-        """The dataset and split facts a manifest or report needs."""
+        """The dataset, split and data-setting facts a manifest or report needs."""
         s, idx = self.splits, self.index
-        cv = ~s.test
+        cv = s.cv
         return {
             "dataset": {
                 "name": self.spec.name, "title": self.spec.title, "root": str(idx.root),
@@ -64,49 +94,87 @@ class PreparedData:
                 "fingerprint": self.cache.fingerprint, "skipped": [list(p) for p in self.skipped],
                 "ignored_non_images": len(idx.ignored), "duplicates": s.duplicates,
                 "duplicate_groups_merged": s.duplicate_groups_merged,
+                "label_conflicts": [c.as_dict() for c in self.conflicts],
+                "passed_over": [list(p) for p in idx.passed_over],
                 "positive": None if self.positive is None else idx.classes[self.positive],
                 "source": self.spec.source.kind,
                 # Published results the report sets beside the held-out ones (bench/baselines/).
                 "baselines": asdict(self.spec.baselines) if self.spec.baselines is not None else None,
             },
             "split": {
-                "rule": s.rule, "folds": s.folds, "seed": s.seed,
+                "rule": s.rule, "folds": s.folds, "folds_from": self.folds_from, "seed": s.seed,
                 "cv_images": int(cv.sum()), "test_images": int(s.test.sum()),
                 "cv_groups": int(len(np.unique(s.groups[cv]))),
                 "test_groups": int(len(np.unique(s.groups[s.test]))),
                 "fold_sizes": [int((s.fold == k).sum()) for k in range(s.folds)],
+                # Groups with images on both sides of the test split: their other images are
+                # excluded (policy "clean") or stay in CV (policy "as-published").
+                "official_test": s.official_test, "shared_groups": s.shared_groups,
+                "shared_images": s.shared_images, "excluded_images": int(s.excluded.sum()),
+                "dropped_classes": s.dropped_classes, "min_class_images": self.settings.min_class_images,
                 "digest": self.splits_digest,
             },
+            "data": {**asdict(self.settings), "size": self.size},
             "cache": {"key": self.cache.key, "path": str(self.cache.path), "bytes": self.cache.nbytes,
                       "built": self.cache.built, "size": self.size, "resize": self.resize,
                       "source": self.cache.source},
         }
 
+    def split_lines(self) -> list[str]:
+        """What the split took out of the data, in words, for ``bench cv`` and ``bench run``."""
+        s, lines = self.splits, []
+        word = "patient" if self.spec.groups.kind != "none" else "image group"
+        if s.excluded.any():
+            lines.append(f"removed {int(s.excluded.sum())} images of {s.shared_groups} {word}s from the CV pool: "
+                         f"they also have images in the official test set")
+        elif s.shared_groups:
+            lines.append(f"warning: CV and test share {s.shared_groups} {word}s ({s.shared_images} CV images; "
+                         f"--official-test {s.official_test}): held-out scores are optimistic")
+        for name, n in s.dropped_classes.items():
+            lines.append(f"left out class '{name}' (--min-class-images {self.settings.min_class_images}): "
+                         f"{n['cv_images']} CV and {n['test_images']} test images")
+        return lines
+
+    def write_splits(self, run: RunDir) -> None:
+        idx, s = self.index, self.splits
+        run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], s.groups, s.split_names(), s.fold,
+                         np.where(s.excluded, EXCLUDED_BECAUSE, ""))
+
 
 def prepare_data(
     dataset: str,
     *,
-    folds: int,
+    folds: int | None = None,
     seed: int = 0,
     size: int | None = None,
     resize: str | None = None,
     strict: bool = False,
     group_regex: str | None = None,
-    registry_path: Path | None = None,
+    registry: Path | str | None = None,
     cache_dir: Path | None = None,
     test_fraction: float | None = None,
+    official_test: str = "clean",
+    min_class_images: int = 0,
 ) -> PreparedData:
+    registry_path = Path(registry).expanduser().resolve() if registry else None
     spec, root = resolve(dataset, registry_path=registry_path, group_regex=group_regex)
+    folds_from = FOLDS_FROM[0] if folds is not None else FOLDS_FROM[1] if spec.folds is not None else FOLDS_FROM[2]
+    folds = folds if folds is not None else spec.folds or DEFAULT_FOLDS
+    test_fraction = test_fraction if test_fraction is not None else spec.test.fraction
     index = build_index(spec, root)
     size = size if size is not None else spec.image_size  # 0 is an error, never "the default"
     resize = resize or spec.resize
+    for path, reason in index.passed_over[:_SHOWN]:
+        print(f"warning: passed over {index.root / path}: {reason}", file=sys.stderr)
+    if len(index.passed_over) > _SHOWN:
+        print(f"warning: ... and {len(index.passed_over) - _SHOWN} more passed over (all in the run's "
+              f"manifest.json)", file=sys.stderr)
     cached = image_cache.load_or_build(index, size, resize, cache_dir=cache_dir)
     skipped = tuple((index.paths[i], reason) for i, reason in sorted(cached.failed.items()))
     if skipped and strict:
-        listing = "\n".join(f"  {index.root / p}: {r}" for p, r in skipped[:20])
-        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
         raise DataError(
-            f"{len(skipped)} unreadable image file(s) in {index.root} (--strict):\n{listing}{more}\n"
+            f"{len(skipped)} unreadable image file(s) in {index.root} (--strict):\n"
+            f"{_listing([f'{index.root / p}: {r}' for p, r in skipped])}\n"
             f"Remove or replace them, or run without --strict to skip them."
         )
     keep = np.ones(len(index), dtype=bool)
@@ -116,16 +184,68 @@ def prepare_data(
         for path, reason in skipped:
             print(f"warning: skipped unreadable image {index.root / path}: {reason}", file=sys.stderr)
     hashes = tuple(h for h, k in zip(cached.row_hashes, keep) if k)
+    conflicts = tuple(label_conflicts(usable.paths, usable.labels, usable.classes, hashes))
+    if conflicts and strict:
+        raise DataError(
+            f"{len(conflicts)} set(s) of identical images in {index.root} carry different labels (--strict):\n"
+            f"{_listing([c.describe() for c in conflicts])}\n"
+            f"Keep each image once, under its right class, or run without --strict to be warned only."
+        )
+    for c in conflicts:
+        print(f"warning: identical images with different labels: {c.describe()}", file=sys.stderr)
     group_word = "patient" if spec.groups.kind != "none" else "image group"
+    held_out = dict(seed=seed, official_test=usable.official_test, test_fraction=test_fraction)
+    dropped = classes_below(usable.labels, usable.groups, hashes, usable.classes, min_class_images,
+                            policy=official_test, **held_out)
+    if dropped:  # split as if these classes had never been there (their test images go too)
+        usable, kept = usable.without_classes(set(dropped))
+        keep[np.flatnonzero(keep)[~kept]] = False
+        hashes = tuple(h for h, k in zip(hashes, kept) if k)
+        held_out["official_test"] = usable.official_test
     splits = build_splits(
-        usable.labels, usable.groups, hashes, usable.classes,
-        folds=folds, seed=seed, official_test=usable.official_test,
-        test_fraction=test_fraction if test_fraction is not None else spec.test.fraction,
-        group_word=group_word,
+        usable.labels, usable.groups, hashes, usable.classes, folds=folds, group_word=group_word,
+        policy=official_test, dropped_classes=dropped, **held_out,
     )
-    rows = np.flatnonzero(keep)
-    images = np.asarray(cached.array[rows]) if skipped else np.asarray(cached.array)
-    return PreparedData(spec, usable, images, splits, cached, skipped, size, resize)
+    images = np.asarray(cached.array[np.flatnonzero(keep)]) if not keep.all() else np.asarray(cached.array)
+    settings = DataSettings(
+        dataset=dataset, folds=folds, seed=seed, resize=resize, strict=strict, group_regex=group_regex,
+        registry=str(registry_path) if registry_path else None, test_fraction=test_fraction,
+        official_test=official_test, min_class_images=min_class_images,
+    )
+    return PreparedData(spec, usable, images, splits, cached, skipped, size, resize, settings, folds_from,
+                        conflicts)
+
+
+def prepare_data_from_manifest(manifest: dict[str, Any], *, size: int | None = None,
+                               registry: Path | str | None = None) -> PreparedData:
+    """The data of a recorded run, rebuilt from its manifest's settings, checked against its splits.
+
+    ``registry`` replaces the recorded datasets.toml (moved since); ``size`` the recorded size
+    (a search's trial may have chosen another). Runs recorded before the ``data`` section had
+    only the dataset, folds, seed and resize.
+    """
+    recorded = manifest.get("data")
+    if recorded is None:
+        recorded = {"dataset": manifest.get("dataset_arg", manifest["dataset"]["name"]),
+                    "folds": manifest["split"]["folds"], "seed": manifest["split"]["seed"],
+                    "resize": manifest["cache"]["resize"]}
+    settings = {k: v for k, v in recorded.items() if k in DataSettings.__dataclass_fields__}
+    if registry is not None:
+        settings["registry"] = registry
+    data = prepare_data(**settings, size=size or recorded.get("size"))
+    expected = manifest["split"].get("digest")
+    if expected is not None and data.splits_digest != expected:
+        raise DataError(f"The dataset changed since this run was made (its splits differ from the recorded ones, "
+                        f"settings {settings}): results on it would not match the run's. Re-run the search.")
+    return data
+
+
+_SHOWN = 20  # lines of a long listing printed; the manifest keeps them all
+
+
+def _listing(lines: list[str]) -> str:
+    more = f"\n  ... and {len(lines) - _SHOWN} more" if len(lines) > _SHOWN else ""
+    return "\n".join(f"  {line}" for line in lines[:_SHOWN]) + more
 
 
 class DataBySize:
@@ -135,15 +255,15 @@ class DataBySize:
     splits chosen at the reference size, or trials at different sizes would not be comparable.
     """
 
-    def __init__(self, reference: PreparedData, **prepare_kwargs: Any) -> None:
+    def __init__(self, reference: PreparedData, cache_dir: Path | None = None) -> None:
         self.reference = reference
-        self.kwargs = prepare_kwargs
+        self.cache_dir = cache_dir
         self._by_size = {reference.size: reference}
 
     def __call__(self, size: int | None) -> PreparedData:
         size = size or self.reference.size
         if size not in self._by_size:
-            data = prepare_data(**{**self.kwargs, "size": size})
+            data = prepare_data(**asdict(self.reference.settings), size=size, cache_dir=self.cache_dir)
             if data.index.paths != self.reference.index.paths:
                 raise DataError(f"The images usable at {size} px differ from those at {self.reference.size} px.")
             self._by_size[size] = replace(data, splits=self.reference.splits)
@@ -156,6 +276,36 @@ class FoldScore:
     status: str
     metrics: dict[str, float]
     info: dict[str, Any]
+
+
+# Seed offset of the refit's inner split, apart from the folds' (0..k-1).
+REFIT_SPLIT = 1000
+
+
+def inner_split(data: PreparedData, train: np.ndarray, fraction: float, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, stop)`` masks: ``stop`` holds about ``fraction`` of each class of ``train``, in whole
+    groups (patients, duplicates); early stopping, LR reduction and epoch-level pruning read it,
+    the model trains on ``fit``.
+
+    The split depends on the dataset's split seed and ``key`` (the fold, or ``REFIT_SPLIT``), not
+    on the trial: every trial of a search stops on the same images, so their epoch curves are
+    comparable and a pruner compares like with like.
+    """
+    stop = np.zeros_like(train)
+    if fraction > 0:
+        rows = np.flatnonzero(train)
+        picked = stratified_group_fraction(data.index.labels[rows], data.splits.groups[rows], fraction,
+                                           seed=data.splits.seed * 7919 + key)
+        stop[rows[picked]] = True
+    return train & ~stop, stop
+
+
+def epoch_scorer(data: PreparedData, metrics: tuple[str, ...]) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """Scores the inner split's predictions each epoch with metrics of the registry."""
+    def score(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+        return M.compute_metrics(y, proba, names=metrics, positive=data.positive)
+
+    return score
 
 
 def _fold_predictions(data: PreparedData, val: np.ndarray, proba: np.ndarray) -> pd.DataFrame:
@@ -179,27 +329,37 @@ def cross_validate(
     *,
     trial: int = 0,
     on_fold: Callable[[FoldScore], None] | None = None,
-    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, int, dict[str, float]], str | None] | None = None,
     stop_after_fold: Callable[[FoldScore], bool] | None = None,
+    epoch_metrics: tuple[str, ...] = ("balanced_accuracy",),
 ) -> list[FoldScore]:
-    """Train ``config`` on every fold (model built once); returns per-fold scores."""
+    """Train ``config`` on every fold (model built once); returns per-fold scores.
+
+    Each training fold gives up an inner split (``config.inner_val``) that early stopping, LR
+    reduction and ``on_epoch`` read (its ``val_*`` logs, with ``epoch_metrics``); the outer fold
+    is predicted once, after training, and only that prediction is scored. ``on_epoch`` may
+    return a reason to stop the fold (a pruned trial): the fold is recorded with that status.
+    """
     from bench.train import FoldTrainer  # imports keras: keep `bench datasets` fast
 
     s = data.splits
     labels = data.index.labels
     first_train, _ = s.fold_masks(0)
     trainer = FoldTrainer(config, len(data.index.classes), n_train_hint=int(first_train.sum()))
+    scorer = epoch_scorer(data, epoch_metrics)
     scores: list[FoldScore] = []
     for k in range(s.folds):
         train, val = s.fold_masks(k)
+        fit, stop = inner_split(data, train, config.inner_val, key=k)
         result = trainer.fit_fold(
-            k, data.images[train], labels[train], data.images[val], labels[val],
+            k, data.images[fit], labels[fit], data.images[val], labels[val],
+            data.images[stop], labels[stop], scorer=scorer,
             on_epoch=(lambda e, logs, k=k: on_epoch(k, e, logs)) if on_epoch else None,
         )
         n_epochs = max(result.epochs_run, 1)
         info = {
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-            "n_train": result.n_train, "n_val": result.n_val,
+            "n_train": result.n_train, "n_val": result.n_val, "n_inner_val": result.n_stop,
             "seconds_fit": round(result.seconds.get("fit", 0.0), 3),
             "seconds_first_epoch": round(result.seconds.get("first_epoch", 0.0), 3),
             "seconds_build": round(result.seconds.get("build", 0.0), 3),
@@ -224,7 +384,7 @@ def cross_validate(
         scores.append(score)
         if on_fold:
             on_fold(score)
-        if stop_after_fold and stop_after_fold(score):
+        if result.pruned or (stop_after_fold and stop_after_fold(score)):
             break
     return scores
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.atomic import write_atomic
 from bench.errors import ConfigError, DataError
 
 DEFAULT_ALPHA = 0.45  # weight of the heat colour over the image in an overlay
@@ -343,7 +344,7 @@ def _overlay_name(path: Path, rel: str | None, taken: set[str]) -> str:
 
 def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, class_name: str | None = None,
                   block: int = -1, display_size: int | None = None, batch_size: int = 16,
-                  alpha: float = DEFAULT_ALPHA) -> ExplainResult:
+                  alpha: float = DEFAULT_ALPHA, verify: bool = True) -> ExplainResult:
     """Grad-CAM overlays for image files and folders, written to ``out_dir`` with ``gradcam.csv``.
 
     Each image is decoded exactly as for training (``bench predict``'s rules, from the model
@@ -353,7 +354,7 @@ def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, cl
     from bench.data.images import decode_image, decode_many
     from bench.predict import collect_images, load_predictor
 
-    predictor = load_predictor(model_path)
+    predictor = load_predictor(model_path, verify=verify)
     card = predictor.card
     classes = list(card.classes)
     explained: int | None = None
@@ -405,14 +406,17 @@ def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, cl
 def _write_rows(path: Path, rows: list[dict[str, Any]], classes: Sequence[str]) -> None:
     lead = ["path", "overlay", "truth", "predicted", "explained", "confidence"]
     columns = [c for c in lead if any(c in r for r in rows)] + [f"p_{c}" for c in classes]
-    with open(path, "w", newline="") as f:
+
+    def write(f: Any) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
+    write_atomic(path, write)
+
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
+    write_atomic(path, lambda f: Image.fromarray(array).save(f, format="PNG"), binary=True)
 
 
 # ---- the report's grid ---------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.atomic import atomic_path, atomic_write_text
+from bench import metrics as M
+from bench.atomic import atomic_path, write_text_atomic
 from bench.errors import ConfigError, DataError
 from bench.results import RunDir
 
-CARD_SCHEMA = "bench-model-card/1"
+CARD_SCHEMA = "bench-model-card/2"  # 2: model.binding (see card_binding)
 INTENDED_USE = (
     "Research benchmarking of transfer learning on medical images. Not a medical device: not validated "
     "for diagnosis, screening or any clinical decision. Its numbers hold for images like the held-out test "
@@ -57,13 +58,14 @@ class ModelCard:
     backbone: str
     positive: str | None
     data: dict[str, Any]
+    source: Path  # the card file (or the run directory it was built from)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: Path) -> ModelCard:
         try:
             pre = data["preprocessing"]
             return cls(tuple(data["classes"]), int(pre["size"]), str(pre["resize"]),
-                       str(data["model"]["backbone"]), data.get("positive_class"), data)
+                       str(data["model"]["backbone"]), data.get("positive_class"), data, source)
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{source} is not a bench model card (missing or bad {err}). Re-export the model "
                             f"with `bench export --run DIR`.") from None
@@ -84,7 +86,7 @@ def read_card(model_path: Path) -> ModelCard:
         run = RunDir.open(run_dir)
         backbone = model_path.name[: -len(".keras")]
         if backbone in (run.final().get("backbones") or {}):
-            return ModelCard.from_dict(build_card(run, backbone, model_path), model_path)
+            return ModelCard.from_dict(build_card(run, backbone, model_path), run_dir)
     raise DataError(f"No model card beside {model_path} (expected {json_path}): the card says which classes, "
                     f"image size and resize mode the model was trained with. Export the model with "
                     f"`bench export --run DIR --out {model_path}`, or point at a run's models/<backbone>.keras.")
@@ -120,16 +122,25 @@ def cv_summary(run: RunDir, trial: int) -> dict[str, Any]:
 
 
 def heldout_summary(run: RunDir, backbone: str) -> dict[str, Any]:
-    """The held-out test metrics of ``backbone`` with their bootstrap 95% CIs."""
+    """The held-out test metrics of ``backbone`` with their bootstrap 95% CIs and what the bootstrap
+    resampled (``unit``, patients or images, and ``n_units``, how many)."""
     table = run.table("test_metrics")
-    out: dict[str, Any] = {"n_images": None, "n_boot": None, "metrics": {}}
+    out: dict[str, Any] = {"n_images": None, "n_boot": None, "unit": None, "n_units": None, "metrics": {}}
     if table.empty:
         return out
     rows = table[table.backbone == backbone]
     for r in rows.itertuples():
         out["metrics"][str(r.metric)] = {"value": r.value, "low": r.low, "high": r.high}
         out["n_images"], out["n_boot"] = int(r.n_images), int(r.n_boot)
+        out["unit"], out["n_units"] = str(r.unit), int(r.n_units)
     return out
+
+
+def resampled(test: dict[str, Any]) -> str:
+    """``heldout_summary``'s bootstrap in words: "bootstrap over 40 patients"."""
+    if test.get("n_units") is None:
+        return "bootstrap"
+    return M.bootstrap_phrase(test["n_units"], test["unit"], test.get("n_images"))
 
 
 def select_backbone(run: RunDir, backbone: str | None = None) -> str:
@@ -252,7 +263,43 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) 
             "exported_by": f"bench {__version__}",
         },
     }
-    return _clean(card)
+    card = _clean(card)
+    if "sha256" in model_facts:
+        card["model"]["binding"] = card_binding(card)
+    return card
+
+
+def card_binding(card: dict[str, Any]) -> str:
+    """A digest of the model file's sha256 together with every card field a prediction depends on.
+
+    The sha256 alone proves the model file is the exported one, but not that the card beside it
+    still describes it: reversed ``classes`` would flip every prediction with the sha256 intact.
+    Hashing those fields with the sha256 ties them to this model file, so an edited card, or a
+    card moved next to another model, no longer matches.
+    """
+    bound = {"sha256": card["model"]["sha256"], "backbone": card["model"]["backbone"], "classes": card["classes"],
+             "positive_class": card.get("positive_class"), "size": card["preprocessing"]["size"],
+             "resize": card["preprocessing"]["resize"]}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()
+
+
+def verify_card(model_path: Path, card: ModelCard) -> None:
+    """Refuse a model file that is not the one its card was exported with, or a card edited since."""
+    model_facts = card.data.get("model") or {}
+    sha, binding = model_facts.get("sha256"), model_facts.get("binding")
+    override = "or pass --no-verify if you changed them on purpose and know they still agree"
+    if not sha or not binding:
+        raise DataError(f"The model card {card.source} has no sha256/binding to check {model_path} against (exported "
+                        f"by an older bench?). Re-export with `bench export --run DIR`, {override}.")
+    actual = _sha256(Path(model_path))
+    if actual != sha:
+        raise DataError(f"{model_path} is not the model its card {card.source} was written for: the card records "
+                        f"sha256 {sha[:16]}..., the file has {actual[:16]}.... Put the exported model and its card "
+                        f"back together (re-export with `bench export --run DIR`), {override}.")
+    if card_binding(card.data) != binding:
+        raise DataError(f"The model card {card.source} was edited after export: its classes, positive class, "
+                        f"backbone, size or resize mode no longer match the model {model_path} they were "
+                        f"exported with. Re-export with `bench export --run DIR`, {override}.")
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -321,7 +368,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         *[f"| {k} | {_fmt(v['mean'])} | {_fmt(v['std'])} | {v['n_folds']} |" for k, v in ev["cv"]["metrics"].items()],
         "",
         f"Held-out test set ({ev['test'].get('n_images')} images, never seen by the search; 95% percentile "
-        f"bootstrap CI over {ev['test'].get('n_boot')} resamples):",
+        f"CI, {resampled(ev['test'])}, {ev['test'].get('n_boot')} resamples):",
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",
@@ -347,8 +394,8 @@ def render_markdown(card: dict[str, Any]) -> str:
 
 def write_card(card: dict[str, Any], model_path: Path) -> tuple[Path, Path]:
     json_path, md_path = card_paths(model_path)
-    atomic_write_text(json_path, json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    atomic_write_text(md_path, render_markdown(card))
+    write_text_atomic(json_path, json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_text_atomic(md_path, render_markdown(card))
     return json_path, md_path
 
 

@@ -1,16 +1,19 @@
 """The held-out evaluation: each backbone's best configuration, refit on all training data,
-scored once on the test set with bootstrap confidence intervals.
+scored once on the test set with bootstrap confidence intervals over patients (over images
+where the dataset has no patient ids).
 
 This is the only code that touches the held-out test images, and it runs after the search:
-nothing it computes flows back into choosing a configuration. The refit trains for the median
-of the folds' best epochs (early stopping had a validation fold; the refit has none).
+nothing it computes flows back into choosing a configuration. The refit follows the recipe that
+cross-validation scored, not a replay of it: the same epoch budget, with early stopping and LR
+reduction reading an inner split of the training images carved exactly as each fold carved its
+own. (A replay, "the folds' median best epoch at a constant rate", would be a recipe no fold ran:
+the folds' LR reductions came at different epochs.)
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +44,9 @@ def best_trials(run: RunDir) -> dict[str, int]:
     return {str(b): int(rows.iloc[0].number) for b, rows in done.groupby("backbone", sort=False)}
 
 
-def refit_epochs(run: RunDir, trial: int, fallback: int) -> int:
-    folds = run.table("folds")
-    rows = folds[(folds.trial == trial) & (folds.status == "ok")] if not folds.empty else folds
-    if rows.empty or "best_epoch" not in rows:
-        return fallback
-    return max(1, int(round(float(np.median(rows.best_epoch)))))
-
-
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
                  console: Any = None, registry: Path | None = None) -> dict[str, Any]:
-    from bench.experiment import prepare_data
+    from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data_from_manifest
     from bench.train import FoldTrainer, TrainConfig
 
     run = RunDir.open(run_dir)
@@ -63,33 +58,36 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
             raise DataError(f"{run.path}: no completed trial for backbone(s) {unknown}; have {sorted(chosen)}.")
         chosen = {b: n for b, n in chosen.items() if b in backbones}
     configs = run.configs()
+    objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
     say = console.print if console is not None else (lambda *a, **k: None)
     results: dict[str, Any] = {}
     for backbone, trial in chosen.items():
         config = TrainConfig(**configs[trial])
-        data = prepare_data(
-            manifest.get("dataset_arg", manifest["dataset"]["name"]), folds=manifest["split"]["folds"],
-            seed=manifest["split"]["seed"], size=config.size, resize=manifest["cache"]["resize"],
-            registry_path=registry,
-        )
-        if data.splits_digest != manifest["split"].get("digest", data.splits_digest):
-            raise DataError(f"The dataset changed since {run.path} was made (its splits differ): the held-out "
-                            f"evaluation would not match the search. Re-run the search.")
-        train, test = ~data.splits.test, data.splits.test
-        epochs = refit_epochs(run, trial, config.epochs)
-        say(f"{backbone}: refitting trial {trial} on {int(train.sum())} training images for {epochs} epochs, "
-            f"then scoring {int(test.sum())} held-out test images")
+        data = prepare_data_from_manifest(manifest, size=config.size, registry=registry)
+        # The CV pool, not "everything but the test set": images excluded for sharing a patient
+        # with the test set must not reach the refit either.
+        train, test = data.splits.cv, data.splits.test
+        fit, stop = inner_split(data, train, config.inner_val, key=REFIT_SPLIT)
+        say(f"{backbone}: refitting trial {trial} on {int(fit.sum())} of the {int(train.sum())} cross-validation "
+            f"images (up to {config.epochs} epochs; early stopping and LR reduction read the other "
+            f"{int(stop.sum())}), then scoring {int(test.sum())} held-out test images")
         t0 = time.perf_counter()
-        trainer = FoldTrainer(replace(config, early_stopping=0, reduce_lr=0), len(data.index.classes),
-                              n_train_hint=int(train.sum()))
-        history = trainer.fit_full(data.images[train], data.index.labels[train], epochs)
+        trainer = FoldTrainer(config, len(data.index.classes), n_train_hint=int(fit.sum()))
+        labels = data.index.labels
+        history = trainer.fit_full(data.images[fit], labels[fit], data.images[stop], labels[stop],
+                                   scorer=epoch_scorer(data, (objective,)))
+        epochs = len(history.get("loss", []))
         proba = trainer.predict(data.images[test])
         seconds = time.perf_counter() - t0
         y = data.index.labels[test]
-        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive)
+        # Resample whole patients (cluster bootstrap); without patient ids, images (exact duplicates together).
+        unit = "patients" if data.spec.groups.kind != "none" else "images"
+        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive,
+                              groups=data.splits.groups[test], unit=unit)
         n_test = int(test.sum())
         metric_rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": name, "value": ci.value,
-                        "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot}
+                        "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
+                        "unit": ci.unit, "n_units": ci.n_units}
                        for name, ci in cis.items()]
         rows = np.flatnonzero(test)
         idx = data.index
@@ -103,16 +101,17 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         model_path = run.model_path(backbone)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         trainer.classifier.save(model_path)
-        info = {"trial": trial, "refit_epochs": epochs, "n_train": int(train.sum()), "n_test": n_test,
+        info = {"trial": trial, "refit_epochs": epochs, "n_train": int(fit.sum()), "n_inner_val": int(stop.sum()),
+                "n_test": n_test,
                 "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
                 "config": config.to_dict(), "history": history, "classes": list(idx.classes),
                 "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
         run.write_final_backbone(backbone, info, metric_rows, predictions)
         _draw_gradcam(run, backbone, {idx.paths[i]: data.images[i] for i in rows}, say)
-        objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
         ci = cis.get(objective)
         if ci is not None and not math.isnan(ci.value):
-            say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images)")
+            say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images, "
+                f"{M.bootstrap_phrase(ci.n_units, ci.unit, n_test)})")
         results[backbone] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
     return results
 

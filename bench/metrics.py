@@ -25,6 +25,10 @@ defined by a call into scikit-learn. Metrics that are a function of the confusio
 also register a vectorised fast path (``@fast_path``) that scores a whole batch of
 bootstrap resamples from batched confusion matrices at once; the tests check that it
 agrees with the scikit-learn definition.
+
+Bootstrap CIs resample images within each class, or, given one group id per image (the
+patient), whole groups: a cluster bootstrap, since images of one patient are not
+independent evidence. Each ``CI`` says which unit it resampled and how many there were.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ __all__ = [
     "Metric",
     "bootstrap_all",
     "bootstrap_ci",
+    "bootstrap_phrase",
     "compute_metrics",
     "confusion",
     "fast_path",
@@ -425,7 +430,9 @@ class CI:
 
     ``n`` is the number of images; ``n_boot`` the number of resamples that gave a finite
     value (NaN resamples are dropped), so it can be below the number requested. If none
-    did, ``low`` and ``high`` are NaN.
+    did, ``low`` and ``high`` are NaN. ``unit`` names what was resampled ("images", or the
+    groups' name, e.g. "patients") and ``n_units`` how many there were: an interval is only
+    as wide as the number of independent units allows, not the number of images.
     """
 
     value: float
@@ -433,27 +440,46 @@ class CI:
     high: float
     n: int
     n_boot: int
+    n_units: int
+    unit: str
 
 
-# Bound the (resamples x images) index block to ~16 MB of int64 per array so large test
+def bootstrap_phrase(n_units: int, unit: str, n_images: int | None = None) -> str:
+    """What a CI resampled, in words for a caption: ``"bootstrap over 40 patients"``."""
+    text = f"bootstrap over {int(n_units):,} {unit}"
+    if unit == "images" and n_images is not None and int(n_units) < int(n_images):
+        text += " (exact duplicates resampled together)"
+    return text
+
+
+# Bound the (resamples x units) index block to ~16 MB of int64 per array so large test
 # sets do not need n_boot * n memory at once.
 _CHUNK_ELEMENTS = 1 << 21
+
+
+def _resample_units(
+    strata: list[np.ndarray], n_units: int, n_boot: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Yield ``(b, n_units)`` blocks of unit indices, drawn with replacement within each stratum.
+
+    Each stratum keeps its size in every resample, so a unit kind that the data has (a class,
+    for images) is never lost to luck, which would make AUC and the macro averages NaN.
+    """
+    chunk = max(1, _CHUNK_ELEMENTS // n_units)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        yield np.concatenate([s[rng.integers(0, s.size, size=(b, s.size))] for s in strata], axis=1)
+
+
+def _class_strata(y_true: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
 
 
 def _resample_indices(
     y_true: np.ndarray, n_boot: int, rng: np.random.Generator
 ) -> Iterator[np.ndarray]:
-    """Yield ``(b, n)`` blocks of image indices, resampled with replacement within each class.
-
-    Stratifying keeps each class's count fixed, so no resample loses a class that the data
-    has (which would make AUC and the macro averages NaN for reasons of luck alone).
-    """
-    groups = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
-    n = y_true.shape[0]
-    chunk = max(1, _CHUNK_ELEMENTS // n)
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        yield np.concatenate([g[rng.integers(0, g.size, size=(b, g.size))] for g in groups], axis=1)
+    """Yield ``(b, n)`` blocks of image indices, resampled with replacement within each class."""
+    return _resample_units(_class_strata(y_true), y_true.shape[0], n_boot, rng)
 
 
 def _batched_confusion(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
@@ -461,6 +487,77 @@ def _batched_confusion(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
     b = t.shape[0]
     codes = (np.arange(b)[:, None] * k + t) * k + p
     return np.bincount(codes.ravel(), minlength=b * k * k).reshape(b, k, k)
+
+
+class _Images:
+    """The image bootstrap: every image is a unit, stratified by class."""
+
+    unit = "images"
+
+    def __init__(self, y_true: np.ndarray, y_pred: np.ndarray, k: int) -> None:
+        self.y_true, self.y_pred, self.k = y_true, y_pred, k
+        self.strata = _class_strata(y_true)
+        self.n_units = y_true.shape[0]
+
+    def confusion(self, drawn: np.ndarray) -> np.ndarray:
+        return _batched_confusion(self.y_true[drawn], self.y_pred[drawn], self.k)
+
+    def images(self, drawn_row: np.ndarray) -> np.ndarray:
+        return drawn_row
+
+
+class _Clusters:
+    """The cluster bootstrap: whole groups (patients) are the units.
+
+    Images of one patient are not independent (same lungs, same scanner, often the same
+    error), so resampling them one by one gives intervals that are too narrow. Groups are
+    numbered in order of their first image and stratified by the set of classes they hold:
+    one stratum per class for single-class groups, then one per class combination for
+    groups holding several, so every resample holds every class the data holds. When every
+    group is one image this draws exactly what ``_Images`` draws from the same generator.
+    """
+
+    def __init__(self, y_true: np.ndarray, y_pred: np.ndarray, k: int, groups: object, unit: str) -> None:
+        groups = np.asarray(groups)
+        if groups.shape != y_true.shape:
+            raise ValueError(f"groups must hold one group id per image: got shape {groups.shape} "
+                             f"for {y_true.shape[0]} images")
+        _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+        rank = np.empty(first.size, dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        gid = rank[inverse.ravel()]  # group number by first appearance
+        self.n_units = n_groups = first.size
+        self.unit = unit
+        # Per-group confusion counts: a resample's matrix is its group counts times these.
+        cm = np.zeros((n_groups, k, k), dtype=np.int64)
+        np.add.at(cm, (gid, y_true, y_pred), 1)
+        self.group_cm = cm.reshape(n_groups, k * k).astype(np.float64)
+        self.k = k
+        # Members of each group, contiguous: images of group g are members[starts[g]:starts[g] + sizes[g]].
+        self.members = np.argsort(gid, kind="stable")
+        self.sizes = np.bincount(gid, minlength=n_groups)
+        self.starts = np.cumsum(self.sizes) - self.sizes
+        holds = cm.sum(axis=2) > 0  # (groups, k): which classes each group holds
+        keys = [tuple(np.flatnonzero(row)) for row in holds]
+        order = sorted(set(keys), key=lambda key: (len(key), key))
+        by_key: dict[tuple[int, ...], list[int]] = {key: [] for key in order}
+        for g, key in enumerate(keys):
+            by_key[key].append(g)
+        self.strata = [np.asarray(by_key[key], dtype=np.int64) for key in order]
+
+    def confusion(self, drawn: np.ndarray) -> np.ndarray:
+        b, n_groups = drawn.shape[0], self.n_units
+        counts = np.bincount((np.arange(b)[:, None] * n_groups + drawn).ravel(), minlength=b * n_groups)
+        # Float64 matrix product of whole numbers far below 2**53: exact, and BLAS-fast.
+        cm = counts.reshape(b, n_groups).astype(np.float64) @ self.group_cm
+        return np.rint(cm).astype(np.int64).reshape(b, self.k, self.k)
+
+    def images(self, drawn_row: np.ndarray) -> np.ndarray:
+        """Image indices of the drawn groups, group after group in the order drawn."""
+        sizes = self.sizes[drawn_row]
+        offsets = np.cumsum(sizes) - sizes
+        within = np.arange(int(sizes.sum())) - np.repeat(offsets, sizes)
+        return self.members[np.repeat(self.starts[drawn_row], sizes) + within]
 
 
 def _bootstrap(
@@ -472,6 +569,8 @@ def _bootstrap(
     alpha: float,
     seed: int,
     positive: int | None,
+    groups: object | None,
+    unit: str | None,
 ) -> dict[str, CI]:
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1; got {n_boot}")
@@ -481,6 +580,10 @@ def _bootstrap(
     k = proba.shape[1]
     pos = _resolve_positive(positive, k)
     y_pred = proba.argmax(axis=1)
+    units: _Images | _Clusters = (
+        _Images(y_true, y_pred, k) if groups is None
+        else _Clusters(y_true, y_pred, k, groups, unit or "groups")
+    )
     fast = [m for m in metrics if m.batched is not None]
     slow = [m for m in metrics if m.batched is None]
     values = {m.name: np.empty(n_boot) for m in metrics}
@@ -491,14 +594,15 @@ def _bootstrap(
     start = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # undefined resamples become NaN and are dropped
-        for idx in _resample_indices(y_true, n_boot, rng):
-            stop = start + idx.shape[0]
+        for drawn in _resample_units(units.strata, units.n_units, n_boot, rng):
+            stop = start + drawn.shape[0]
             if fast:
-                cm = _batched_confusion(y_true[idx], y_pred[idx], k)
+                cm = units.confusion(drawn)
                 for m in fast:
                     values[m.name][start:stop] = m.batched(cm, pos)
+            rows = [units.images(row) for row in drawn] if slow else []
             for m in slow:
-                values[m.name][start:stop] = [m.fn(y_true[row], proba[row], pos) for row in idx]
+                values[m.name][start:stop] = [m.fn(y_true[r], proba[r], pos) for r in rows]
             start = stop
 
     out = {}
@@ -507,7 +611,8 @@ def _bootstrap(
         v = v[np.isfinite(v)]
         low, high = np.quantile(v, [alpha / 2, 1 - alpha / 2]) if v.size else (np.nan, np.nan)
         point = float(m.fn(y_true, proba, pos))
-        out[m.name] = CI(point, float(low), float(high), int(y_true.shape[0]), int(v.size))
+        out[m.name] = CI(point, float(low), float(high), int(y_true.shape[0]), int(v.size),
+                         int(units.n_units), units.unit)
     return out
 
 
@@ -520,9 +625,14 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
     positive: int | None = None,
+    groups: object | None = None,
+    unit: str | None = None,
 ) -> CI:
-    """Percentile-bootstrap ``1 - alpha`` CI of ``metric``, resampling images within each class.
+    """Percentile-bootstrap ``1 - alpha`` CI of ``metric``.
 
+    Without ``groups`` it resamples images within each class. With ``groups`` (one id per
+    image, e.g. the patient) it resamples whole groups, stratified by the classes each group
+    holds (a cluster bootstrap); ``unit`` names them in the result (default "groups").
     Metrics with a fast path (all but ``auc`` and ``log_loss``) score every resample in a
     few vectorised numpy operations; the others call scikit-learn once per resample.
     """
@@ -534,6 +644,8 @@ def bootstrap_ci(
         alpha=alpha,
         seed=seed,
         positive=positive,
+        groups=groups,
+        unit=unit,
     )[metric]
 
 
@@ -546,6 +658,8 @@ def bootstrap_all(
     alpha: float = 0.05,
     seed: int = 0,
     positive: int | None = None,
+    groups: object | None = None,
+    unit: str | None = None,
 ) -> dict[str, CI]:
     """``bootstrap_ci`` for each of ``names`` (default: all metrics) on the same resamples."""
     return _bootstrap(
@@ -556,4 +670,6 @@ def bootstrap_all(
         alpha=alpha,
         seed=seed,
         positive=positive,
+        groups=groups,
+        unit=unit,
     )

@@ -12,7 +12,6 @@ truth, and the labelled ones are scored with the usual metrics.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics as M
+from bench.atomic import write_atomic
+from bench.data.walk import NOT_UTF8, is_utf8, printable, walk_files
 from bench.errors import DataError
-from bench.export import ModelCard, load_model, read_card
+from bench.export import ModelCard, load_model, read_card, verify_card
 
 CHUNK = 256  # images decoded and predicted at a time: memory stays flat on big folders
 
@@ -45,8 +46,10 @@ def _truth(root: Path, rel: Path, classes: set[str]) -> str | None:
 def collect_images(inputs: Sequence[Path], classes: Sequence[str]) -> tuple[list[ImageItem], list[tuple[str, str]]]:
     """Image files from files and folders (walked recursively, hidden entries skipped).
 
-    Returns (images, missing): paths that do not exist are listed as unreadable, not fatal. A file
-    named directly is always tried, whatever its suffix; in folders only image suffixes count.
+    Returns (images, missing): paths that do not exist are listed as unreadable, not fatal, and so
+    are the links and names a folder walk passes over (``bench.data.walk``: links leaving the
+    folder or leading somewhere already listed, names that are not UTF-8). A file named directly
+    is always tried, whatever its suffix; in folders only image suffixes count.
     """
     from bench.data.images import is_image_file
 
@@ -55,13 +58,14 @@ def collect_images(inputs: Sequence[Path], classes: Sequence[str]) -> tuple[list
     missing: list[tuple[str, str]] = []
     for given in inputs:
         given = Path(given)
-        if given.is_dir():
-            for dirpath, dirnames, filenames in os.walk(given, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    rel = Path(dirpath).relative_to(given) / name
-                    if is_image_file(rel):
-                        items.append(ImageItem(given / rel, rel.as_posix(), _truth(given, rel, wanted)))
+        if not is_utf8(str(given)):
+            missing.append((printable(str(given)), NOT_UTF8))
+        elif given.is_dir():
+            files, passed_over = walk_files(given)
+            missing.extend((str(given / rel), reason) for rel, reason in passed_over)
+            for rel in map(Path, files):
+                if is_image_file(rel):
+                    items.append(ImageItem(given / rel, rel.as_posix(), _truth(given, rel, wanted)))
         elif given.exists():
             items.append(ImageItem(given, None, None))
         else:
@@ -87,18 +91,30 @@ class Predictor:
         return np.asarray(self.model.predict(images, batch_size=batch_size, verbose=0), dtype="float64")
 
 
-def load_predictor(model_path: Path) -> Predictor:
-    """Load ``MODEL.keras`` and its card, and check that they agree."""
+def load_predictor(model_path: Path, *, verify: bool = True) -> Predictor:
+    """Load ``MODEL.keras`` and its card, and check that they agree.
+
+    ``verify`` checks the card's sha256 and binding digest (``bench.export.verify_card``): the
+    file is the exported one and the card's classes, size and backbone were not edited since.
+    Whatever ``verify`` says, the model's input size, number of outputs and backbone must be the
+    card's: predictions from a model read with another model's card would be meaningless.
+    """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise DataError(f"No model file {model_path}. Export one with `bench export --run DIR`.")
     card = read_card(model_path)
+    if verify:
+        verify_card(model_path, card)
     model = load_model(model_path)
     side = tuple(int(d) for d in model.inputs[0].shape[1:3])
     n_out = int(model.outputs[0].shape[-1])
-    if side != (card.size, card.size) or n_out != len(card.classes):
-        raise DataError(f"{model_path} takes {side} images and has {n_out} outputs, but its card says "
-                        f"{card.size} px and {len(card.classes)} classes: the card belongs to another model.")
+    # bench.models.head names every classifier "<backbone>_classifier".
+    backbone = model.name.removesuffix("_classifier")
+    if side != (card.size, card.size) or n_out != len(card.classes) or backbone != card.backbone:
+        raise DataError(f"{model_path} is a {backbone} model taking {side[0]} x {side[1]} px images with {n_out} "
+                        f"outputs, but its card {card.source} describes a {card.backbone} model at {card.size} px "
+                        f"with {len(card.classes)} classes: the card belongs to another model. Put the model "
+                        f"beside its own card (re-export with `bench export --run DIR`).")
     return Predictor(model_path, model, card)
 
 
@@ -114,13 +130,12 @@ class Predictions:
     def write_csv(self, path: Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.frame.to_csv(path, index=False)
-        return path
+        return write_atomic(path, lambda f: self.frame.to_csv(f, index=False))
 
 
 def predict_paths(model_path: Path, inputs: Sequence[Path], *, batch_size: int = 64,
-                  predictor: Predictor | None = None) -> Predictions:
-    predictor = predictor or load_predictor(model_path)
+                  predictor: Predictor | None = None, verify: bool = True) -> Predictions:
+    predictor = predictor or load_predictor(model_path, verify=verify)
     card, classes = predictor.card, predictor.classes
     from bench.data.images import decode_many
 

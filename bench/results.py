@@ -4,20 +4,26 @@ Only this module reads or writes it. Layout (all CSV in long format so pandas ca
 runs from several machines):
 
     manifest.json      command line, versions, backend, device, seeds, dataset fingerprint,
-                       skipped files, duplicates, split rule and sizes
+                       skipped files, duplicates, split rule and sizes, what the split excluded or
+                       dropped, and every data setting (``data``: what re-opening the run needs)
     config.json        the training configuration(s) scored (keyed by trial number)
-    splits.csv         path, label, group, split (cv|test), fold (-1 for test)
+    splits.csv         path, label, group, split (cv|test|excluded), fold (-1 outside CV), excluded_because
+                       (why an image is in neither CV nor test: it shares a patient with the test set)
     folds.csv          one row per trial x fold: status, epochs, timings, sizes
     metrics.csv        one row per trial x fold x metric: value (split = cv for validation folds)
     predictions.csv    one row per trial x validation image: path, group, fold, truth (class name),
                        target (class index), p_<class>...
     history.csv        one row per trial x fold x epoch x metric (training curves)
     trials.csv         one row per finished trial of a search: number, state, value, backbone,
-                       params (JSON), seconds, pruned_at_fold, fail_reason, engine
+                       params (JSON), seconds, pruned_at_fold, pruned_at_epoch (-1: at the
+                       fold's end), fail_reason, engine; value only for complete trials
     final.json         the held-out evaluation: per backbone its best trial, refit epochs, sizes,
                        seconds and the saved model (models/<backbone>.keras)
     test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
-                       bootstrap 95% CI (low, high), n_images, n_boot (split = test)
+                       bootstrap 95% CI (low, high), n_images, n_boot, unit (what the bootstrap
+                       resampled: patients, or images where the dataset has no patient ids) and
+                       n_units (how many) (split = test); files written before unit existed read as
+                       unit images, n_units = n_images, which is what they resampled
     test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
     study.db           the Optuna study (default SQLite storage)
     models/            the final models, <backbone>.keras (written by ``bench final``)
@@ -47,7 +53,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from bench.atomic import atomic_write_text
+from bench.atomic import write_atomic, write_text_atomic
 from bench.errors import BenchError, DataError
 
 SCHEMA_VERSION = 1
@@ -75,7 +81,11 @@ def new_run_id(tag: str = "") -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _atomic_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_atomic(path, lambda f: frame.to_csv(f, index=False))
 
 
 def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -90,6 +100,24 @@ def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
         f.flush()
         os.fsync(f.fileno())
+
+
+def trial_record(trial: Any, engine: str = "optuna") -> dict[str, Any]:
+    """The trials.csv row of a finished Optuna trial (a ``FrozenTrial``).
+
+    Only a complete trial has a value: Optuna gives a pruned trial its last intermediate value,
+    which may be one epoch's score on an inner validation split, not a cross-validation result.
+    """
+    attrs = trial.user_attrs
+    config = attrs.get("config") or dict(trial.params)
+    return {
+        "number": trial.number, "state": trial.state.name,
+        "value": trial.value if trial.state.name == "COMPLETE" else None,
+        "backbone": config.get("backbone") or trial.params.get("backbone"),
+        "params": config, "seconds": attrs.get("seconds"),
+        "pruned_at_fold": attrs.get("pruned_at_fold"), "pruned_at_epoch": attrs.get("pruned_at_epoch"),
+        "fail_reason": attrs.get("fail_reason"), "engine": engine, "host": (attrs.get("worker") or {}).get("host"),
+    }
 
 
 @dataclass(frozen=True)
@@ -152,12 +180,13 @@ class RunDir:
             _atomic_json(path, configs)
 
     def write_splits(self, paths: tuple[str, ...], labels: list[str], groups: np.ndarray,
-                     test: np.ndarray, fold: np.ndarray) -> None:
+                     split: np.ndarray, fold: np.ndarray, excluded_because: np.ndarray | None = None) -> None:
+        """``split`` names each image's side (cv, test, excluded); ``excluded_because`` says why."""
         frame = pd.DataFrame({
-            "path": paths, "label": labels, "group": groups,
-            "split": np.where(test, "test", "cv"), "fold": fold,
+            "path": paths, "label": labels, "group": groups, "split": split, "fold": fold,
+            "excluded_because": [""] * len(paths) if excluded_because is None else excluded_because,
         })
-        frame.to_csv(self.file("splits"), index=False)
+        _atomic_csv(self.file("splits"), frame)
 
     def append_fold(
         self,
@@ -197,7 +226,7 @@ class RunDir:
     def append_trial(self, row: dict[str, Any]) -> None:
         """A finished search trial (any engine), in the same columns for Optuna and KerasTuner."""
         columns = ("number", "state", "value", "backbone", "params", "seconds", "pruned_at_fold",
-                   "fail_reason", "engine", "host")
+                   "pruned_at_epoch", "fail_reason", "engine", "host")
         clean = {c: row.get(c) for c in columns}
         if not isinstance(clean["params"], str):
             clean["params"] = json.dumps(clean["params"] or {}, sort_keys=True, default=str)
@@ -213,10 +242,10 @@ class RunDir:
             _atomic_json(self.file("final"), final)
             for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
                 path = self.file(key)
-                old = pd.read_csv(path, dtype={"path": str, "group": str, "truth": str}) if path.exists() else None
+                old = self.table(key) if path.exists() else None
                 if old is not None and len(old):
                     frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
-                frame.to_csv(path, index=False)
+                _atomic_csv(path, frame)
 
     def model_path(self, backbone: str) -> Path:
         return self.path / "models" / f"{backbone}.keras"
@@ -259,4 +288,8 @@ class RunDir:
         if not path.exists():
             return pd.DataFrame()
         # Paths, labels and groups stay strings even when a patient id looks like a number or "NA".
-        return pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str})
+        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str})
+        if key == "test_metrics" and "unit" not in frame and "n_images" in frame:
+            # Written before CIs could resample patients: those resampled images.
+            frame["unit"], frame["n_units"] = "images", frame["n_images"]
+        return frame

@@ -14,6 +14,12 @@ layers is matched to the number of steps per epoch (so validation scores during 
 drive early stopping, are meaningful), and after training the statistics are re-estimated on the
 training fold as exact averages (like torch.optim.swa_utils.update_bn).
 
+Nothing that chooses reads the data it is scored on. Early stopping, LR reduction and the
+per-epoch values a pruner sees read an *inner* validation split carved out of the training fold
+(``x_stop``); the outer validation fold is predicted once, after training, and only that
+prediction is scored. (Keras 3's EarlyStopping restores the best epoch at the end of every fit,
+even without an early stop: whatever it monitors has chosen the weights.)
+
 Nothing here knows of Optuna or of run directories: a fold goes in, a ``FoldResult`` comes out.
 """
 
@@ -44,6 +50,9 @@ OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
 BN_REESTIMATE_MAX_IMAGES = 512
 # Before each validation pass during training, a cheaper refresh on this many images.
 BN_REFRESH_IMAGES = 128
+# Reduce-LR-on-plateau: the factor and the floor (relative to the starting rate).
+REDUCE_LR_FACTOR = 0.3
+MIN_LR_SCALE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,10 @@ class TrainConfig:
     early_stopping: int = 5  # patience in epochs on validation loss; 0 = off
     reduce_lr: int = 3  # patience of reduce-LR-on-plateau; 0 = off
     bn_momentum: str | float = "auto"  # "auto" = matched to steps per epoch, "keep" = Keras default
+    # Fraction of each training fold (whole groups, stratified) held out as the inner validation
+    # split that early stopping, LR reduction and epoch-level pruning read; 0 = none (then they
+    # have nothing to read and are off: a fixed number of epochs at a constant rate).
+    inner_val: float = 0.15
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +92,7 @@ class TrainConfig:
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}."),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}."),
+            (0 <= self.inner_val <= 0.5, f"--inner-val must be in [0, 0.5], got {self.inner_val}."),
         ]
         for ok, message in checks:
             if not ok:
@@ -88,21 +102,34 @@ class TrainConfig:
         return asdict(self)
 
 
+PRUNED = "pruned"  # the prefix of a fold status that the epoch hook stopped (not a failure)
+
+# The epoch hook: (epoch, logs) -> None to go on, or the reason to stop this fold now.
+EpochHook = Callable[[int, dict[str, float]], "str | None"]
+# Scores inner-validation predictions every epoch: (y_true, proba) -> {metric: value}.
+Scorer = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
 @dataclass
 class FoldResult:
     fold: int
     proba: np.ndarray | None  # (n_val, k) predicted probabilities; None when the fold failed
     history: dict[str, list[float]]
-    status: str  # "ok" or the reason the fold failed (e.g. "nan_loss at epoch 2")
+    status: str  # "ok", "pruned at epoch N", or the reason the fold failed (e.g. "nan_loss at epoch 2")
     epochs_run: int
     best_epoch: int
     seconds: dict[str, float] = field(default_factory=dict)  # fit, predict, bn_reestimate, first_epoch
     n_train: int = 0
     n_val: int = 0
+    n_stop: int = 0  # images of the inner validation split
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def pruned(self) -> bool:
+        return self.status.startswith(PRUNED)
 
 
 def auto_bn_momentum(n_train: int, batch_size: int) -> float:
@@ -118,19 +145,23 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
 
 
 class _EpochLog(keras.callbacks.Callback):
-    """Epoch timings, NaN detection and a progress hook."""
+    """Epoch timings, the learning rate each epoch ran at, NaN detection and the epoch hook
+    (progress, pruning): a hook that returns a reason stops the fold after this epoch."""
 
-    def __init__(self, on_epoch: Callable[[int, dict[str, float]], None] | None) -> None:
+    def __init__(self, on_epoch: EpochHook | None) -> None:
         super().__init__()
         self.on_epoch = on_epoch
         self.epoch_seconds: list[float] = []
         self.nan_at: str | None = None
+        self.stopped: str | None = None
         self._t0 = 0.0
         self._epoch = 0
+        self._lr = math.nan
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._t0 = time.perf_counter()
         self._epoch = epoch
+        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
@@ -140,25 +171,52 @@ class _EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_seconds.append(time.perf_counter() - self._t0)
-        if self.on_epoch is not None:
-            self.on_epoch(epoch, {k: float(v) for k, v in (logs or {}).items()})
+        if logs is not None:
+            # The rate this epoch trained at (a plateau rule lowers it only after the epoch).
+            logs["learning_rate"] = self._lr
+        if self.on_epoch is not None and self.nan_at is None:
+            reason = self.on_epoch(epoch, {k: float(v) for k, v in (logs or {}).items()})
+            if reason:
+                self.stopped = reason
+                self.model.stop_training = True
 
 
-class _BatchNormRefresh(keras.callbacks.Callback):
-    """Re-estimate BN statistics just before each validation pass inside ``fit``.
+def cross_entropy(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean categorical cross-entropy of predicted probabilities (the loss early stopping reads)."""
+    p = np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)
+    return float(-np.mean(np.log(p)))
 
-    Keras validates with the moving statistics; on a small set they lag far behind the weights
-    (measured: validation accuracy stuck at 0.50 while re-estimated predictions scored 0.87),
-    and Keras 3's EarlyStopping restores the weights of the best *validation* epoch at the end of
-    every fit, so a misleading validation loss would pick the wrong epoch.
+
+class _InnerValidation(keras.callbacks.Callback):
+    """After each epoch, predict the inner validation split and put ``val_loss`` and the
+    scorer's ``val_<metric>`` values into the epoch's logs, for the callbacks after it (early
+    stopping, LR reduction, the epoch hook) and the history.
+
+    This replaces Keras' ``validation_data`` so that one prediction per epoch serves every
+    reader, and so that the BN statistics can be refreshed first: Keras validates with the
+    moving statistics, which on a small set lag far behind the weights (measured: validation
+    accuracy stuck at 0.50 while re-estimated predictions scored 0.87).
     """
 
-    def __init__(self, classifier: keras.Model, x: np.ndarray, batch_size: int, seed: int) -> None:
+    def __init__(self, trainer: FoldTrainer, x_train: np.ndarray, x_stop: np.ndarray, y_stop: np.ndarray,
+                 scorer: Scorer | None, seed: int) -> None:
         super().__init__()
-        self.classifier, self.x, self.batch_size, self.seed = classifier, x, batch_size, seed
+        self.trainer, self.x_train, self.x_stop, self.y_stop = trainer, x_train, x_stop, y_stop
+        self.scorer, self.seed = scorer, seed
 
-    def on_test_begin(self, logs: dict | None = None) -> None:
-        reestimate_batchnorm(self.classifier, self.x, self.batch_size, seed=self.seed, limit=BN_REFRESH_IMAGES)
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None or not math.isfinite(float(logs.get("loss", 0.0))):
+            return
+        if _batchnorms(self.trainer.classifier):
+            reestimate_batchnorm(self.trainer.classifier, self.x_train, seed=self.seed, limit=BN_REFRESH_IMAGES)
+        proba = self.trainer.predict(self.x_stop)
+        if not np.all(np.isfinite(proba)):
+            logs["val_loss"] = math.inf
+            return
+        logs["val_loss"] = cross_entropy(self.y_stop, proba)
+        logs["val_accuracy"] = float(np.mean(proba.argmax(axis=1) == self.y_stop))
+        for name, value in (self.scorer(self.y_stop, proba) if self.scorer else {}).items():
+            logs[f"val_{name}"] = float(value)
 
 
 def _snapshot(variables: list) -> list[np.ndarray]:
@@ -261,6 +319,51 @@ class FoldTrainer:
     def learning_rate(self) -> float:
         return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
+    def _fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_stop: np.ndarray | None,
+        y_stop: np.ndarray | None,
+        *,
+        epochs: int,
+        seed: int,
+        scorer: Scorer | None = None,
+        on_epoch: EpochHook | None = None,
+        callbacks: list[keras.callbacks.Callback] | None = None,
+    ) -> tuple[dict[str, list[float]], _EpochLog, float]:
+        """Train fresh weights on ``(x, y)``; whatever chooses (early stopping, LR reduction, the
+        epoch hook) reads the inner split ``(x_stop, y_stop)`` only. Returns (history, log, seconds)."""
+        c = self.config
+        if self.folds_trained:
+            self.reset()
+        keras.utils.set_random_seed(seed)
+        log = _EpochLog(on_epoch)
+        chosen: list[keras.callbacks.Callback] = []
+        if x_stop is not None and len(x_stop):
+            # Order matters: the inner validation writes val_* into the logs that the rules
+            # after it read within the same epoch end.
+            chosen.append(_InnerValidation(self, x, x_stop, np.asarray(y_stop), scorer, seed=seed))
+            if c.early_stopping:
+                chosen.append(keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=c.early_stopping, restore_best_weights=True))
+            if c.reduce_lr:
+                chosen.append(keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=REDUCE_LR_FACTOR, patience=c.reduce_lr, min_lr=c.lr * MIN_LR_SCALE))
+        t0 = time.perf_counter()
+        hist = self.model.fit(
+            x, np.eye(self.n_classes, dtype="float32")[y],
+            epochs=epochs,
+            batch_size=c.batch_size,
+            class_weight=balanced_class_weights(y, self.n_classes) if c.class_weights else None,
+            callbacks=[*chosen, log, *(callbacks or [])],
+            shuffle=True,
+            verbose=0,
+        )
+        self.folds_trained += 1
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        return history, log, time.perf_counter() - t0
+
     def fit_fold(
         self,
         fold: int,
@@ -268,43 +371,28 @@ class FoldTrainer:
         y_train: np.ndarray,
         x_val: np.ndarray,
         y_val: np.ndarray,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        x_stop: np.ndarray | None = None,
+        y_stop: np.ndarray | None = None,
+        *,
+        scorer: Scorer | None = None,
+        on_epoch: EpochHook | None = None,
         callbacks: list[keras.callbacks.Callback] | None = None,
     ) -> FoldResult:
+        """Train on ``x_train`` (the inner split ``x_stop`` already taken out of it), then predict
+        the outer validation fold ``x_val`` once. ``y_val`` is never read here: the caller scores."""
         c = self.config
-        if self.folds_trained:
-            self.reset()
-        keras.utils.set_random_seed(c.seed * 1000 + fold)
-        log = _EpochLog(on_epoch)
-        callbacks = [log, *(callbacks or [])]
-        if _batchnorms(self.classifier):
-            callbacks.append(_BatchNormRefresh(self.classifier, x_train, c.batch_size, seed=c.seed + fold))
-        if c.early_stopping:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=c.early_stopping, restore_best_weights=True))
-        if c.reduce_lr:
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.3, patience=c.reduce_lr, min_lr=c.lr * 1e-3))
-        eye = np.eye(self.n_classes, dtype="float32")
-        t0 = time.perf_counter()
-        hist = self.model.fit(
-            x_train, eye[y_train],
-            validation_data=(x_val, eye[y_val]),
-            epochs=c.epochs,
-            batch_size=c.batch_size,
-            class_weight=balanced_class_weights(y_train, self.n_classes) if c.class_weights else None,
-            callbacks=callbacks,
-            shuffle=True,
-            verbose=0,
-        )
-        fit_s = time.perf_counter() - t0
-        self.folds_trained += 1
-        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        n_stop = 0 if x_stop is None else len(x_stop)
+        history, log, fit_s = self._fit(x_train, y_train, x_stop, y_stop, epochs=c.epochs,
+                                        seed=c.seed * 1000 + fold, scorer=scorer, on_epoch=on_epoch,
+                                        callbacks=callbacks)
         epochs_run = len(log.epoch_seconds)
         seconds = {"build": self.build_seconds if self.folds_trained == 1 else 0.0, "fit": fit_s,
                    "first_epoch": log.epoch_seconds[0] if log.epoch_seconds else fit_s}
+        sizes = dict(n_train=len(x_train), n_val=len(x_val), n_stop=n_stop)
         if log.nan_at:
-            return FoldResult(fold, None, history, log.nan_at, epochs_run, 0, seconds, len(x_train), len(x_val))
+            return FoldResult(fold, None, history, log.nan_at, epochs_run, 0, seconds, **sizes)
+        if log.stopped:
+            return FoldResult(fold, None, history, log.stopped, epochs_run, 0, seconds, **sizes)
         val_losses = history.get("val_loss", [])
         best_epoch = int(np.nanargmin(val_losses)) + 1 if c.early_stopping and val_losses else epochs_run
         t0 = time.perf_counter()
@@ -314,31 +402,22 @@ class FoldTrainer:
         proba = self.predict(x_val)
         seconds["predict"] = time.perf_counter() - t0
         if not np.all(np.isfinite(proba)):
-            return FoldResult(fold, None, history, "non-finite predictions", epochs_run, best_epoch, seconds,
-                              len(x_train), len(x_val))
-        return FoldResult(fold, proba, history, "ok", epochs_run, best_epoch, seconds, len(x_train), len(x_val))
+            return FoldResult(fold, None, history, "non-finite predictions", epochs_run, best_epoch, seconds, **sizes)
+        return FoldResult(fold, proba, history, "ok", epochs_run, best_epoch, seconds, **sizes)
 
-    def fit_full(self, x: np.ndarray, y: np.ndarray, epochs: int) -> dict[str, list[float]]:
-        """Refit on all training images (no validation set): for the held-out evaluation.
-
-        The number of epochs comes from cross-validation (the folds' best epochs), since there
-        is nothing left to early-stop on. Returns the training history.
-        """
+    def fit_full(self, x: np.ndarray, y: np.ndarray, x_stop: np.ndarray | None = None,
+                 y_stop: np.ndarray | None = None, *, scorer: Scorer | None = None) -> dict[str, list[float]]:
+        """Refit for the held-out evaluation with the recipe cross-validation scored: the same
+        epochs budget, early stopping and LR reduction reading an inner split of the training
+        images (``x_stop``, taken out of ``x`` by the caller). Returns the training history,
+        with the learning rate of every epoch."""
         c = self.config
-        if self.folds_trained:
-            self.reset()
-        keras.utils.set_random_seed(c.seed * 1000 + 999)
-        log = _EpochLog(None)
-        hist = self.model.fit(
-            x, np.eye(self.n_classes, dtype="float32")[y], epochs=epochs, batch_size=c.batch_size,
-            class_weight=balanced_class_weights(y, self.n_classes) if c.class_weights else None,
-            callbacks=[log], shuffle=True, verbose=0,
-        )
-        self.folds_trained += 1
+        history, log, _ = self._fit(x, y, x_stop, y_stop, epochs=c.epochs, seed=c.seed * 1000 + 999,
+                                    scorer=scorer)
         if log.nan_at:
             raise FloatingPointError(f"refit stopped: {log.nan_at}")
         reestimate_batchnorm(self.classifier, x, c.batch_size, seed=c.seed + 999)
-        return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        return history
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict(x, batch_size=max(self.config.batch_size, 64), verbose=0), dtype="float64")

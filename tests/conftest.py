@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_PNEUMONIA = REPO.parent / "shared" / "data" / "pneumonia"
 
 
+@pytest.fixture(scope="session")
+def shared_pneumonia() -> Path:
+    """The real X-rays beside the clone. Missing is a FAILURE, never a skip: a skipped real-data
+    test would let the suite (and CI) pass without ever touching real images."""
+    if not (SHARED_PNEUMONIA / "manifest.csv").is_file():
+        pytest.fail(f"{SHARED_PNEUMONIA} is missing (or has no manifest.csv): put the shared real chest X-rays "
+                    f"there (NORMAL/ and PNEUMONIA/ image folders, 976 images, and manifest.csv with columns "
+                    f"path,label,patient,kermany_split), i.e. check out the project's shared/ folder beside "
+                    f"this clone.", pytrace=False)
+    return SHARED_PNEUMONIA
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("bench-home")

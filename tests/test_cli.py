@@ -174,3 +174,31 @@ def test_second_identical_cv_decodes_nothing(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     assert RunDir.open(tmp_path / "b").manifest()["cache"]["built"] is False
     assert "image cache reused" in out
+
+
+def test_cv_with_a_failed_fold_exits_non_zero_naming_it_and_keeps_the_others(capsys, tmp_path, monkeypatch):
+    # One NaN pixel in fold 2's training images: real Keras training reaches a NaN loss on that fold only.
+    from bench.train import FoldTrainer
+
+    real_fit = FoldTrainer.fit_fold
+
+    def fit_fold(self, fold, x_train, *rest, **kwargs):
+        if fold == 1:
+            x_train = np.array(x_train, dtype="float32")
+            x_train[0, 0, 0, 0] = np.nan
+        return real_fit(self, fold, x_train, *rest, **kwargs)
+
+    monkeypatch.setattr(FoldTrainer, "fit_fold", fit_fold)
+    out_dir = tmp_path / "run"
+    code, out, err = run_main(
+        capsys, "cv", "--dataset", "pneumonia-demo", "--backbone", "simple_cnn", "--weights", "none",
+        "--size", "32", "--folds", "3", "--epochs", "1", "--augment", "none", "--out", str(out_dir),
+    )
+    assert code == 1, out + err
+    message = " ".join(err.split())
+    assert "1 of 3 folds failed (fold 2: nan_loss at epoch 1" in message and "2 finished fold(s) are kept" in message
+    run = RunDir.open(out_dir)
+    assert run.manifest()["status"] == "complete_with_failures"
+    folds = run.table("folds")
+    assert list(folds.status.str.startswith("nan_loss")) == [False, True, False]
+    assert sorted(run.table("predictions").fold.unique()) == [0, 2]  # the finished folds' predictions are kept

@@ -19,7 +19,7 @@ from bench.data.registry import resolve
 from bench.data.splits import build_splits, merge_duplicates, stratified_group_fraction
 from bench.errors import DataError
 from bench.experiment import prepare_data
-from tests.conftest import SHARED_PNEUMONIA, write_image
+from tests.conftest import write_image
 
 
 def folder_spec(**kw) -> DatasetSpec:
@@ -219,9 +219,8 @@ def test_folds_never_share_a_group_and_cover_every_class():
     assert not set(splits.groups[splits.test]) & set(splits.groups[~splits.test])
 
 
-@pytest.mark.skipif(not SHARED_PNEUMONIA.is_dir(), reason="needs ../shared/data/pneumonia")
-def test_no_patient_in_two_folds_on_the_real_xrays():
-    data = prepare_data(str(SHARED_PNEUMONIA), folds=5, size=32)
+def test_no_patient_in_two_folds_on_the_real_xrays(shared_pneumonia):
+    data = prepare_data(str(shared_pneumonia), folds=5, size=32)
     assert data.spec.groups.kind == "column" and data.spec.groups.column == "patient"
     assert len(data.index) == 976
     n_patients = len(set(data.index.groups))

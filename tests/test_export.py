@@ -97,15 +97,17 @@ def test_export_writes_the_final_model_and_its_card(final_run, exported, tmp_pat
     assert 0 <= cv["metrics"]["balanced_accuracy"]["mean"] <= 1
     test = card["evaluation"]["test"]
     assert test["n_images"] == 60 and test["n_boot"] == 1000
+    assert test["unit"] == "patients" and test["n_units"] == 40  # the demo's 60 test images: 40 patients
     ba = test["metrics"]["balanced_accuracy"]
     assert ba["low"] <= ba["value"] <= ba["high"]
     assert "keras" in card["versions"]["training"] and "keras" in card["versions"]["export"]
     text = card_md.read_text()
-    for needle in ("CC BY 4.0", "Kermany", "32 × 32 px", "squash", "95% CI", "balanced_accuracy", "keras 3."):
+    for needle in ("CC BY 4.0", "Kermany", "32 × 32 px", "squash", "95% CI", "bootstrap over 40 patients",
+                   "balanced_accuracy", "keras 3."):
         assert needle in text, needle
     # The default destination is inside the run directory.
     code, out, _ = run_main(capsys, "export", "--run", final_run)
-    assert code == 0
+    assert code == 0 and "bootstrap over 40 patients" in " ".join(out.split())
     assert (final_run / "export" / "pneumonia-demo-simple_cnn.keras").is_file()
     assert (final_run / "export" / "pneumonia-demo-simple_cnn.card.md").is_file()
 

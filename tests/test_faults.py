@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from bench.atomic import atomic_path, atomic_write_text
+from bench.atomic import atomic_path, write_text_atomic
 from bench.cli import main
 from bench.data import cache as image_cache
 from bench.data.index import build_index
@@ -119,7 +119,7 @@ def test_files_written_whole_get_the_mode_of_the_umask(tmp_path):
         run.write_manifest({"status": "running"})
         run.write_config(0, {"lr": 0.1})
         card = tmp_path / "m.card.json"  # model cards go through the same writer
-        atomic_write_text(card, "{}")
+        write_text_atomic(card, "{}")
 
         archive = tmp_path / "ds.zip"
         with zipfile.ZipFile(archive, "w") as z:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
+import subprocess
+import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -362,17 +367,81 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def test_big_slides_allowed_up_to_2_30_pixels(tmp_path: Path) -> None:
-    # 30000 x 30000 = 9e8 pixels: Pillow's default limit would refuse it as a bomb.
-    assert images.MAX_PIXELS == 2**30
-    assert Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= 2**30
-    with Image.open(png_header_only(tmp_path / "slide.png", 30_000, 30_000)) as im:
-        assert im.size == (30_000, 30_000)
-    big = png_header_only(tmp_path / "huge.png", 40_000, 40_000)
-    # Pillow (now limited to 2**30) warns; we refuse before decoding a single pixel.
-    with pytest.warns(Image.DecompressionBombWarning):
-        with pytest.raises(UnreadableImage, match="too large: 40000 x 40000"):
-            decode_image(big, 16)
+def bilevel_png(path: Path, width: int, height: int) -> Path:
+    """A complete, valid 1-bit PNG of any size, all black: a few KB even at 20000 x 20000."""
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte "none", then the packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    chunks = (b"IHDR" + struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0), b"IDAT" + idat, b"IEND")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(c) - 4) + c + struct.pack(">I", zlib.crc32(c)) for c in chunks))
+    return path
+
+
+@pytest.mark.parametrize("side", [16_384, 20_000])
+def test_a_huge_image_is_refused_from_its_header(tmp_path: Path, side: int) -> None:
+    # 16384 x 16384 RGBA took 3.3 GiB and 12 s under the old 2**30 limit; now the header says no.
+    path = bilevel_png(tmp_path / "huge.png", side, side)
+    assert path.stat().st_size < 100_000
+    start = time.perf_counter()
+    with pytest.raises(UnreadableImage, match="too large: ") as info:
+        decode_image(path, 16)
+    assert f"{side * side} pixels" in info.value.reason.replace(",", "")
+    assert time.perf_counter() - start < 0.5  # no pixel was decoded
+
+
+def test_the_limit_leaves_room_for_large_medical_images(tmp_path: Path) -> None:
+    assert images.MAX_PIXELS == 2**27
+    # 11585 x 11585 passes the size check (this header-only file then fails for its missing data).
+    with pytest.raises(UnreadableImage) as info:
+        decode_image(png_header_only(tmp_path / "big.png", 11_585, 11_585), 16)
+    assert "too large" not in info.value.reason
+    # A real 8000 x 6000 scan decodes.
+    assert decode_image(bilevel_png(tmp_path / "scan.png", 8_000, 6_000), 16).shape == (16, 16, 3)
+
+
+def test_pillow_bomb_warning_goes_to_the_log_not_the_terminal(tmp_path: Path) -> None:
+    path = bilevel_png(tmp_path / "huge.png", 20_000, 20_000)
+    code = (f"import logging; logging.basicConfig(level=logging.INFO)\n"
+            f"from bench.data.images import decode_many\n"
+            f"print(decode_many([{str(path)!r}], 8)[1])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0 and proc.stdout.strip() == "[0]"
+    assert "DecompressionBombWarning" not in proc.stderr
+    assert f"INFO:bench.data.images:refused {path} as a possible decompression bomb: too large" in proc.stderr
+
+
+def test_decoding_threads_share_one_pixel_budget() -> None:
+    budget = images.PixelBudget(100)
+    events: list[str] = []
+    holding = threading.Event()
+    release = threading.Event()
+
+    def big() -> None:
+        with budget.hold(80):
+            events.append("big in")
+            holding.set()
+            release.wait(5)
+            events.append("big out")
+
+    def second() -> None:
+        holding.wait(5)
+        with budget.hold(50):  # 80 + 50 > 100: waits for the first to finish
+            events.append("second in")
+        with budget.hold(10**9):  # more than the whole budget: capped, so it still runs
+            events.append("oversized in")
+
+    threads = [threading.Thread(target=big), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    holding.wait(5)
+    time.sleep(0.2)
+    assert events == ["big in"]
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert events == ["big in", "big out", "second in", "oversized in"] and budget.free == 100
 
 
 def test_unreadable_image_pickles(tmp_path: Path) -> None:

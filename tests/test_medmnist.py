@@ -400,6 +400,8 @@ def test_cv_final_report_hold_out_the_official_test_split(name, n_classes, rgb, 
     tm = rd.table("test_metrics").set_index("metric")
     assert tm.loc["auc", "value"] == pytest.approx(medmnist_auc(y, scores, task), abs=1e-9)
     assert tm.loc["accuracy", "value"] == pytest.approx(medmnist_acc(y, scores, task), abs=1e-9)
+    # No patient ids in MedMNIST: the CIs resample images, and say so.
+    assert set(tm.unit) == {"images"} and set(tm.n_units) == {n_test}
 
     out_dir = tmp_path / "report"
     code, out, err = run_cli(["report", "--run", str(run), "--out", str(out_dir)], capsys)
@@ -409,6 +411,7 @@ def test_cv_final_report_hold_out_the_official_test_split(name, n_classes, rgb, 
     section = md[md.index(f"**{name}: beside the literature**"):]
     section = section[:section.index("\n## ")]
     assert "doi:10.1038/s41597-022-01721-8" in section and "Yang J." in section
+    assert f"(95% CI by bootstrap over {n_test} images)" in section
     assert "bench: simple_cnn" in section and "ResNet-18 (28)" in section and "Google AutoML Vision" in section
     assert "Training recipes differ" in section and "from scratch, no augmentation, 100 epochs" in section
     assert ("one-vs-rest" in section) == (n_classes > 2) and ("thresholded at 0.5" in section) == (n_classes == 2)

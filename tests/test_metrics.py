@@ -16,9 +16,12 @@ from bench.metrics import (
     METRICS,
     Metric,
     _batched_confusion,
+    _Clusters,
     _resample_indices,
+    _resample_units,
     bootstrap_all,
     bootstrap_ci,
+    bootstrap_phrase,
     compute_metrics,
     confusion,
     get_metric,
@@ -469,3 +472,161 @@ def test_coverage_on_simulated_classifier():
     coverage = hits / reps
     # Binomial sd of the estimate is ~1.3 points at 95%; percentile intervals run a bit short.
     assert 0.90 <= coverage <= 0.99, coverage
+
+
+# -------------------------------------------------------- bootstrap over patients
+
+
+def reference_ci(y, p, groups, name, n_boot, seed, alpha=0.05, positive=None):
+    """The cluster bootstrap written out plainly, one resample at a time: groups in order of
+    their first image, stratified by the set of classes they hold (single classes first), each
+    resample the drawn groups' images concatenated. Same generator calls as bench (one chunk)."""
+    rng = np.random.default_rng(seed)
+    ids = list(dict.fromkeys(groups.tolist()))
+    members = {g: np.flatnonzero(groups == g) for g in ids}
+    holds = {g: tuple(sorted(set(y[members[g]].tolist()))) for g in ids}
+    keys = sorted(set(holds.values()), key=lambda key: (len(key), key))
+    strata = [[g for g in ids if holds[g] == key] for key in keys]
+    draws = [rng.integers(0, len(s), size=(n_boot, len(s))) for s in strata]
+    values = []
+    for i in range(n_boot):
+        images = np.concatenate([members[s[j]] for s, d in zip(strata, draws) for j in d[i]])
+        values.append(METRICS[name](y[images], p[images], positive=positive))
+    v = np.asarray(values)
+    v = v[np.isfinite(v)]
+    return np.quantile(v, [alpha / 2, 1 - alpha / 2]), v.size
+
+
+def patients(n_groups: int, k: int, seed: int, mixed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images of ``n_groups`` patients (1-6 images each), one class per patient except ``mixed``
+    patients that hold two classes; predictions correlated within a patient."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 7, n_groups)
+    sizes[:mixed] = np.maximum(sizes[:mixed], 2)
+    groups = np.repeat([f"patient-{g}" for g in rng.permutation(n_groups)], sizes)
+    cls = np.repeat(np.arange(n_groups) % k, sizes)
+    for g in range(mixed):  # the first images of these patients get the next class too
+        at = np.flatnonzero(np.repeat(np.arange(n_groups), sizes) == g)
+        cls[at[0]] = (cls[at[0]] + 1) % k
+    skill = np.repeat(rng.normal(1.0, 1.0, n_groups), sizes)  # how well the model reads each patient
+    logits = rng.normal(size=(cls.size, k))
+    logits[np.arange(cls.size), cls] += skill
+    proba = np.exp(logits)
+    return cls, proba / proba.sum(axis=1, keepdims=True), groups
+
+
+def one_patient_many_images(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """60 images of 40 patients like the demo's test set: 39 patients with one image each, scored
+    right 80% of the time, and one class-1 patient with 21 images, all scored wrong."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(30, int), np.ones(9, int), np.ones(21, int)]
+    groups = np.r_[np.arange(39), np.full(21, 39)]
+    right = np.r_[rng.random(39) < 0.8, np.zeros(21, bool)]
+    score = np.where(right == (y == 1), 0.5 + 0.5 * rng.random(60), 0.5 * rng.random(60))
+    return y, np.c_[1 - score, score], groups
+
+
+@pytest.mark.parametrize("name", ["balanced_accuracy", "auc"])
+def test_one_patient_with_many_images_widens_the_interval(name):
+    y, p, groups = one_patient_many_images(0)
+    images = bootstrap_ci(y, p, name, n_boot=300)
+    by_patient = bootstrap_ci(y, p, name, n_boot=300, groups=groups, unit="patients")
+    assert (images.unit, images.n_units, images.n) == ("images", 60, 60)
+    assert (by_patient.unit, by_patient.n_units, by_patient.n) == ("patients", 40, 60)
+    assert by_patient.value == images.value
+    assert (by_patient.high - by_patient.low) > 1.5 * (images.high - images.low)
+    # The same images as 60 separate patients: independent again, so exactly the image interval.
+    apart = bootstrap_ci(y, p, name, n_boot=300, groups=np.arange(60), unit="patients")
+    assert (apart.low, apart.high) == (images.low, images.high)
+
+
+@pytest.mark.parametrize("k, positive", [(2, 1), (3, None)])
+def test_one_image_per_group_is_exactly_the_image_bootstrap(k, positive):
+    y, p = make_data(90, k, 4)
+    names = np.array([f"id-{i}" for i in np.random.default_rng(0).permutation(90)])  # order of ids is irrelevant
+    images = bootstrap_all(y, p, n_boot=80, seed=3, positive=positive)
+    groups = bootstrap_all(y, p, n_boot=80, seed=3, positive=positive, groups=names, unit="images")
+    assert groups == images  # every field, bit for bit, slow metrics (auc, log_loss) included
+
+
+def test_image_bootstrap_matches_the_plain_reference():
+    """No groups: the class-stratified image bootstrap, as it always was (same draws, same values)."""
+    y, p = make_data(70, 3, 2)
+    for name in ("balanced_accuracy", "auc", "log_loss"):
+        ci = bootstrap_ci(y, p, name, n_boot=150, seed=9)
+        (low, high), n_ok = reference_ci(y, p, np.arange(70), name, 150, 9)
+        assert (ci.low, ci.high, ci.n_boot) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12), n_ok)
+
+
+@pytest.mark.parametrize("k, mixed", [(2, 0), (2, 3), (4, 2)])
+@pytest.mark.parametrize("name", ["balanced_accuracy", "mcc", "sensitivity", "auc", "log_loss"])
+def test_cluster_bootstrap_matches_the_slow_reference(k, mixed, name):
+    y, p, groups = patients(25, k, seed=k + mixed, mixed=mixed)
+    positive = 1 if k == 2 else None
+    if name == "sensitivity" and k > 2:
+        positive = None
+    ci = bootstrap_ci(y, p, name, n_boot=120, seed=11, positive=positive, groups=groups, unit="patients")
+    (low, high), n_ok = reference_ci(y, p, groups, name, 120, 11, positive=positive)
+    assert ci.n_boot == n_ok
+    assert ci.low == pytest.approx(low, rel=1e-12) and ci.high == pytest.approx(high, rel=1e-12)
+    assert (ci.n, ci.n_units) == (y.size, 25)
+
+
+def test_cluster_resamples_keep_every_class_and_every_stratum():
+    # Class 2 occurs only inside patients that also hold class 1: resampling classes of single-class
+    # patients alone could lose it; stratifying by each patient's set of classes cannot.
+    y = np.r_[0, 0, 0, 1, 1, 0, 1, 1, 2, 1, 2, 2, 0]
+    groups = np.r_[0, 0, 1, 2, 2, 3, 4, 5, 5, 6, 6, 6, 7]
+    p = proba_for(y, 3)
+    units = _Clusters(y, p.argmax(axis=1), 3, groups, "patients")
+    assert [s.tolist() for s in units.strata] == [[0, 1, 3, 7], [2, 4], [5, 6]]  # {0}, {1}, {1, 2}
+    (drawn,) = list(_resample_units(units.strata, units.n_units, 300, np.random.default_rng(0)))
+    assert drawn.shape == (300, 8)
+    for row in drawn:
+        assert set(y[units.images(row)]) == {0, 1, 2}
+        assert (np.isin(row[:4], units.strata[0]).all() and np.isin(row[4:6], units.strata[1]).all()
+                and np.isin(row[6:], units.strata[2]).all())
+    assert len({tuple(sorted(r)) for r in drawn}) > 1  # resamples actually differ
+    ci = bootstrap_ci(y, p, "auc", n_boot=200, groups=groups)
+    assert ci.n_boot == 200 and ci.unit == "groups"  # no resample lost a class, so none was NaN
+
+
+def test_cluster_confusion_counts_every_image_of_every_drawn_group():
+    y, p, groups = patients(30, 3, seed=5, mixed=2)
+    pred = p.argmax(axis=1)
+    units = _Clusters(y, pred, 3, groups, "patients")
+    (drawn,) = list(_resample_units(units.strata, units.n_units, 40, np.random.default_rng(1)))
+    cm = units.confusion(drawn)
+    for row, counts in zip(drawn, cm):
+        images = units.images(row)
+        assert images.size == sum((groups == groups[units.members[units.starts[g]]]).sum() for g in row)
+        np.testing.assert_array_equal(counts, confusion(y[images], pred[images], 3))
+
+
+def test_cluster_resampling_in_chunks_covers_n_boot(monkeypatch):
+    monkeypatch.setattr("bench.metrics._CHUNK_ELEMENTS", 100)
+    y, p, groups = patients(30, 2, seed=1)
+    blocks = list(_resample_units(_Clusters(y, p.argmax(1), 2, groups, "p").strata, 30, 10, np.random.default_rng(0)))
+    assert [b.shape for b in blocks] == [(3, 30)] * 3 + [(1, 30)]
+    assert bootstrap_ci(y, p, "auc", n_boot=10, groups=groups).n_boot == 10
+
+
+def test_groups_must_match_the_images():
+    y, p = make_data(50, 2, 0)
+    with pytest.raises(ValueError, match="one group id per image"):
+        bootstrap_ci(y, p, "accuracy", groups=np.arange(49))
+
+
+def test_cluster_bootstrap_is_fast():
+    y, p = make_data(1000, 8, 0)
+    groups = np.random.default_rng(0).integers(0, 300, 1000)
+    bootstrap_all(y, p, ["accuracy"], n_boot=10, groups=groups)  # warm-up
+    t0 = time.perf_counter()
+    bootstrap_all(y, p, ["accuracy", "balanced_accuracy", "mcc", "macro_f1"], n_boot=1000, groups=groups)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_bootstrap_phrase_names_the_unit():
+    assert bootstrap_phrase(40, "patients", 60) == "bootstrap over 40 patients"
+    assert bootstrap_phrase(1200, "images", 1200) == "bootstrap over 1,200 images"
+    assert bootstrap_phrase(58, "images", 60) == "bootstrap over 58 images (exact duplicates resampled together)"

@@ -78,7 +78,7 @@ def make_synthetic_run(out: Path, *, study_name: str = "synthetic-tpe", sampler:
         "sessions": [{"sampler": sampler, "jobs": 1, "host": "test"}],
     }
     run.write_manifest(manifest)
-    run.write_splits(tuple(paths), [CLASSES[y] for y in labels], np.arange(n), test, fold)
+    run.write_splits(tuple(paths), [CLASSES[y] for y in labels], np.arange(n), np.where(test, "test", "cv"), fold)
     storage = f"sqlite:///{run.file('study')}"
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
     dists = {"backbone": optuna.distributions.CategoricalDistribution(["simple_cnn", "mobilenet_v2"]),
@@ -132,10 +132,11 @@ def write_trivial_final(run: RunDir, labels: np.ndarray, paths: list[str], test:
     y = labels[test]
     for backbone, (trial, skill) in chosen.items():
         proba = _proba(y, skill, np.random.default_rng(7 + trial))
-        cis = M.bootstrap_all(y, proba, n_boot=100, seed=0, positive=1)
-        rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": m, "value": c.value, "low": c.low,
-                 "high": c.high, "n_images": int(test.sum()), "n_boot": c.n_boot} for m, c in cis.items()]
         predictions = _predictions([p for p, t in zip(paths, test) if t], y, proba)
+        cis = M.bootstrap_all(y, proba, n_boot=100, seed=0, positive=1, groups=predictions.group, unit="patients")
+        rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": m, "value": c.value, "low": c.low,
+                 "high": c.high, "n_images": int(test.sum()), "n_boot": c.n_boot, "unit": c.unit,
+                 "n_units": c.n_units} for m, c in cis.items()]
         predictions.insert(0, "trial", trial)
         predictions.insert(0, "backbone", backbone)
         run.write_final_backbone(backbone, {"trial": trial, "refit_epochs": 3, "n_train": int((~test).sum()),
@@ -222,6 +223,11 @@ def test_report_writes_markdown_html_tables_and_figures_reproducibly(reported, t
         assert section in md and section in page
     assert "4. Significance" in md  # bench/report/stats.py is there
     assert "held-out test" in md and "-fold CV on" in md  # every table says its split and size
+    # Every held-out CI says what it resampled, whole patients: the leaderboard's and the all-metrics table's captions.
+    patients = RunDir.open(run_dir).table("test_predictions").group.nunique()
+    assert set(RunDir.open(run_dir).table("test_metrics").n_units) == {patients}
+    assert md.count(f"95% CI by bootstrap over {patients} patients;") == 1
+    assert md.count(f"from a stratified bootstrap over {patients} patients (") == 1
     assert "bench cv --from-trial" in md
     # self-contained: figures inlined, nothing fetched
     assert "data:image/png;base64," in page
@@ -253,9 +259,73 @@ def test_report_writes_markdown_html_tables_and_figures_reproducibly(reported, t
     assert csv_bytes(out) == first
 
 
+def test_held_out_cis_written_before_patient_bootstrap_read_as_image_bootstrap(synthetic_run, tmp_path, capsys):
+    run = copy_run(synthetic_run, tmp_path / "runs" / "old")
+    old = pd.read_csv(run / "test_metrics.csv").drop(columns=["unit", "n_units"])  # as bench final wrote it before
+    old.to_csv(run / "test_metrics.csv", index=False)
+    n_test = int(old.n_images.iloc[0])
+    table = RunDir.open(run).table("test_metrics")
+    assert set(table.unit) == {"images"} and (table.n_units == n_test).all()
+    assert report(["--run", str(run), "--out", str(tmp_path / "out"), "--quiet"], capsys)[0] == 0
+    md = (tmp_path / "out" / "index.md").read_text()
+    assert f"95% CI by bootstrap over {n_test} images;" in md and "bootstrap over 20 patients" not in md
+    # A re-run of bench final for one backbone keeps the others' old rows, labelled as what they were.
+    rd = RunDir.open(run)
+    first = str(old.backbone.iloc[0])
+    rd.write_final_backbone(first, {"trial": 0}, [{"backbone": first, "trial": 0, "split": "test", "metric": "auc",
+                                                   "value": 0.9, "low": 0.8, "high": 1.0, "n_images": n_test,
+                                                   "n_boot": 10, "unit": "patients", "n_units": 7}],
+                            pd.DataFrame({"backbone": [first], "path": ["x.png"]}))
+    table = rd.table("test_metrics")
+    assert list(table[table.backbone == first].unit) == ["patients"]
+    assert set(table[table.backbone != first].unit) == {"images"}
+    assert (table[table.backbone != first].n_units == n_test).all()
+
+
+def cv_from_predictions(predictions: pd.DataFrame, trial: int, classes: list[str], positive: int | None) -> dict:
+    """A trial's CV numbers as the leaderboard defines them, from its out-of-fold predictions alone:
+    each fold scored by compute_metrics, then the mean and the std (ddof 1) over the folds."""
+    rows = predictions[predictions.trial.astype(int) == trial]
+    per_fold = [M.compute_metrics(fold.target.to_numpy(int), fold[[f"p_{c}" for c in classes]].to_numpy(float),
+                                  positive=positive) for _, fold in rows.groupby("fold", sort=True)]
+    out = {"folds": len(per_fold)}
+    for metric in per_fold[0]:
+        values = np.array([f[metric] for f in per_fold])
+        values = values[np.isfinite(values)]
+        out[f"cv_{metric}_mean"] = float(values.mean()) if values.size else np.nan
+        out[f"cv_{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else np.nan
+    return out
+
+
 def test_leaderboard_cv_numbers_recomputed_from_out_of_fold_predictions(reported):
     run_dir, out, _ = reported
     board = leaderboard_of(out)
+    run = RunDir.open(run_dir)
+    dataset = run.manifest()["dataset"]
+    classes = dataset["classes"]
+    positive = classes.index(dataset["positive"]) if dataset.get("positive") in classes else None
+    predictions = run.table("predictions")
+    columns = [c for c in board.columns if c.startswith("cv_") and c.endswith(("_mean", "_std"))]
+    assert {"cv_balanced_accuracy_mean", "cv_auc_std", "cv_mcc_mean", "cv_sensitivity_std"} <= set(columns)
+    tolerance = 1e-9  # the tables are written with full float precision: only summation order may differ
+    for row in board.itertuples(index=False):
+        again = cv_from_predictions(predictions, row.trial, classes, positive)
+        assert again["folds"] == row.folds_scored == row.folds, row.backbone
+        for column in columns:
+            shown = getattr(row, column)
+            if np.isnan(again[column]):
+                assert np.isnan(shown), (row.backbone, column)
+            else:
+                assert shown == pytest.approx(again[column], abs=tolerance), (row.backbone, column)
+        assert row.objective_value == pytest.approx(again["cv_balanced_accuracy_mean"], abs=tolerance)
+
+    # The comparison can fail: one image's prediction flipped moves the recomputed numbers off the table's.
+    row = board.iloc[0]
+    flipped = predictions[predictions.trial.astype(int) == int(row.trial)].reset_index(drop=True)
+    probas = [flipped.columns.get_loc(f"p_{c}") for c in classes]
+    flipped.iloc[0, probas] = flipped.iloc[0, probas[::-1]].to_numpy()
+    moved = cv_from_predictions(flipped, int(row.trial), classes, positive)
+    assert abs(moved["cv_balanced_accuracy_mean"] - row.cv_balanced_accuracy_mean) > 100 * tolerance
 def test_runs_copied_from_two_machines_merge_into_one_leaderboard(run_dir, tmp_path, capsys):
     reference = tmp_path / "reference"
     assert report(["--run", str(run_dir), "--out", str(reference), "--quiet"], capsys)[0] == 0
@@ -289,6 +359,26 @@ def test_missing_metrics_file_gives_a_note_not_a_traceback(run_dir, tmp_path, ca
     assert len(recovered) == 1 and str(trials.number.iloc[0]) in recovered[0].split("trial(s)")[1]
     board = leaderboard_of(tmp_path / "out")  # the objective still comes from trials.csv
     assert board.objective_value.notna().all() and board.cv_auc_mean.isna().all()
+
+
+def test_strict_report_fails_naming_each_missing_figure_or_record(synthetic_run, tmp_path, capsys):
+    run = copy_run(synthetic_run, tmp_path / "runs" / "strict")
+    backbones = sorted(json.loads((run / "final.json").read_text())["backbones"])
+    for backbone in backbones:  # the Grad-CAM grids `bench final` draws with a real model
+        (run / "figures").mkdir(exist_ok=True)
+        Image.new("RGB", (64, 48), (200, 40, 40)).save(run / "figures" / f"gradcam_{backbone}.png")
+    code, _, err = report(["--run", str(run), "--out", str(tmp_path / "clean"), "--quiet", "--strict"], capsys)
+    assert code == 0, err  # every section drawn, nothing missing
+
+    (run / "figures" / f"gradcam_{backbones[0]}.png").unlink()
+    (run / "history.csv").unlink()
+    code, _, err = report(["--run", str(run), "--out", str(tmp_path / "broken"), "--quiet", "--strict"], capsys)
+    message = " ".join(err.split())
+    assert code == 1 and "Traceback" not in err
+    assert "bench report --strict: " in message and str(tmp_path / "broken" / "index.html") in message
+    assert f"No Grad-CAM grid for {backbones[0]}" in message and f"No Grad-CAM grid for {backbones[1]}" not in message
+    assert "history.csv is missing" in message and "No training curves for" in message
+    assert (tmp_path / "broken" / "index.html").is_file()  # written anyway, to look at
 
 
 def test_run_without_a_completed_trial(run_dir, tmp_path, capsys):
@@ -380,6 +470,38 @@ def test_datasets_strategies_engines_and_cv_runs_together(tmp_path, capsys):
     board_c = pd.read_csv(out / "tables" / "leaderboard_set-c.csv")
     assert "cv-run" in set(board_c.study)  # a `bench cv` run is a one-trial entry
     assert f"bench cv --from-trial 0 --run {cv}" in md
+
+
+def test_each_dataset_ranks_by_the_direction_of_its_own_objective(tmp_path):
+    """set-b minimises log loss, set-a and set-c maximise balanced accuracy: ranks follow each manifest."""
+    from bench.report import stats
+    from bench.report import tables as T
+    from bench.report.collect import collect, find_run_dirs
+
+    runs = tmp_path / "runs"
+    for name, shift in (("set-a", 0.0), ("set-b", 0.3), ("set-c", -0.6)):
+        run = make_synthetic_run(runs / name / "tpe", dataset=name, skill_shift=shift)
+        for held_out in ("final.json", "test_metrics.csv", "test_predictions.csv"):  # rank the CV means (no ties)
+            (run / held_out).unlink()
+        if name == "set-b":
+            manifest = json.loads((run / "manifest.json").read_text())
+            manifest["objective"] = {"metric": "log_loss", "direction": "minimize"}
+            (run / "manifest.json").write_text(json.dumps(manifest))
+    coll = collect(find_run_dirs(runs), runs)
+    boards = {d: T.leaderboard(coll, d) for d in coll.datasets}
+    cross = T.cross_dataset(coll, boards)
+    ranks = cross.data.set_index("backbone")
+    expected = {}
+    for d, low_is_best in (("set-a", False), ("set-b", True), ("set-c", False)):
+        value = boards[d].set_index("backbone").objective_value
+        assert value.nunique() == len(value)  # no tie: a wrong direction would change the ranks
+        expected[d] = value.rank(ascending=low_is_best)
+        assert ranks[f"{d}_rank"].to_dict() == expected[d].to_dict(), d
+    mean_rank = pd.DataFrame(expected).mean(axis=1).to_dict()
+    assert ranks.mean_rank.to_dict() == pytest.approx(mean_rank)
+    table, _, message = T.friedman_table(coll, cross, stats)
+    assert table is not None, message
+    assert table.data.set_index("backbone").mean_rank.to_dict() == pytest.approx(mean_rank)
 
 
 def drop_trials_cv(run: Path) -> None:

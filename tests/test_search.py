@@ -289,4 +289,7 @@ def test_search_ends_with_the_held_out_evaluation(demo_search):
     assert not set(run.table("predictions").path) & set(preds.path)  # the search never saw them
     for info in final.values():
         assert (out / info["model"]).is_file() and info["refit_epochs"] >= 1
+        # The refit ran the recipe CV scored: an inner split to stop on, the LR of every epoch kept.
+        assert info["n_inner_val"] > 0 and info["n_train"] + info["n_inner_val"] == int((splits.fold >= 0).sum())
+        assert len(info["history"]["learning_rate"]) == info["refit_epochs"] == len(info["history"]["val_loss"])
     assert "Held-out evaluation" in text  # the refit itself runs (and prints) in a child process

@@ -181,6 +181,23 @@ def test_lower_is_better_reverses_the_ranks():
     assert low["chi2"] == pytest.approx(high["chi2"])
 
 
+def test_each_dataset_is_ranked_in_its_own_direction():
+    # ds0 scores a loss: its row ranked low-is-best equals the same row negated and ranked high-is-best.
+    table = random_table(n=6, k=4)
+    directions = {d: d != "ds0" for d in table.index}
+    mixed = stats.friedman(table, higher_is_better=directions)
+    flipped = table.copy()
+    flipped.loc["ds0"] = -flipped.loc["ds0"]
+    same = stats.friedman(flipped)
+    assert mixed["ranks"].to_numpy() == pytest.approx(same["ranks"].to_numpy())
+    assert mixed["chi2"] == pytest.approx(same["chi2"]) and mixed["avg_ranks"].equals(same["avg_ranks"])
+    k = table.shape[1]
+    assert mixed["ranks"].loc["ds0"].to_numpy() == pytest.approx(k + 1 - stats.friedman(table)["ranks"].loc["ds0"])
+    assert mixed["chi2"] != pytest.approx(stats.friedman(table)["chi2"])  # one direction for all is another test
+    with pytest.raises(ValueError, match="no direction for dataset"):
+        stats.friedman(table, higher_is_better={"ds0": False})
+
+
 def test_nemenyi_cd_for_four_models_on_ten_datasets():
     expected = 2.569 * math.sqrt(4 * 5 / (6 * 10))
     assert stats.nemenyi_cd(4, 10) == pytest.approx(expected, rel=1e-12)

@@ -351,10 +351,17 @@ def test_password_from_bench_environment_variable(postgres_url, password, tmp_pa
 
 
 def test_password_from_libpq_environment_variable(postgres_url, password, tmp_path, monkeypatch):
+    without = postgres_url.replace(f":{password}@", "@")
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="password"):  # the server wants one: the URL alone is refused
+        open_storage(without, tmp_path)
     monkeypatch.setenv("PGPASSWORD", password)
-    storage = open_storage(postgres_url.replace(f":{password}@", "@"), tmp_path)
-    optuna.create_study(storage=storage, study_name=f"test-{uuid.uuid4().hex[:8]}")
+    storage = open_storage(without, tmp_path)
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(storage=storage, study_name=name)
+    assert name in [s.name for s in list_studies(storage)]  # written to and read back from the server
+    assert password not in repr(storage) + describe_storage(storage)
 
 
 @pytest.mark.parametrize("where", ["url", "environment"])

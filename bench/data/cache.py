@@ -23,7 +23,7 @@ import numpy as np
 from filelock import FileLock
 
 from bench import paths
-from bench.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+from bench.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from bench.data import images
 from bench.data.index import DatasetIndex, OnError
 from bench.errors import DataError
@@ -60,7 +60,9 @@ class ImageFiles:
         h = hashlib.sha256()
         for rel, label in zip(index.paths, index.labels):
             st = (index.root / rel).stat()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n".encode())
+            line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n"
+            # surrogateescape: a name that is not UTF-8 hashes as its own bytes, losslessly.
+            h.update(line.encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def fill(self, index: DatasetIndex, size: int, resize: str, out: np.ndarray, on_error: OnError,
@@ -113,7 +115,7 @@ def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Pa
         del out
         meta = {"paths": list(index.paths), "size": size, "resize": resize, "failed": failed, "row_hashes": hashes,
                 "source": source}
-        atomic_write_text(meta_path, json.dumps(meta))
+        write_text_atomic(meta_path, json.dumps(meta))
 
 
 def load_or_build(

@@ -6,17 +6,21 @@ TIFFs, and the odd ``._scan.jpg`` left by macOS. This module turns any of them i
 ``(size, size, 3)`` uint8 RGB array, or raises :class:`UnreadableImage` naming the file.
 
 Importing this module raises Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` to
-:data:`MAX_PIXELS` (2**30) if it is lower; see the comment at that constant.
+:data:`MAX_PIXELS` (2**27) if it is lower, and sends Pillow's DecompressionBombWarning to the
+log; see the comment at that constant.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import operator
 import os
+import threading
+import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from bench.errors import ConfigError, DataError, close_matches
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -38,16 +44,21 @@ __all__ = [
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
-# Pillow refuses images over 2 * MAX_IMAGE_PIXELS (~179 Mpx by default) as possible
-# decompression bombs and warns above MAX_IMAGE_PIXELS. Crops from whole-slide pathology
-# scans are routinely bigger than that, so we allow up to 2**30 pixels (e.g. 32768 x 32768)
-# and enforce that limit ourselves right after reading the header, before any pixels are
-# decoded. The cost is memory: a 2**30-pixel RGB image is 3 GiB while it is being resized
-# (JPEGs much less, see `draft` below), once per decoding thread. We only ever raise Pillow's
-# limit, and leave it alone if someone disabled it (None) or set it higher on purpose.
-MAX_PIXELS = 2**30
+# The largest image decoded, checked from the header before any pixel is read. 2**27 pixels
+# (134 Mpx, e.g. 11585 x 11585 or 16384 x 8192) is far above any X-ray, CT slice, fundus photo or
+# histology tile (whole-slide scans are pyramidal files Pillow cannot open anyway), while bounding
+# one image's decode: an RGBA PNG at the limit, the worst case (4 bytes a pixel, then composited
+# on black), peaks at 1.7 GiB (measured). The README promises an oversized file is reported and
+# skipped, not that it takes the machine down; 2**30 let one file take 3.3 GiB per thread.
+# Pillow's own limit is raised to ours if lower (never lowered, and left alone if disabled), so
+# Pillow's DecompressionBombError (at twice its limit) only fires for files we refuse anyway.
+MAX_PIXELS = 2**27
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow warns in Image.open about any image over its limit, i.e. only about files the header
+# check below refuses and reports by path; the warning would only repeat that on the terminal
+# without the path, so it goes to the log instead (see _log_refusal).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Pillow's BILINEAR widens its kernel when shrinking, so it averages over the source area
 # (no aliasing, unlike the point-sampled bilinear of tf.image/cv2). reducing_gap=3 first
@@ -245,7 +256,7 @@ _REASONS: dict[type[BaseException], str] = {
     FileNotFoundError: "no such file",
     IsADirectoryError: "it is a folder, not a file",
     PermissionError: "permission denied",
-    Image.DecompressionBombError: "too large ({exc})",
+    Image.DecompressionBombError: "too large: {exc}",
     MemoryError: "out of memory while decoding it",
     EOFError: "the file ends early (truncated?)",
 }
@@ -266,37 +277,81 @@ def _reason(exc: BaseException, path: Path) -> str:
     return str(exc) or type(exc).__name__
 
 
+class PixelBudget:
+    """A counting semaphore over pixels: decoding threads together hold at most ``capacity``.
+
+    One thread per core decodes, so without it a few oversized (but allowed) images decoded at
+    once could need several times the memory of one. A request is capped at ``capacity``, so
+    one image always fits; small images (the usual case) still decode side by side.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = min(max(pixels, 0), self.capacity)
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= need)
+            self.free -= need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += need
+                self._cond.notify_all()
+
+
+_BUDGET = PixelBudget(MAX_PIXELS)
+
+
 def _decode_pil(path: Path, size: int, resizer: Resizer) -> Image.Image:
-    with Image.open(path, formats=_formats()) as im:
+    with Image.open(path, formats=_formats()) as im:  # reads the header only
         w, h = im.size
         if w * h > MAX_PIXELS:
             raise UnreadableImage(
                 path, f"too large: {w} x {h} = {w * h:,} pixels, over the limit of {MAX_PIXELS:,}"
             )
-        if isinstance(im, JpegImagePlugin.JpegImageFile):
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while staying >= size on both
-            # sides (so every resize mode still has enough pixels): about twice as fast.
-            im.draft("RGB", (size, size))
-        im.load()  # multi-frame files (TIFF stacks) load frame 0, where open() leaves them
-        # Phones and some scanners store pixels as captured plus an orientation tag; rotate
-        # so the array is what a viewer shows. The pixels have loaded fine by now, so broken
-        # EXIF metadata is no reason to lose the image: keep it as stored.
-        with contextlib.suppress(Exception):
-            ImageOps.exif_transpose(im, in_place=True)
-        small = resizer(_to_8bit(im), size)
+        with _BUDGET.hold(w * h):
+            return _decode_opened(im, size, resizer)
+
+
+def _decode_opened(im: Image.Image, size: int, resizer: Resizer) -> Image.Image:
+    if isinstance(im, JpegImagePlugin.JpegImageFile):
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while staying >= size on both
+        # sides (so every resize mode still has enough pixels): about twice as fast.
+        im.draft("RGB", (size, size))
+    im.load()  # multi-frame files (TIFF stacks) load frame 0, where open() leaves them
+    # Phones and some scanners store pixels as captured plus an orientation tag; rotate
+    # so the array is what a viewer shows. The pixels have loaded fine by now, so broken
+    # EXIF metadata is no reason to lose the image: keep it as stored.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(im, in_place=True)
+    small = resizer(_to_8bit(im), size)
     return small if small.mode == "RGB" else small.convert("RGB")
 
 
 def _decode_checked(path: Path, size: int, resizer: Resizer) -> Image.Image:
     try:
         return _decode_pil(path, size, resizer)
-    except UnreadableImage:
+    except UnreadableImage as err:
+        _log_refusal(err)
         raise
     # Deliberately broad: Pillow's plugins raise OSError, SyntaxError, struct.error,
     # IndexError, ValueError, EOFError and more on malformed files, and a caller decoding
     # 100k files needs one exception type to catch. The original stays as __cause__.
     except Exception as exc:
-        raise UnreadableImage(path, _reason(exc, path)) from exc
+        err = UnreadableImage(path, _reason(exc, path))
+        _log_refusal(err)
+        raise err from exc
+
+
+def _log_refusal(err: UnreadableImage) -> None:
+    # Where Pillow's DecompressionBombWarning would have gone (it is filtered, see MAX_PIXELS).
+    if err.reason.startswith("too large"):
+        log.info("refused %s as a possible decompression bomb: %s", err.path, err.reason)
 
 
 def decode_image(path: Path, size: int, resize: str = "squash") -> np.ndarray:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import os
+import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.config import DatasetSpec
 from bench.data.images import is_image_file
+from bench.data.walk import walk_files
 from bench.errors import DataError
 
 
@@ -56,6 +57,9 @@ class DatasetIndex:
     official_test: np.ndarray | None  # bool per image, when the dataset defines its test split
     spec: DatasetSpec
     ignored: tuple[str, ...] = field(default=())  # non-image files seen (hidden files not listed)
+    # (path, reason) of what the folder walk did not enter or list: links that leave the folder or
+    # lead somewhere already listed, names that are not UTF-8 (see bench.data.walk)
+    passed_over: tuple[tuple[str, str], ...] = field(default=())
     pixels: PixelSource | None = None  # None: the image files at root / path
 
     def __len__(self) -> int:
@@ -77,28 +81,42 @@ class DatasetIndex:
             official_test=None if self.official_test is None else self.official_test[idx],
             spec=self.spec,
             ignored=self.ignored,
+            passed_over=self.passed_over,
             pixels=self.pixels,
         )
 
+    def without_classes(self, names: set[str] | list[str]) -> tuple[DatasetIndex, np.ndarray]:
+        """The index without every image of these classes, labels re-numbered over the classes left.
 
-def _walk_images(root: Path, ignore: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        Returns ``(index, keep)``; ``keep`` (bool per row of this index) selects the same rows elsewhere.
+        """
+        kept_classes = tuple(c for c in self.classes if c not in names)
+        renumber = np.array([kept_classes.index(c) if c in kept_classes else -1 for c in self.classes])
+        keep = renumber[self.labels] >= 0
+        index = self.subset(keep)
+        return replace(index, labels=renumber[index.labels], classes=kept_classes), keep
+
+
+@dataclass(frozen=True)
+class _Walk:
+    images: list[str]
+    others: list[str]  # non-image files
+    passed_over: list[tuple[str, str]]
+
+
+def _walk_images(root: Path, ignore: tuple[str, ...]) -> _Walk:
+    files, passed_over = walk_files(root)
     images: list[str] = []
     others: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            rel = (rel_dir / name).as_posix()
-            if any(fnmatch.fnmatch(rel, pat) for pat in ignore):
-                continue
-            (images if is_image_file(Path(name)) else others).append(rel)
-    return images, others
+    for rel in files:
+        if any(fnmatch.fnmatch(rel, pat) for pat in ignore):
+            continue
+        (images if is_image_file(Path(PurePosixPath(rel).name)) else others).append(rel)
+    return _Walk(images, others, passed_over)
 
 
-def _from_folders(spec: DatasetSpec, root: Path) -> tuple[list[str], list[str], list[dict]]:
-    images, others = _walk_images(root, spec.layout.ignore)
+def _from_folders(spec: DatasetSpec, walk: _Walk) -> tuple[list[str], list[str], list[dict]]:
+    images = walk.images
     test_folder = spec.test.folder if spec.test.kind == "folder" else None
     paths, labels, rows = [], [], []
     level = spec.layout.class_level
@@ -144,6 +162,7 @@ def _from_manifest(spec: DatasetSpec, root: Path) -> tuple[list[str], list[str],
             )
     root_resolved = root.resolve()
     paths, labels = [], []
+    first_line: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         rel = (row[lay.path_column] or "").strip()
         label = (row[lay.label_column] or "").strip()
@@ -155,7 +174,13 @@ def _from_manifest(spec: DatasetSpec, root: Path) -> tuple[list[str], list[str],
             raise DataError(f"{where}: path '{rel}' lies outside the dataset folder {root}. Use paths relative to it.")
         if not target.is_file():
             raise DataError(f"{where}: label '{label}' names '{rel}', but there is no such file under {root}.")
-        paths.append(PurePosixPath(rel).as_posix())
+        clean = posixpath.normpath(PurePosixPath(rel).as_posix())
+        if clean in first_line:
+            # One file listed twice would sit in two rows, possibly two classes, in the same fold.
+            raise DataError(f"{where}: '{rel}' is already listed on line {first_line[clean]}. List each image "
+                            f"once, with its one label.")
+        first_line[clean] = line
+        paths.append(clean)
         labels.append(label)
     return paths, labels, rows
 
@@ -220,10 +245,10 @@ def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
         raise DataError(f"{root} is not a folder. Give a folder with one subfolder per class.")
     if spec.layout.kind == "manifest":
         paths, names, rows = _from_manifest(spec, root)
-        others: list[str] = []
+        walk = _Walk([], [], [])
     else:
-        paths, names, rows = _from_folders(spec, root)
-        others = _walk_images(root, spec.layout.ignore)[1]
+        walk = _walk_images(root, spec.layout.ignore)
+        paths, names, rows = _from_folders(spec, walk)
     if not paths:
         raise DataError(
             f"{root} holds no images in class folders (looked for {', '.join(sorted(_suffixes()))} "
@@ -258,7 +283,8 @@ def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
         groups=tuple(groups),
         official_test=official,
         spec=spec,
-        ignored=tuple(others),
+        ignored=tuple(walk.others),
+        passed_over=tuple(walk.passed_over),
     )
 
 

@@ -50,21 +50,21 @@ def _looks_like_path(name: str) -> bool:
 def folder_spec(folder: Path, *, group_regex: str | None = None) -> DatasetSpec:
     """A spec for a folder with no registry entry.
 
-    Class-per-folder by default; a ``manifest.csv`` with ``path`` and ``label`` columns in the
-    folder is used instead when present, and its group column (patient, group, ...) keeps
-    patients together.
+    Class-per-folder by default; a ``manifest.csv`` in the folder is used instead when present
+    (it must have ``path`` and ``label`` columns), and its group column (patient, group, ...)
+    keeps patients together.
     """
     layout = LayoutSpec(kind="folders")
     groups = GroupSpec()
     manifest = folder / "manifest.csv"
     if manifest.is_file():
-        with open(manifest, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-        if "path" in header and "label" in header:
-            layout = LayoutSpec(kind="manifest", file="manifest.csv")
-            column = next((c for c in GROUP_COLUMNS if c in header), None)
-            if column:
-                groups = GroupSpec(kind="column", column=column)
+        # A manifest that is there was put there to be used: ignoring it would silently fall back
+        # to folder names and lose its patient column.
+        header = _manifest_header(manifest)
+        layout = LayoutSpec(kind="manifest", file="manifest.csv")
+        column = next((c for c in GROUP_COLUMNS if c in header), None)
+        if column:
+            groups = GroupSpec(kind="column", column=column)
     if group_regex:
         groups = GroupSpec(kind="regex", pattern=group_regex)
     name = folder.resolve().name or "folder"
@@ -80,6 +80,26 @@ def folder_spec(folder: Path, *, group_regex: str | None = None) -> DatasetSpec:
         license="unknown (local folder)",
     )
     return validate(spec, f"--dataset {folder}")
+
+
+def _manifest_header(manifest: Path) -> list[str]:
+    """The columns of a folder's manifest.csv, which must include ``path`` and ``label``."""
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{manifest} is not a readable UTF-8 CSV file ({err}). Fix it, or rename it to use the "
+                        f"class folder names instead.") from None
+    missing = [c for c in ("path", "label") if c not in header]
+    if missing:
+        found = ", ".join(repr(c) for c in header) or "none"
+        raise DataError(
+            f"{manifest}, line 1: the header needs columns 'path' and 'label' (optionally one of "
+            f"{', '.join(GROUP_COLUMNS)} for patients); it has {found}, so {' and '.join(repr(c) for c in missing)} "
+            f"is missing. Rename the header's columns (e.g. 'path,label,patient'), or rename or remove "
+            f"manifest.csv to take labels from the class folder names instead."
+        )
+    return header
 
 
 def resolve(name: str, *, registry_path: Path | None = None, group_regex: str | None = None) -> tuple[DatasetSpec, Path]:

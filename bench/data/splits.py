@@ -3,34 +3,60 @@
 Groups (patients, videos) never straddle the test/train boundary or two folds. Exact duplicate
 images (identical decoded pixels) are merged into one group first, so a copied image cannot
 leak from training into validation.
+
+An official test split is kept exactly as published, so results stay comparable with papers.
+Published splits do not always keep patients whole (Kermany's shares patients between its train
+and test folders): under the ``clean`` policy every image whose group also has an image in the
+test set is *excluded*, in neither the CV pool nor the test set. ``as-published`` keeps those
+images in the CV pool and only counts them, for the report's warning. The rule is the same for a
+test set bench draws itself; there it never excludes anything, since it takes whole groups.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from bench.config import OFFICIAL_TEST_POLICIES
 from bench.errors import DataError
+
+EXCLUDED_BECAUSE = "its group also has images in the test set"
 
 
 @dataclass(frozen=True)
 class Splits:
     groups: np.ndarray  # group id (int) per image, after duplicate merging
     test: np.ndarray  # bool per image: held-out test set
-    fold: np.ndarray  # int per image: CV fold 0..k-1, -1 for test images
+    fold: np.ndarray  # int per image: CV fold 0..k-1; -1 for test and excluded images
     folds: int
     seed: int
     rule: str  # how the test set was chosen, for the manifest and reports
     duplicates: int  # images that duplicate another image's pixels
     duplicate_groups_merged: int
+    # bool per image: in neither CV nor test, because its group also has test images ("clean")
+    excluded: np.ndarray
+    official_test: str = "clean"  # the policy (OFFICIAL_TEST_POLICIES)
+    shared_groups: int = 0  # groups with images on both sides of the test split as chosen
+    shared_images: int = 0  # their images outside the test set (excluded under "clean")
+    # classes left out by --min-class-images: name -> {"cv_images": n, "test_images": m}
+    dropped_classes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def cv(self) -> np.ndarray:
+        """bool per image: in the cross-validation pool (the only images a search or refit trains on)."""
+        return self.fold >= 0
+
+    def split_names(self) -> np.ndarray:
+        """``cv``, ``test`` or ``excluded`` per image."""
+        return np.where(self.test, "test", np.where(self.cv, "cv", "excluded"))
 
     def fold_masks(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(train, validation)`` bool masks of fold k."""
         val = self.fold == k
-        return (self.fold >= 0) & ~val, val
+        return self.cv & ~val, val
 
 
 def merge_duplicates(groups: list[str] | tuple[str, ...], row_hashes: tuple[str, ...]) -> tuple[np.ndarray, int, int]:
@@ -93,20 +119,29 @@ def stratified_group_fraction(labels: np.ndarray, groups: np.ndarray, fraction: 
     return np.isin(groups, list(chosen))
 
 
-def make_splits(
-    labels: np.ndarray,
-    groups: np.ndarray,
-    classes: tuple[str, ...],
-    *,
-    folds: int,
-    seed: int = 0,
-    official_test: np.ndarray | None = None,
-    test_fraction: float = 0.2,
-    group_word: str = "group",
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(test_mask, fold_per_image, rule)``; raises DataError when a class is too small for k folds."""
-    if folds < 2:
-        raise DataError(f"--folds must be at least 2, got {folds}.")
+@dataclass(frozen=True)
+class HeldOut:
+    """The test set and what it takes out of the CV pool (see the module docstring)."""
+
+    test: np.ndarray  # bool per image
+    excluded: np.ndarray  # bool per image: its group also has test images (policy "clean")
+    rule: str
+    shared_groups: int
+    shared_images: int
+
+    @property
+    def pool(self) -> np.ndarray:
+        return ~self.test & ~self.excluded
+
+
+def hold_out(labels: np.ndarray, groups: np.ndarray, *, official_test: np.ndarray | None, test_fraction: float,
+             seed: int, policy: str = "clean") -> HeldOut:
+    """The test set (official, else a stratified fraction of whole groups) and the images it excludes.
+
+    One path for every rule, so that "no group on both sides" holds whichever chose the test set.
+    """
+    if policy not in OFFICIAL_TEST_POLICIES:
+        raise DataError(f"The official-test policy must be one of {', '.join(OFFICIAL_TEST_POLICIES)}, got {policy!r}.")
     if official_test is not None:
         test = official_test.astype(bool)
         rule = "official test split"
@@ -115,21 +150,68 @@ def make_splits(
     else:
         test = stratified_group_fraction(labels, groups, test_fraction, seed)
         rule = f"stratified group fraction {test_fraction:g} (seed {seed})"
-    pool = np.flatnonzero(~test)
-    for c, name in enumerate(classes):
-        in_class = pool[labels[pool] == c]
-        n_groups = len(np.unique(groups[in_class]))
-        if n_groups < folds:
-            raise DataError(
-                f"Class '{name}' has {len(in_class)} image(s) from {n_groups} {group_word}(s) in the "
-                f"cross-validation part, fewer than --folds {folds}: every fold needs one. "
-                f"Use --folds {max(2, n_groups)} or fewer, or add images of '{name}'."
-            )
+    shared = np.isin(groups, np.unique(groups[test])) & ~test
+    excluded = shared if policy == "clean" else np.zeros_like(shared)
+    return HeldOut(test, excluded, rule, int(len(np.unique(groups[shared]))), int(shared.sum()))
+
+
+def assign_folds(labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, classes: tuple[str, ...], *,
+                 folds: int, seed: int, group_word: str = "group") -> np.ndarray:
+    """Fold 0..k-1 per image of ``pool`` (-1 elsewhere); a DataError naming every class too small for k."""
+    if folds < 2:
+        raise DataError(f"--folds must be at least 2, got {folds}.")
+    rows = np.flatnonzero(pool)
+    images = {name: int((labels[rows] == c).sum()) for c, name in enumerate(classes)}
+    n_groups = {name: len(np.unique(groups[rows[labels[rows] == c]])) for c, name in enumerate(classes)}
+    too_small = [name for name in classes if n_groups[name] < folds]
+    if too_small:
+        raise DataError(_too_small_message(too_small, images, n_groups, folds, group_word))
     fold = np.full(len(labels), -1, dtype=np.int64)
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (_, val) in enumerate(cv.split(np.zeros(len(pool)), labels[pool], groups[pool])):
-        fold[pool[val]] = k
-    return test, fold, rule
+    for k, (_, val) in enumerate(cv.split(np.zeros(len(rows)), labels[rows], groups[rows])):
+        fold[rows[val]] = k
+    return fold
+
+
+def _too_small_message(too_small: list[str], images: dict[str, int], n_groups: dict[str, int], folds: int,
+                       group_word: str) -> str:
+    listing = "; ".join(f"Class '{c}' has {images[c]} image(s) from {n_groups[c]} {group_word}(s) in the "
+                        f"cross-validation pool" for c in too_small)
+    head = f"{listing}: fewer than --folds {folds}, and every fold needs one of each class."
+    largest = min(n_groups.values())
+    # The --min-class-images value that leaves out exactly the classes with at most as many images.
+    n = max(images[c] for c in too_small) + 1
+    dropped = [c for c, k in images.items() if k < n]
+    drop = (f", or leave such classes out with --min-class-images {n} (it drops every class with fewer than {n} "
+            f"images in the CV pool: {', '.join(repr(c) for c in dropped)})" if len(images) - len(dropped) >= 2 else "")
+    if largest >= 2:
+        return f"{head} Use --folds {largest} (the largest that works){drop}."
+    return (f"{head} Not even 2 folds can work: add images of {', '.join(repr(c) for c in too_small)} from at least "
+            f"2 {group_word}s{drop}.")
+
+
+def classes_below(labels: np.ndarray, groups: tuple[str, ...], row_hashes: tuple[str, ...],
+                  classes: tuple[str, ...], minimum: int, *, seed: int = 0,
+                  official_test: np.ndarray | None = None, test_fraction: float = 0.2,
+                  policy: str = "clean") -> dict[str, dict[str, int]]:
+    """Classes with fewer than ``minimum`` images in the CV pool (``--min-class-images``).
+
+    Returns name -> {"cv_images", "test_images"}: what leaving each class out takes away.
+    """
+    if minimum <= 0:
+        return {}
+    ids, _, _ = merge_duplicates(groups, row_hashes)
+    held = hold_out(labels, ids, official_test=official_test, test_fraction=test_fraction, seed=seed, policy=policy)
+    out = {}
+    for c, name in enumerate(classes):
+        in_class = labels == c
+        n_cv = int((held.pool & in_class).sum())
+        if n_cv < minimum:
+            out[name] = {"cv_images": n_cv, "test_images": int((held.test & in_class).sum())}
+    if len(classes) - len(out) < 2:
+        raise DataError(f"--min-class-images {minimum} would leave fewer than two classes (it drops "
+                        f"{', '.join(repr(c) for c in out)}): lower it.")
+    return out
 
 
 def build_splits(
@@ -143,14 +225,19 @@ def build_splits(
     official_test: np.ndarray | None = None,
     test_fraction: float = 0.2,
     group_word: str = "group",
+    policy: str = "clean",
+    dropped_classes: dict[str, dict[str, int]] | None = None,
 ) -> Splits:
-    """Merge exact duplicates into groups, then choose the test set and the folds."""
+    """Merge exact duplicates into groups, choose the test set, exclude what it shares, then the folds.
+
+    ``dropped_classes`` only records what ``classes_below`` left out before these labels were made.
+    """
     ids, duplicates, merged = merge_duplicates(groups, row_hashes)
-    test, fold, rule = make_splits(
-        labels, ids, classes, folds=folds, seed=seed, official_test=official_test,
-        test_fraction=test_fraction, group_word=group_word,
-    )
+    held = hold_out(labels, ids, official_test=official_test, test_fraction=test_fraction, seed=seed, policy=policy)
+    fold = assign_folds(labels, ids, held.pool, classes, folds=folds, seed=seed, group_word=group_word)
     return Splits(
-        groups=ids, test=test, fold=fold, folds=folds, seed=seed, rule=rule,
-        duplicates=duplicates, duplicate_groups_merged=merged,
+        groups=ids, test=held.test, fold=fold, folds=folds, seed=seed, rule=held.rule,
+        duplicates=duplicates, duplicate_groups_merged=merged, excluded=held.excluded, official_test=policy,
+        shared_groups=held.shared_groups, shared_images=held.shared_images,
+        dropped_classes=dict(dropped_classes or {}),
     )

@@ -2,9 +2,10 @@
 
 For a dataset whose registry entry names a baseline table (``baselines = { table = ... }``,
 recorded in the run manifest), the leaderboard section gains one table: each leaderboard
-model's held-out test AUC and accuracy with their bootstrap CIs, then the published rows of
-``bench/baselines/<table>.csv`` exactly as the paper prints them, with the citation, the metric
-definitions both sides share, and one line on how the published recipes differ from bench's.
+model's held-out test AUC and accuracy with their bootstrap CIs (over patients where the dataset
+has patient ids, the caption says which), then the published rows of ``bench/baselines/<table>.csv``
+exactly as the paper prints them, with the citation, the metric definitions both sides share, and
+one line on how the published recipes differ from bench's.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _bench_rows(coll: Collection, dataset: str, board: pd.DataFrame) -> list[dic
             "dataset": dataset, "kind": "bench", "method": f"bench: {r.backbone} ({r.study} #{r.trial})",
             "image_size": (coll.configs.get((dataset, r.study, int(r.trial))) or {}).get("size", default_size),
             "n_images": int(sub.n_images.iloc[0]) if "n_images" in sub else math.nan,
+            "n_units": int(sub.n_units.iloc[0]) if "n_units" in sub else math.nan,
+            "unit": str(sub.unit.iloc[0]) if "unit" in sub else None,
             "source": "this report: refit on train + val, scored once on the held-out test split",
             "citation": "",
         }
@@ -63,7 +66,8 @@ def _published_rows(dataset: str, found: tuple[published.Baseline, ...]) -> list
     for b in found:
         row = rows.setdefault(b.method, {
             "dataset": dataset, "kind": "published", "method": b.method, "image_size": b.image_size,
-            "n_images": math.nan, "source": f"as reported: {b.source}", "citation": b.citation,
+            "n_images": math.nan, "n_units": math.nan, "unit": None, "source": f"as reported: {b.source}",
+            "citation": b.citation,
             **{k: math.nan for m, _ in METRICS for k in (m, f"{m}_low", f"{m}_high")},
         })
         row[b.metric] = b.value  # published without a CI: low/high stay empty
@@ -99,7 +103,7 @@ def baselines_section(coll: Collection, dataset: str, board: pd.DataFrame) -> tu
     classes = coll.classes(dataset)
     ours = _bench_rows(coll, dataset, board)
     data = pd.DataFrame(ours + _published_rows(dataset, found))
-    for column in ("image_size", "n_images"):  # whole numbers, empty where unknown (also in the CSV)
+    for column in ("image_size", "n_images", "n_units"):  # whole numbers, empty where unknown (also in the CSV)
         data[column] = pd.to_numeric(data[column], errors="coerce").astype("Int64")
     citations = list(dict.fromkeys(b.citation for b in found))
     sources = ", ".join(dict.fromkeys(b.source for b in found))
@@ -113,8 +117,9 @@ def baselines_section(coll: Collection, dataset: str, board: pd.DataFrame) -> tu
         "source": data.source,
     })
     bold = best_mask(data, display, {label: (m, "max") for m, label in METRICS})
+    over = T.resampled(data.n_units, data.unit, data.n_images)
     caption = (f"The official test split ({count(n_test)} images): bench's leaderboard models, each refit and scored "
-               f"once (bootstrap 95% CI), beside the published results of {sources}, copied as reported (the paper "
+               f"once (95% CI by {over}), beside the published results of {sources}, copied as reported (the paper "
                f"gives no CI). Same metric definitions on both sides, MedMNIST's evaluator's: "
                f"{definitions(len(classes) == 2)}. Best per column in bold. Published: {' '.join(citations)}")
     table = Table(slug("literature", dataset), f"{dataset}: beside the literature", caption, data, display, bold,

@@ -11,7 +11,7 @@ for the same trial number (two separate SQLite studies with the default name) ar
 the later one becomes its own study, named ``<study>@<run>``, and a note says so.
 
 Missing or unreadable files never raise: each becomes a ``Note`` that the report shows in the
-section that needed the file.
+section that needed the file, marked as a problem (``bench report --strict`` fails on those).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import DataError
-from bench.results import FILES, RunDir
+from bench.results import FILES, RunDir, trial_record
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc")
 DEFAULT_OBJECTIVE = {"metric": "balanced_accuracy", "direction": "maximize"}
@@ -58,6 +58,7 @@ class Note:
     text: str
     dataset: str | None = None  # None: about the whole report
     section: str = "overview"  # overview, leaderboard, models, search, significance, ...
+    problem: bool = True  # something is missing or broken (--strict fails), not just a fact worth knowing
 
 
 @dataclass
@@ -309,7 +310,8 @@ def _split_conflicting_studies(runs: list[Run], trials: dict[str, pd.DataFrame],
             new = f"{run.study}@{run.label}"
             notes.append(Note(f"{run.label} and {first_label[key]} both call their study '{run.study}' but record "
                               f"different results for the same trial numbers: they are separate studies (separate "
-                              f"storages) and are reported apart, this one as '{new}'.", run.dataset))
+                              f"storages) and are reported apart, this one as '{new}'.", run.dataset,
+                              problem=False))
             run.study = new
             key = (run.dataset, run.study)
             known = None
@@ -372,13 +374,8 @@ def _rows_from_study(run: Run, numbers: list[int], study: Any) -> pd.DataFrame:
         t = by_number.get(n)
         if t is None or t.state.name not in ("COMPLETE", "PRUNED", "FAIL"):
             continue
-        attrs = t.user_attrs
-        config = attrs.get("config") or dict(t.params)
-        rows.append({"number": n, "state": t.state.name, "value": t.value,
-                     "backbone": config.get("backbone") or t.params.get("backbone"),
-                     "params": json.dumps(config, sort_keys=True, default=str), "seconds": attrs.get("seconds"),
-                     "pruned_at_fold": attrs.get("pruned_at_fold"), "fail_reason": attrs.get("fail_reason"),
-                     "engine": "optuna", "host": (attrs.get("worker") or {}).get("host")})
+        row = trial_record(t)
+        rows.append({**row, "params": json.dumps(row["params"], sort_keys=True, default=str)})
     return pd.DataFrame(rows)
 
 
@@ -394,7 +391,7 @@ def _in_flight(run: Run, trials: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFr
         ok = int((group.status == "ok").sum()) if "status" in group else len(group)
         rows.append({"number": int(number), "state": "INTERRUPTED", "value": math.nan,
                      "backbone": str(group.backbone.iloc[0]) if "backbone" in group else "?", "params": "{}",
-                     "seconds": math.nan, "pruned_at_fold": math.nan,
+                     "seconds": math.nan, "pruned_at_fold": math.nan, "pruned_at_epoch": math.nan,
                      "fail_reason": f"no record of its end: {ok} fold(s) finished when {run.label} stopped",
                      "engine": run.engine, "host": None, "_in_flight": True})
     return pd.DataFrame(rows)

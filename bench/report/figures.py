@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.report.collect import Note
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
 
@@ -119,7 +121,7 @@ def roc_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], positiv
 
 
 def training_curves_figure(history: pd.DataFrame, folder: Path, name: str, title: str, caption: str) -> Figure | None:
-    """Loss and accuracy per epoch: train solid, validation dashed, one colour per fold."""
+    """Loss and accuracy per epoch: train solid, inner validation split dashed, one colour per fold."""
     panels = [(m, f"val_{m}") for m in ("loss", "accuracy") if m in set(history.metric)]
     if not panels:
         return None
@@ -132,7 +134,7 @@ def training_curves_figure(history: pd.DataFrame, folder: Path, name: str, title
                 r = rows[rows.metric == metric].sort_values("epoch")
                 if len(r):
                     ax.plot(r.epoch, r.value, linestyle=style, marker="o", markersize=3, color=color,
-                            label=f"fold {int(fold) + 1} {'train' if metric == train else 'validation'}")
+                            label=f"fold {int(fold) + 1} {'train' if metric == train else 'inner val'}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(train)
         ax.set_title(train)
@@ -159,10 +161,11 @@ def _figure_of(result: Any) -> Any:
     return ax.figure
 
 
-def optuna_figures(study: Any, folder: Path, prefix: str, label: str) -> tuple[list[Figure], list[str], dict]:
+def optuna_figures(study: Any, folder: Path, prefix: str, label: str) -> tuple[list[Figure], list[Note], dict]:
     """Optuna's history, importances, parallel coordinates and slice plots.
 
-    Returns (figures, notes about skipped plots, importances {param: value}).
+    Returns (figures, notes about skipped plots, importances {param: value}); a plot that failed
+    is a problem, one that the study cannot have (too few trials, nothing varies) is not.
     """
     _quiet_optuna()
     import matplotlib.pyplot as plt
@@ -171,12 +174,12 @@ def optuna_figures(study: Any, folder: Path, prefix: str, label: str) -> tuple[l
     from optuna.visualization import matplotlib as ov
 
     figures: list[Figure] = []
-    notes: list[str] = []
+    notes: list[Note] = []
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     varying = sorted({p for t in complete for p in t.params
                       if len({repr(u.params.get(p)) for u in complete}) > 1})
     if not complete:
-        return figures, [f"{label}: no completed trial in the Optuna study, so no search plots."], {}
+        return figures, [Note(f"{label}: no completed trial in the Optuna study, so no search plots.")], {}
 
     def draw(kind: str, title: str, caption: str, fn: Any, size: tuple[float, float]) -> None:
         try:
@@ -188,25 +191,25 @@ def optuna_figures(study: Any, folder: Path, prefix: str, label: str) -> tuple[l
             figures.append(save(fig, folder, f"{prefix}_{kind}", title, caption, tight=True))
         except Exception as err:  # Optuna refuses some studies (e.g. one distinct value): say so
             plt.close("all")
-            notes.append(f"{label}: {title.lower()} not drawn ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200] if str(err) else ''}).")
+            notes.append(Note(f"{label}: {title.lower()} not drawn ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else ''})."))
 
     draw("history", "Optimization history",
          "Each trial's objective value (mean over the CV folds) and the best so far, by trial number.",
          lambda: ov.plot_optimization_history(study), (7.0, 4.0))
     importances: dict[str, float] = {}
     if len(complete) < 2 or not varying:
-        notes.append(f"{label}: parameter importances need at least 2 completed trials whose parameters vary; "
-                     f"this study has {len(complete)} completed trial(s)"
-                     f"{'' if varying else ' with no varying parameter'}.")
+        notes.append(Note(f"{label}: parameter importances need at least 2 completed trials whose parameters "
+                          f"vary; this study has {len(complete)} completed trial(s)"
+                          f"{'' if varying else ' with no varying parameter'}.", problem=False))
     else:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
         except Exception as err:
-            notes.append(f"{label}: parameter importances not computed ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200] if str(err) else ''}).")
+            notes.append(Note(f"{label}: parameter importances not computed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else ''})."))
         if importances:
             draw("importances", "Parameter importances",
                  "fANOVA importance of each searched parameter for the objective (Optuna, seed 0).",
@@ -220,8 +223,8 @@ def optuna_figures(study: Any, folder: Path, prefix: str, label: str) -> tuple[l
              "The objective against each parameter on its own (colour: trial number).",
              lambda: ov.plot_slice(study), (max(6.0, 4.2 * len(varying) + 1.5), 4.0))
     else:
-        notes.append(f"{label}: no parameter varies between the completed trials, so no parallel-coordinate or "
-                     f"slice plots.")
+        notes.append(Note(f"{label}: no parameter varies between the completed trials, so no parallel-coordinate "
+                          f"or slice plots.", problem=False))
     return figures, notes, importances
 
 

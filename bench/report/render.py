@@ -8,7 +8,10 @@ headless browser can check there were none.
 
 A part of the report that cannot be drawn from the records at hand (a missing file, an
 interrupted run, a study Optuna refuses to plot) becomes a visible note in its section rather
-than an exception. Set ``BENCH_REPORT_STRICT=1`` to let such exceptions through (tests do).
+than an exception. Such notes are marked as problems (``Report.problems``; ``bench report
+--strict`` exits non-zero naming them), unlike notes that only state a fact (a study that
+optimised another metric, a search too small for parameter importances). Set
+``BENCH_REPORT_STRICT=1`` to let unexpected exceptions through instead (tests do).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from bench import __version__
 from bench import metrics as M
 from bench.report import figures as F
 from bench.report import tables as T
-from bench.report.collect import Collection, collect, resolve_runs
+from bench.report.collect import Collection, Note, collect, resolve_runs
 from bench.report.figures import Figure
 from bench.report.tables import Table, slug
 
@@ -65,6 +68,7 @@ class Para:
 @dataclass
 class NoteBlock:
     text: str
+    problem: bool = False  # something could not be drawn or is missing, not just a fact
 
 
 @dataclass
@@ -87,6 +91,11 @@ class Report:
     notes: list[str]
     collection: Collection
     blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        """The notes that say a part could not be drawn or a record is missing (what --strict fails on)."""
+        return [b.text for b in self.blocks if isinstance(b, NoteBlock) and b.problem]
 
     @property
     def terminal_tables(self) -> list[Table]:
@@ -127,8 +136,15 @@ class Builder:
     def para(self, text: str) -> None:
         self.blocks.append(Para(text))
 
-    def note(self, text: str) -> None:
-        self.blocks.append(NoteBlock(text))
+    def note(self, text: str, problem: bool = False) -> None:
+        self.blocks.append(NoteBlock(text, problem))
+
+    def problem(self, text: str) -> None:
+        self.note(text, problem=True)
+
+    def notes(self, notes: Sequence[Note]) -> None:
+        for n in notes:
+            self.note(n.text, n.problem)
 
     def table(self, table: Table | None) -> None:
         if table is None:
@@ -157,7 +173,7 @@ class Builder:
             first = str(err).splitlines()[0] if str(err) else ""
             message = f"{what} could not be produced: {type(err).__name__}: {first}"
             self.problems.append(message)
-            self.note(message)
+            self.problem(message)
 
     # ---- the sections ------------------------------------------------------------------------
     def build(self) -> list[Block]:
@@ -177,9 +193,7 @@ class Builder:
                   f"({', '.join(f'`{r.label}`' for r in coll.runs[:12])}{' ...' if len(coll.runs) > 12 else ''}). "
                   f"Every table says which split and how many images it comes from; CSV files of every table are "
                   f"in `tables/`.")
-        global_notes = [n.text for n in coll.notes if n.dataset is None]
-        for text in global_notes:
-            self.note(text)
+        self.notes([n for n in coll.notes if n.dataset is None])
         self.guard("The overview", self.overview)
         self.guard("The leaderboards", self.leaderboards)
         self.guard("The cross-dataset table", self.cross)
@@ -191,7 +205,7 @@ class Builder:
         self.guard("The reproduce table", self.reproduce)
         for text in self.problems:
             if text not in [b.text for b in self.blocks if isinstance(b, NoteBlock)]:
-                self.note(text)
+                self.problem(text)
         return self.blocks
 
     def overview(self) -> None:
@@ -199,9 +213,9 @@ class Builder:
         self.heading(2, SECTIONS["overview"])
         for d in coll.datasets:
             self.heading(3, d)
-            for note in coll.notes:
-                if note.dataset == d and note.section == "overview":
-                    self.note(note.text)
+            self.notes(coll.notes_for(d, "overview"))
+            for text in T.split_warnings(coll, d):
+                self.note(text)  # a policy the user chose: a fact, not a problem
             self.guard(f"{d}: the dataset table", lambda d=d: self.table(T.dataset_overview(coll, d)))
             self.guard(f"{d}: the runs table", lambda d=d: self.table(T.runs_overview(coll, d)))
 
@@ -215,12 +229,11 @@ class Builder:
                 states = T.trials_of(coll, d)
                 counts = states.state.value_counts().to_dict() if not states.empty else {}
                 what = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no finished trials"
-                self.note(f"No completed trial on {d} ({what}), so there is no leaderboard. Runs: "
-                          f"{', '.join(r.label + ' (' + r.status + ')' for r in coll.runs_of(d))}.")
+                self.problem(f"No completed trial on {d} ({what}), so there is no leaderboard. Runs: "
+                             f"{', '.join(r.label + ' (' + r.status + ')' for r in coll.runs_of(d))}.")
                 continue
             self.table(T.leaderboard_table(coll, d, board))
-            for text in T.leaderboard_notes(coll, d, board):
-                self.note(text)
+            self.notes(T.leaderboard_notes(coll, d, board))
             self.guard(f"{d}: the test table",
                        lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board)))
             self.guard(f"{d}: the published baselines", lambda d=d, board=board: self.literature(d, board))
@@ -243,7 +256,7 @@ class Builder:
         self.heading(2, SECTIONS["cross"])
         self.cross_table = T.cross_dataset(self.coll, self.boards)
         if self.cross_table is None:
-            self.note("No dataset has a completed trial yet.")
+            self.problem("No dataset has a completed trial yet.")
             return
         self.table(self.cross_table)
         if len(self.coll.datasets) == 1:
@@ -296,7 +309,7 @@ class Builder:
         ev = T.model_eval(coll, d, row)
         name = slug(d, row.backbone)
         if isinstance(ev, str):
-            self.note(f"No confusion matrix or ROC curve for {row.backbone}: {ev}.")
+            self.problem(f"No confusion matrix or ROC curve for {row.backbone}: {ev}.")
         else:
             self.para(f"Evaluated on: **{ev.phrase}**" + (" (the held-out test set)." if ev.source == "test" else
                       " (no held-out evaluation yet)."))
@@ -319,10 +332,12 @@ class Builder:
         if len(hist):
             fig = F.training_curves_figure(hist, self.figdir, f"curves_{name}", f"{row.backbone}: training curves",
                                            f"Loss and accuracy per epoch of each cross-validation fold of trial "
-                                           f"{row.trial}: training (solid) and validation fold (dashed).")
+                                           f"{row.trial}: training (solid) and the inner validation split that early "
+                                           f"stopping and LR reduction read (dashed; the scored fold is predicted "
+                                           f"once, after training).")
         if fig is None:
-            self.note(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} of "
-                      f"{row.study}.")
+            self.problem(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} "
+                         f"of {row.study}.")
         self.figure(fig)
 
     def gradcam(self, d: str, row: Any, name: str) -> None:
@@ -331,8 +346,8 @@ class Builder:
         hit = finals[(finals.dataset == d) & (finals.study == row.study) & (finals.backbone == row.backbone)]
         found = hit.gradcam.dropna() if "gradcam" in hit else hit.iloc[:0]
         if found.empty:
-            self.note(f"No Grad-CAM grid for {row.backbone}: its run directory has no figures/gradcam_"
-                      f"{row.backbone}.png (made by `bench final`; run it again to draw one).")
+            self.problem(f"No Grad-CAM grid for {row.backbone}: its run directory has no figures/gradcam_"
+                         f"{row.backbone}.png (made by `bench final`; run it again to draw one).")
             return
         png = self.figdir / f"gradcam_{name}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
@@ -362,15 +377,13 @@ class Builder:
         coll = self.coll
         trials = T.trials_of(coll, d, study_name)
         if trials.empty:
-            self.note(f"No finished trials recorded for study {study_name} (trials.csv missing or empty).")
+            self.problem(f"No finished trials recorded for study {study_name} (trials.csv missing or empty).")
         else:
             self.table(T.trials_table(coll, d, study_name))
         studies = [(r, T.coll_study(coll, r)) for r in runs if r.engine == "optuna"]
         studies = [(r, s) for r, s in studies if s is not None]
         labels = tuple(f"{r.label}:" for r in runs)
-        for note in coll.notes_for(d, "search"):
-            if note.text.startswith(labels):
-                self.note(note.text)
+        self.notes([n for n in coll.notes_for(d, "search") if n.text.startswith(labels)])
         prefix = slug(d, study_name)
         objective = runs[0].objective
         if studies:
@@ -381,21 +394,21 @@ class Builder:
             if len(runs) > 1:
                 self.para(f"Optuna's plots use the study database of `{run.label}` "
                           f"({len(study.get_trials(deepcopy=False))} trials).")
-            for text in notes:
-                self.note(text)
+            self.notes(notes)
             for fig in figs:
                 self.figure(fig)
                 if fig.name.endswith("_importances") and importances:
                     self.table(T.importances_table(d, study_name, importances))
         else:
+            unopened = runs[0].engine != "kerastuner" and any("study" in r.present for r in runs)
             why = ("KerasTuner search: Optuna's importance, parallel-coordinate and slice plots need an Optuna study"
                    if runs[0].engine == "kerastuner" else
                    "the study database could not be opened: importance, parallel-coordinate and slice plots are "
-                   "left out" if any("study" in r.present for r in runs) else
+                   "left out" if unopened else
                    "no study.db in the run director" + ("y" if len(runs) == 1 else "ies") +
                    " (the study lives in another storage): importance, parallel-coordinate and slice plots "
                    "are left out")
-            self.note(f"{why[0].upper()}{why[1:]}; the history below is drawn from trials.csv.")
+            self.note(f"{why[0].upper()}{why[1:]}; the history below is drawn from trials.csv.", problem=unopened)
             if not trials.empty:
                 self.figure(F.history_figure(
                     trials, objective.get("direction", "maximize") == "maximize", objective["metric"], self.figdir,

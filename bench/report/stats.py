@@ -111,7 +111,7 @@ class FriedmanResult(TypedDict):
     q_alpha: float
     cd: float  # Nemenyi critical difference of average ranks
     dropped_datasets: list  # rows dropped because some model had no score
-    higher_is_better: bool
+    higher_is_better: bool | Mapping[Any, bool]
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,12 +343,15 @@ def nemenyi_cd(k: int, n_datasets: int, alpha: float = 0.05) -> float:
     return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6.0 * n_datasets))
 
 
-def friedman(table: pd.DataFrame, *, higher_is_better: bool = True, alpha: float = 0.05) -> FriedmanResult:
+def friedman(table: pd.DataFrame, *, higher_is_better: bool | Mapping[Any, bool] = True,
+             alpha: float = 0.05) -> FriedmanResult:
     """Friedman test with Iman-Davenport correction and Nemenyi CD, after Demšar (2006).
 
     ``table``: rows = datasets, columns = models, values = one score per dataset and model.
     Each row is ranked (1 = best, ties averaged); a row with a missing score cannot be ranked
-    fairly, so it is dropped and listed in ``dropped_datasets``.
+    fairly, so it is dropped and listed in ``dropped_datasets``. ``higher_is_better`` is one
+    direction for every row, or one per row (dataset name -> bool): datasets whose objectives
+    point opposite ways are each ranked their own way.
 
     * ``chi2`` is Friedman's statistic with scipy's correction for ties (it equals Demšar's
       eq. for chi2_F when no row has ties and is slightly larger otherwise), on ``k - 1`` df;
@@ -384,12 +387,14 @@ def friedman(table: pd.DataFrame, *, higher_is_better: bool = True, alpha: float
             f"models (columns); got {n} complete datasets{extra} and {k} models"
         )
 
-    ranks = values.rank(axis=1, method="average", ascending=not higher_is_better)
+    # Negating a higher-is-better row makes "smaller is better" hold in every row (ties stay ties).
+    better_high = _row_directions(higher_is_better, values.index)
+    ranks = values.mul(np.where(better_high, -1.0, 1.0), axis=0).rank(axis=1, method="average")
     # Stable sort keeps column order among equal average ranks, so output is reproducible.
     avg_ranks = ranks.mean(axis=0).sort_values(kind="stable")
     avg_ranks.name = "avg_rank"
 
-    chi2, chi2_p = _friedman_chi2(values.to_numpy(), ranks.to_numpy())
+    chi2, chi2_p = _friedman_chi2(ranks.to_numpy())
     f, f_p = _iman_davenport(chi2, n, k)
     return FriedmanResult(
         avg_ranks=avg_ranks,
@@ -410,7 +415,16 @@ def friedman(table: pd.DataFrame, *, higher_is_better: bool = True, alpha: float
     )
 
 
-def _friedman_chi2(values: np.ndarray, ranks: np.ndarray) -> tuple[float, float]:
+def _row_directions(higher_is_better: bool | Mapping[Any, bool], rows: pd.Index) -> np.ndarray:
+    if isinstance(higher_is_better, bool):
+        return np.full(len(rows), higher_is_better)
+    missing = [r for r in rows if r not in higher_is_better]
+    if missing:
+        raise ValueError(f"higher_is_better has no direction for dataset(s) {missing}")
+    return np.array([bool(higher_is_better[r]) for r in rows])
+
+
+def _friedman_chi2(ranks: np.ndarray) -> tuple[float, float]:
     n, k = ranks.shape
     # Tie correction 1 - sum(t^3 - t) / (N (k^3 - k)); 0 when every row is one big tie, and
     # then there is no ranking at all to test (scipy would return NaN with a warning).
@@ -419,7 +433,7 @@ def _friedman_chi2(values: np.ndarray, ranks: np.ndarray) -> tuple[float, float]
     if correction <= 0:
         return 0.0, 1.0
     if k >= 3:
-        res = stats.friedmanchisquare(*values.T)
+        res = stats.friedmanchisquare(*ranks.T)  # the ranks, not the scores: they carry each row's direction
         return float(res.statistic), float(res.pvalue)
     # scipy insists on >= 3 samples; for k = 2 use its formula (it reduces to a sign test).
     sums = ranks.sum(axis=0)

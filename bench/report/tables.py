@@ -12,6 +12,7 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics as M
-from bench.report.collect import KEY_METRICS, Collection, Run, load_study, proba_matrix
+from bench.report.collect import KEY_METRICS, Collection, Note, Run, load_study, proba_matrix
 
 LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "auc": "AUC",
@@ -60,6 +61,15 @@ def isnan(x: Any) -> bool:
 
 def f3(x: Any) -> str:
     return "-" if isnan(x) else f"{float(x):.3f}"
+
+
+def pruned_where(fold: Any, epoch: Any) -> str:
+    """'fold 1, epoch 2' (cut on its learning curve), 'fold 2 end' (on its fold score) or '-'."""
+    if isnan(fold):
+        return "-"
+    if isnan(epoch) or int(float(epoch)) < 0:
+        return f"fold {int(float(fold)) + 1} end"
+    return f"fold {int(float(fold)) + 1}, epoch {int(float(epoch)) + 1}"
 
 
 def pm(mean: Any, std: Any) -> str:
@@ -140,7 +150,39 @@ def split_facts(coll: Collection, dataset: str) -> dict[str, Any]:
     return {"folds": split.get("folds"), "cv_images": split.get("cv_images"),
             "test_images": split.get("test_images"), "cv_groups": split.get("cv_groups"),
             "test_groups": split.get("test_groups"), "rule": split.get("rule"),
-            "fold_sizes": split.get("fold_sizes"), "digest": split.get("digest")}
+            "fold_sizes": split.get("fold_sizes"), "digest": split.get("digest"),
+            "folds_from": split.get("folds_from"), "official_test": split.get("official_test"),
+            "shared_groups": split.get("shared_groups"), "shared_images": split.get("shared_images"),
+            "excluded_images": split.get("excluded_images"), "dropped_classes": split.get("dropped_classes") or {},
+            "min_class_images": split.get("min_class_images")}
+
+
+def split_removals(sp: dict[str, Any]) -> str:
+    """What the split took out of the data (patients shared with the test set, small classes), in words."""
+    if sp["official_test"] is None:
+        return "- (not recorded: a run made before bench checked for patients shared with the test set)"
+    parts = []
+    if sp["excluded_images"]:
+        parts.append(f"{count(sp['excluded_images'])} images of {count(sp['shared_groups'])} patients/groups left out "
+                     f"of CV: they also have images in the official test set (--official-test clean)")
+    elif sp["shared_groups"]:
+        parts.append(f"none: CV and test share {count(sp['shared_groups'])} patients/groups "
+                     f"(--official-test {sp['official_test']})")
+    for name, n in sp["dropped_classes"].items():
+        parts.append(f"class '{name}' dropped (--min-class-images {sp['min_class_images']}): {count(n.get('cv_images'))} "
+                     f"CV and {count(n.get('test_images'))} test images")
+    return "; ".join(parts) or "none"
+
+
+def split_warnings(coll: Collection, dataset: str) -> list[str]:
+    """The overview's warnings: CV and test that share patients make every held-out number optimistic."""
+    sp = split_facts(coll, dataset)
+    if sp["shared_groups"] and not sp["excluded_images"]:
+        return [f"Warning: CV and the held-out test set share {count(sp['shared_groups'])} patients/groups "
+                f"({count(sp['shared_images'])} CV images), because the run kept the official test split's overlap "
+                f"(--official-test {sp['official_test']}). Models were trained on patients they are then tested on: "
+                f"the held-out numbers of {dataset} are optimistic."]
+    return []
 
 
 def cv_phrase(coll: Collection, dataset: str, folds: Any = None, images: Any = None) -> str:
@@ -152,6 +194,13 @@ def cv_phrase(coll: Collection, dataset: str, folds: Any = None, images: Any = N
 
 def test_phrase(n: Any) -> str:
     return f"held-out test, {count(n)} images"
+
+
+def resampled(n_units: Iterable[Any], units: Iterable[Any], n_images: Iterable[Any]) -> str:
+    """What held-out CIs resampled, e.g. "bootstrap over 40 patients" (joined if models differ)."""
+    phrases = dict.fromkeys(M.bootstrap_phrase(n, u, None if isnan(i) else i)
+                            for n, u, i in zip(n_units, units, n_images) if not isnan(n) and isinstance(u, str))
+    return " / ".join(phrases) if phrases else "bootstrap"
 
 
 def params_of(row: Any) -> dict[str, Any]:
@@ -217,10 +266,13 @@ def dataset_overview(coll: Collection, dataset: str) -> Table:
         ("images", count(ds.get("images"))),
         ("patients / groups", count(ds.get("groups"))),
         ("split rule", sp["rule"] or "-"),
-        ("cross-validation", f"{sp['folds']} folds on {count(sp['cv_images'])} images ({count(sp['cv_groups'])} "
+        ("removed by the split", split_removals(sp)),
+        ("cross-validation", f"{sp['folds']} folds" + (f" ({sp['folds_from']})" if sp["folds_from"] else "") + f" on {count(sp['cv_images'])} images ({count(sp['cv_groups'])} "
                              f"groups); fold sizes {', '.join(map(str, sp['fold_sizes'] or [])) or '-'}"),
         ("held-out test", f"{count(sp['test_images'])} images ({count(sp['test_groups'])} groups)"),
         ("exact duplicates found", count(ds.get("duplicates"))),
+        ("identical images with different labels", _conflicts(ds.get("label_conflicts") or [])),
+        ("passed over (links, names)", str(len(ds.get("passed_over") or []))),
         ("skipped (unreadable) files", str(len(skipped)) + (": " + ", ".join(map(str, skipped[:5])) +
                                                           (" ..." if len(skipped) > 5 else "") if skipped else "")),
         ("licence", ds.get("license") or "-"),
@@ -230,6 +282,14 @@ def dataset_overview(coll: Collection, dataset: str) -> Table:
     return Table(slug("overview", dataset), f"{dataset}: the data",
                  f"From the run manifests of {dataset}; the held-out test set is never used by the search.",
                  data, data.copy())
+
+
+def _conflicts(conflicts: list[dict[str, list[str]]]) -> str:
+    """How many sets of identical images carry different labels, and the first few of them."""
+    if not conflicts:
+        return "0"
+    shown = "; ".join(" = ".join(f"{p} ({c})" for p, c in zip(x["paths"], x["labels"])) for x in conflicts[:3])
+    return f"{len(conflicts)}: {shown}" + (" ..." if len(conflicts) > 3 else "")
 
 
 def _versions(env: dict[str, Any]) -> str:
@@ -358,7 +418,7 @@ def leaderboard(coll: Collection, dataset: str) -> pd.DataFrame:
 
 def _test_values(coll: Collection, dataset: str, study: str, backbone: str, trial: int, metric: str) -> dict:
     out = {"test_value": math.nan, "test_low": math.nan, "test_high": math.nan, "test_images": math.nan,
-           "test_of": ""}
+           "test_units": math.nan, "test_unit": None, "test_of": ""}
     tm = coll.test_metrics
     if tm.empty:
         return out
@@ -374,29 +434,37 @@ def _test_values(coll: Collection, dataset: str, study: str, backbone: str, tria
         return out
     r = row.iloc[0]
     out.update(test_value=float(r.value), test_low=float(r.get("low", math.nan)),
-               test_high=float(r.get("high", math.nan)), test_images=r.get("n_images", math.nan))
+               test_high=float(r.get("high", math.nan)), test_images=r.get("n_images", math.nan),
+               test_units=r.get("n_units", math.nan), test_unit=r.get("unit"))
     return out
 
 
-def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> list[str]:
+def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> list[Note]:
+    """What the leaderboard lacks (problems: a held-out value or metrics missing) and how it ranks."""
     notes = []
     metric = coll.objective(dataset)["metric"]
+
+    def add(text: str, problem: bool = True) -> None:
+        notes.append(Note(text, dataset, "leaderboard", problem))
+
     for r in board.itertuples(index=False):
         if r.test_of:
-            notes.append(f"{r.backbone}: the held-out result on record is of {r.test_of}, not of the leaderboard's "
-                         f"best trial {r.study} #{r.trial} (the search went on after `bench final`, or another "
-                         f"study did better); run `bench final --run {shlex.quote(str(_run_path(coll, r.run)))}` "
-                         f"for a test value of this one.")
+            add(f"{r.backbone}: the held-out result on record is of {r.test_of}, not of the leaderboard's "
+                f"best trial {r.study} #{r.trial} (the search went on after `bench final`, or another "
+                f"study did better); run `bench final --run {shlex.quote(str(_run_path(coll, r.run)))}` "
+                f"for a test value of this one.")
+        elif isnan(r.test_value) and not board.test_value.isna().all():
+            add(f"{r.backbone}: no held-out result for trial {r.study} #{r.trial}.")
         if r.folds_scored == 0 and not isnan(r.objective_value):
-            notes.append(f"{r.backbone}: no per-fold metrics (metrics.csv) for trial {r.trial} of {r.study}: the "
-                         f"{metric} shown is the search's recorded value; the other metrics are not available.")
+            add(f"{r.backbone}: no per-fold metrics (metrics.csv) for trial {r.trial} of {r.study}: the "
+                f"{metric} shown is the search's recorded value; the other metrics are not available.")
     if not board.empty and board.test_value.isna().all() and not any(board.test_of):
-        notes.append("No held-out test results yet: `bench final --run DIR` refits each backbone's best trial on "
-                     "all CV images and scores it once on the held-out test set (see Reproduce).")
+        add("No held-out test results yet: `bench final --run DIR` refits each backbone's best trial on "
+            "all CV images and scores it once on the held-out test set (see Reproduce).")
     studies = {r.study: r.objective for r in coll.runs_of(dataset)}
     other = sorted({f"{s} ({o['metric']})" for s, o in studies.items() if o["metric"] != metric})
     if other:
-        notes.append(f"Ranked by {metric}; these studies optimised another metric: {', '.join(other)}.")
+        add(f"Ranked by {metric}; these studies optimised another metric: {', '.join(other)}.", problem=False)
     return notes
 
 
@@ -438,11 +506,17 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Ta
     rules["images/s"] = ("images_per_second", "max")
     bold = best_mask(board, display, rules) if not board.empty else None
     caption = (f"Cross-validation: mean ± std over the validation folds ({cv_phrase(coll, dataset, images=n_cv)}), "
-               f"each backbone's best complete trial by {metric}. Test column: {test_phrase(n_test)}, "
-               f"bootstrap 95% CI; the test set was used once, after the search. Best per column in bold. "
+               f"each backbone's best complete trial by {metric}. Test column: {test_phrase(n_test)}, 95% CI by "
+               f"{_board_resampled(board)}; the test set was used once, after the search. Best per column in bold. "
                f"s/epoch and images/s: training, mean over folds.")
     return Table(slug("leaderboard", dataset), f"{dataset}: leaderboard", caption, board, display, bold,
                  terminal=True)
+
+
+def _board_resampled(board: pd.DataFrame) -> str:
+    if board.empty or "test_units" not in board:
+        return "bootstrap"
+    return resampled(board.test_units, board.test_unit, board.test_images)
 
 
 def held_out_rows(coll: Collection, dataset: str, r: Any) -> pd.DataFrame:
@@ -471,6 +545,8 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
             row[f"{m}_high"] = float(x.high.iloc[0]) if len(x) and "high" in x else math.nan
         row["n_images"] = int(sub.n_images.iloc[0]) if "n_images" in sub and len(sub) else math.nan
         row["n_boot"] = int(sub.n_boot.min()) if "n_boot" in sub and len(sub) else math.nan
+        row["n_units"] = int(sub.n_units.iloc[0]) if "n_units" in sub and len(sub) else math.nan
+        row["unit"] = str(sub.unit.iloc[0]) if "unit" in sub and len(sub) else None
         rows.append(row)
     if not rows:
         return None
@@ -481,8 +557,9 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
     bold = best_mask(data, display, {LABELS[m]: (m, "max" if higher_is_better(m) else "min") for m in KEY_METRICS})
     n = data.n_images.dropna()
     n_cv = count(split_facts(coll, dataset)["cv_images"])
+    over = resampled(data.n_units, data.unit, data.n_images)
     caption = (f"{test_phrase(n.iloc[0] if len(n) else None)}: each model refit on all {n_cv} "
-               f"CV images and scored once; [95% CI] from a stratified bootstrap "
+               f"CV images and scored once; [95% CI] from a stratified {over} "
                f"({count(data.n_boot.min())} resamples). Best per column in bold.")
     return Table(slug("test", dataset), f"{dataset}: held-out test, all metrics", caption, data, display, bold)
 
@@ -624,9 +701,10 @@ def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | 
         return None, None, f"The Friedman test needs at least 3 datasets; the report has {len(datasets)}."
     if len(complete) < 2:
         return None, None, "Fewer than two backbones were run on every dataset: no Friedman test."
-    directions = {coll.objective(d).get("direction", "maximize") for d in datasets}
+    # Each dataset's own objective direction (its manifest's): a loss is ranked low-is-best there only.
+    maximize = {d: coll.objective(d).get("direction", "maximize") == "maximize" for d in datasets}
     try:
-        res = stats.friedman(scores[complete], higher_is_better=directions != {"minimize"})
+        res = stats.friedman(scores[complete], higher_is_better=maximize)
     except ValueError as err:
         return None, None, f"No Friedman test: {err}."
     avg = res["avg_ranks"]
@@ -738,6 +816,7 @@ def trials_table(coll: Collection, dataset: str, study: str) -> Table | None:
         "seconds": pd.to_numeric(trials.get("seconds"), errors="coerce").to_numpy()
         if "seconds" in trials else math.nan,
         "pruned_at_fold": trials.get("pruned_at_fold", pd.Series(math.nan, index=trials.index)).to_numpy(),
+        "pruned_at_epoch": trials.get("pruned_at_epoch", pd.Series(math.nan, index=trials.index)).to_numpy(),
         "fail_reason": trials.get("fail_reason", pd.Series(None, index=trials.index)).to_numpy(),
         "run": trials.run.to_numpy(),
     })
@@ -747,7 +826,7 @@ def trials_table(coll: Collection, dataset: str, study: str) -> Table | None:
         **{k: [short(v) for v in data[k]] for k in keys},
         LABELS.get(metric, metric): [f3(x) for x in data.value],
         "duration": [seconds(x) for x in data.seconds],
-        "pruned after fold": ["-" if isnan(x) else str(int(float(x)) + 1) for x in data.pruned_at_fold],
+        "pruned at": [pruned_where(f, e) for f, e in zip(data.pruned_at_fold, data.pruned_at_epoch)],
         "failure": ["" if isnan(x) else str(x)[:160] for x in data.fail_reason],
     })
     if len(set(data.run)) > 1:
@@ -755,8 +834,9 @@ def trials_table(coll: Collection, dataset: str, study: str) -> Table | None:
     maximize = coll.runs_of(dataset, study)[0].objective.get("direction", "maximize") == "maximize"
     bold = best_mask(data, display, {LABELS.get(metric, metric): ("value", "max" if maximize else "min")})
     caption = (f"Every finished trial of study {study}: the searched parameters (fields that differ between "
-               f"trials), its {metric} ({cv_phrase(coll, dataset)}, mean over folds), duration, the fold a pruned "
-               f"trial stopped after, and why a failed one failed.")
+               f"trials), its {metric} ({cv_phrase(coll, dataset)}, mean over folds), duration, where a pruned trial "
+               f"was cut (fold and epoch: its curve on the fold's inner validation split fell below the other "
+               f"trials'; or a fold's end: its mean fold score did), and why a failed one failed.")
     return Table(slug("trials", dataset, study), f"{dataset} / {study}: trials", caption, data, display, bold)
 
 

@@ -49,6 +49,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -62,6 +63,7 @@ from bench.search.runner import (
     IDENTITY_KEYS,
     SearchOptions,
     load_search_inputs,
+    print_split,
     search_data_kwargs,
     write_search_manifest,
 )
@@ -161,9 +163,10 @@ class KerasTunerSearch:
         if self.tuner_name == "hyperband":
             self.max_epochs, fixed = self._hyperband_epochs(fixed)
         self.fixed = fixed
-        kwargs = search_data_kwargs(o)
-        self.data = prepare_data(**kwargs, size=self.size)
-        self.data_for = DataBySize(self.data, **kwargs)
+        self.data = prepare_data(**search_data_kwargs(o), size=self.size)
+        self.o = o = replace(o, folds=self.data.splits.folds)  # the dataset's default when --folds is not given
+        print_split(self.console, self.data)
+        self.data_for = DataBySize(self.data)
         self.name = f"{self.data.spec.name}-{self.space.name}-{ENGINE}-{self.tuner_name}"
         parent = o.runs_dir or paths.runs_dir()
         self.run = RunDir.open_or_create(o.out or parent / self.data.spec.name / self.name)
@@ -189,7 +192,7 @@ class KerasTunerSearch:
             problems.append(f"--storage (KerasTuner keeps its state in <run directory>/{PROJECT})")
         if o.study:
             problems.append("--study (the run directory is <dataset>-<space>-kerastuner-<tuner>, or --out)")
-        if o.sampler != "tpe" or o.pruner != "wilcoxon":
+        if o.sampler != "tpe" or o.pruner != "median":
             problems.append("--sampler/--pruner (they choose Optuna's strategy; choose --tuner instead)")
         if problems:
             raise ConfigError("Not available with --engine kerastuner: " + "; ".join(problems) + ".")

@@ -1,9 +1,9 @@
 """Trial -> configuration -> the saved folds -> mean of the objective over folds.
 
-Every fold's value is reported to the pruner as it finishes (step = fold index, which is what
-Optuna's Wilcoxon pruner compares across trials). All metrics of every fold go into the trial's
-user attributes and, through ``cross_validate``, into the run directory, so a pruned trial keeps
-the folds it completed.
+The pruner sees the trial's learning curve (the objective on each fold's inner validation split
+after every epoch) and each outer fold's score as it finishes, at the steps laid out in
+``bench.search.pruners``. All metrics of every fold go into the trial's user attributes and,
+through ``cross_validate``, into the run directory, so a pruned trial keeps the folds it completed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import optuna
 from bench.errors import BenchError
 from bench.experiment import FoldScore, PreparedData, cross_validate
 from bench.results import RunDir
+from bench.search.pruners import epoch_step, fold_step
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -118,40 +119,51 @@ def make_objective(
         run.write_config(trial.number, config.to_dict())
         data = data_for(config.size)
         emit("trial_start", {"number": trial.number, "backbone": config.backbone, "folds": data.splits.folds})
-        pruned_at: list[int] = []
+        pruned_at: list[tuple[int, int]] = []  # (fold, epoch) of the cut; epoch -1 at a fold's end
 
         def on_fold(score: FoldScore) -> None:
             if score.status != "ok":
                 return
             value = score.metrics.get(metric, math.nan)
-            trial.report(value, step=score.fold)
+            trial.report(value, step=fold_step(score.fold))
             emit("fold", {"number": trial.number, "fold": score.fold, "value": value})
 
         def stop_after(score: FoldScore) -> bool:
             if score.status != "ok":
                 return True
             if trial.should_prune():
-                pruned_at.append(score.fold)
+                pruned_at.append((score.fold, -1))
                 return True
             return False
 
-        def on_epoch(fold: int, epoch: int, logs: dict[str, float]) -> None:
+        def on_epoch(fold: int, epoch: int, logs: dict[str, float]) -> str | None:
             emit("epoch", {"number": trial.number, "fold": fold, "epoch": epoch, "epochs": config.epochs})
+            value = logs.get(f"val_{metric}")
+            if value is None:  # no inner validation split: nothing to judge the curve on
+                return None
+            trial.report(value, step=epoch_step(fold, epoch))
+            if trial.should_prune():
+                pruned_at.append((fold, epoch))
+                return f"pruned at epoch {epoch + 1}"
+            return None
 
         scores = cross_validate(data, config, run, trial=trial.number, on_fold=on_fold,
-                                stop_after_fold=stop_after, on_epoch=on_epoch)
+                                stop_after_fold=stop_after, on_epoch=on_epoch, epoch_metrics=(metric,))
         summary = summarize_folds(scores, metric)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         for key, value in summary.items():
             trial.set_user_attr(key, value)
-        failed = [s for s in scores if s.status != "ok"]
+        failed = [] if pruned_at else [s for s in scores if s.status != "ok"]
         if failed:
             reason = f"fold {failed[0].fold + 1}: {failed[0].status}"
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailed(reason)
         if pruned_at:
-            trial.set_user_attr("pruned_at_fold", pruned_at[0])
-            raise optuna.TrialPruned(f"pruned after fold {pruned_at[0] + 1}")
+            fold, epoch = pruned_at[0]
+            trial.set_user_attr("pruned_at_fold", fold)
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            where = f"fold {fold + 1}" + (f", epoch {epoch + 1}" if epoch >= 0 else " (its end)")
+            raise optuna.TrialPruned(f"pruned in {where}")
         value = float(np.mean(summary["fold_values"]))
         if not math.isfinite(value):
             trial.set_user_attr("fail_reason", f"objective {metric} is undefined on these folds")

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,12 @@ from optuna.trial import TrialState
 
 from bench import __version__, paths
 from bench.errors import BenchError, ConfigError
-from bench.results import RunDir
+from bench.experiment import DataSettings
+from bench.results import RunDir, trial_record
 from bench.search import devices
 from bench.search.progress import Progress
-from bench.search.samplers import make_pruner, make_sampler
+from bench.search.pruners import make_pruner
+from bench.search.samplers import make_sampler
 from bench.search.space import load_space, resolve_space
 from bench.search.storage import describe_storage, open_storage
 from bench.search.worker import (
@@ -41,7 +43,6 @@ from bench.search.worker import (
     WorkerSpec,
     describe_error,
     finished_and_running,
-    trial_row,
     worker_main,
 )
 
@@ -55,7 +56,7 @@ class SearchOptions:
     dataset: str
     trials: int
     space: str = "default"
-    folds: int = 5
+    folds: int | None = None  # None: the dataset's default (resolved by prepare)
     seed: int = 0
     size: int | None = None
     resize: str | None = None
@@ -63,12 +64,14 @@ class SearchOptions:
     group_regex: str | None = None
     registry: str | None = None
     test_fraction: float | None = None
+    official_test: str = "clean"
+    min_class_images: int = 0
     storage: str | None = None
     study: str | None = None
     out: Path | None = None
     runs_dir: Path | None = None
     sampler: str = "tpe"
-    pruner: str = "wilcoxon"
+    pruner: str = "median"
     jobs: int = 1
     timeout: float | None = None
     trial_timeout: float | None = None
@@ -122,15 +125,17 @@ class Supervisor:
         for note in self.space.notes:
             self.console.print(note)
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
-        make_pruner(o.pruner, o.folds)
         self.data = prepare_data(**search_data_kwargs(o), size=self.size)
+        self.o = o = replace(o, folds=self.data.splits.folds)  # the dataset's default when --folds is not given
+        make_pruner(o.pruner)
+        print_split(self.console, self.data)
         self.study_name = o.study or f"{self.data.spec.name}-{self.space.name}"
         parent = o.runs_dir or paths.runs_dir()
         self.run = RunDir.open_or_create(o.out or parent / self.data.spec.name / self.study_name)
         self.storage = open_storage(o.storage, self.run.path, heartbeat_interval=o.heartbeat, grace_period=o.grace)
         self.study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, load_if_exists=True, direction=self.space.direction,
-            sampler=make_sampler(o.sampler, o.seed, self.space), pruner=make_pruner(o.pruner, o.folds),
+            sampler=make_sampler(o.sampler, o.seed, self.space), pruner=make_pruner(o.pruner),
         )
         self._check_identity()
         self._seed_each_backbone()
@@ -208,7 +213,7 @@ class Supervisor:
         except Exception as err:  # a full disk, a database gone: the search cannot go on
             raise BenchError(f"cannot record trial {number} as failed ({reason}): {describe_error(err)}") from None
         self.failures.append(f"trial {number}: {reason}")
-        self.run.append_trial(trial_row(storage.get_trial(trial_id)))
+        self.run.append_trial(trial_record(storage.get_trial(trial_id)))
         retries = int(trial.user_attrs.get("retries", 0))
         if retry and retries < MAX_RETRIES and trial.params:
             self.study.enqueue_trial(trial.params, user_attrs={"retry_of": number, "retries": retries + 1},
@@ -218,9 +223,8 @@ class Supervisor:
     def _spec(self, index: int, env: dict[str, str]) -> WorkerSpec:
         o = self.o
         return WorkerSpec(
-            index=index, dataset=o.dataset, folds=o.folds, seed=o.seed, size=self.data.size,
-            resize=o.resize, strict=o.strict, group_regex=o.group_regex, registry=o.registry,
-            test_fraction=o.test_fraction, space_path=str(self.space_path), fixed=self.fixed, storage=o.storage,
+            index=index, data=asdict(self.data.settings), folds=o.folds, seed=o.seed, size=self.data.size,
+            space_path=str(self.space_path), fixed=self.fixed, storage=o.storage,
             study_name=self.study_name, run_dir=str(self.run.path), sampler=o.sampler, pruner=o.pruner,
             trials=o.trials, max_trials=o.max_trials_per_worker, heartbeat=o.heartbeat, grace=o.grace,
             splits_digest=self.data.splits_digest, precision=o.precision, env=env,
@@ -400,9 +404,16 @@ def load_search_inputs(o: SearchOptions) -> tuple[Path, Any, dict[str, Any], int
 
 def search_data_kwargs(o: SearchOptions) -> dict[str, Any]:
     """``prepare_data`` arguments (all but the size) of a search: the same call, the same splits."""
-    return dict(dataset=o.dataset, folds=o.folds, seed=o.seed, resize=o.resize, strict=o.strict,
-                group_regex=o.group_regex, registry_path=Path(o.registry) if o.registry else None,
-                test_fraction=o.test_fraction)
+    return {name: getattr(o, name) for name in DataSettings.__dataclass_fields__}
+
+
+def print_split(console: Any, data: Any) -> None:
+    """The split a search scores on, and what it took out of the data."""
+    s = data.splits
+    console.print(f"{data.spec.name}: {s.folds}-fold CV ({data.folds_from}) on {int(s.cv.sum())} images; held-out "
+                  f"test {int(s.test.sum())} images ({s.rule}), never used by the search", highlight=False)
+    for line in data.split_lines():
+        console.print(line, highlight=False)
 
 
 def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, space_path: Path, *, engine: str,
@@ -414,7 +425,6 @@ def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, 
         manifest = run.manifest()
         run.update_manifest(sessions=[*manifest.get("sessions", []), session], status="running")
         return
-    idx = data.index
     run.write_manifest({
         "kind": "search", "engine": engine, "bench_version": __version__,
         "dataset_arg": o.dataset, "folds": o.folds, "command": o.command, **fields,
@@ -423,8 +433,7 @@ def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, 
         "seeds": {"split": o.seed, "study": o.seed},
         "sessions": [session], "status": "running", **data.summary(),
     })
-    run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], data.splits.groups,
-                     data.splits.test, data.splits.fold)
+    data.write_splits(run)
 
 
 def _final_is_current(run: RunDir) -> bool:

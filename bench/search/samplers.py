@@ -1,4 +1,5 @@
-"""Samplers and pruners by name: small registries, each entry says what optional package it needs."""
+"""Samplers by name: a small registry, each entry says what optional package it needs (pruners:
+``bench.search.pruners``)."""
 
 from __future__ import annotations
 
@@ -55,19 +56,3 @@ def make_sampler(name: str, seed: int, space: Any) -> optuna.samplers.BaseSample
             f"or choose another sampler: {', '.join(n for n in SAMPLERS if not SAMPLERS[n].needs)}."
         )
     return entry.make(seed, space)
-
-
-PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
-    # Wilcoxon compares this trial's fold scores with the best trial's on the same folds: made
-    # for k-fold, where fold difficulty varies more than configurations do.
-    "wilcoxon": lambda folds: optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
-    "median": lambda folds: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
-    "halving": lambda folds: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-    "none": lambda folds: optuna.pruners.NopPruner(),
-}
-
-
-def make_pruner(name: str, folds: int) -> optuna.pruners.BasePruner:
-    if name not in PRUNERS:
-        raise ConfigError(f"Unknown pruner '{name}'.{close_matches(name, PRUNERS)} Allowed: {', '.join(PRUNERS)}.")
-    return PRUNERS[name](folds)

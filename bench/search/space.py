@@ -31,7 +31,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
     import tomli as tomllib  # type: ignore[no-redef]
 
-from bench.atomic import atomic_write_text
+from bench.atomic import write_text_atomic
 from bench.errors import ConfigError, close_matches
 from bench.paths import PACKAGE_DIR, cache_dir
 
@@ -623,7 +623,7 @@ def _store_count(path: Path, backbone: str, entry: dict[str, Any]) -> None:
         except (OSError, ValueError):
             stored = {}
         stored[backbone] = entry
-        atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True))
+        write_text_atomic(path, json.dumps(stored, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only cache only means counting again next time
 

@@ -37,7 +37,7 @@ def _best_table(data: Any, metric: str, rows: list[dict[str, Any]]) -> Any:
     """The ranked table; each row: backbone, number, cv_mean, cv_std, seconds_per_epoch, total_params."""
     from rich.table import Table
 
-    n_cv = int((~data.splits.test).sum())
+    n_cv = int(data.splits.cv.sum())
     table = Table(title=(f"Best trial per backbone on {data.spec.name}: {data.splits.folds}-fold CV mean ± std over "
                          f"validation folds of {n_cv} images (held-out test of {int(data.splits.test.sum())} "
                          f"images not used)"), title_justify="left")

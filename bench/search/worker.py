@@ -35,15 +35,10 @@ class WorkerSpec:
     """Everything a worker needs, picklable (workers are spawned, not forked)."""
 
     index: int
-    dataset: str
+    data: dict[str, Any]  # the supervisor's DataSettings (asdict): the same call, the same splits
     folds: int
     seed: int
     size: int | None
-    resize: str | None
-    strict: bool
-    group_regex: str | None
-    registry: str | None
-    test_fraction: float | None
     space_path: str
     fixed: dict[str, Any]
     storage: str | None
@@ -133,18 +128,14 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
     from bench.experiment import DataBySize, prepare_data
     from bench.results import RunDir
     from bench.search.objective import make_objective
-    from bench.search.samplers import make_pruner, make_sampler
+    from bench.search.pruners import make_pruner
+    from bench.search.samplers import make_sampler
     from bench.search.space import load_space
     from bench.search.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    kwargs = dict(
-        dataset=spec.dataset, folds=spec.folds, seed=spec.seed, resize=spec.resize, strict=spec.strict,
-        group_regex=spec.group_regex, registry_path=Path(spec.registry) if spec.registry else None,
-        test_fraction=spec.test_fraction,
-    )
-    data = prepare_data(**kwargs, size=spec.size)
+    data = prepare_data(**spec.data, size=spec.size)
     if spec.splits_digest and data.splits_digest != spec.splits_digest:
         raise RuntimeError("this worker computed different splits from the supervisor's; the dataset changed")
     space = load_space(Path(spec.space_path))
@@ -153,23 +144,12 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
     study = optuna.load_study(
         study_name=spec.study_name, storage=storage,
         sampler=make_sampler(spec.sampler, spec.seed * 100 + spec.index, space),
-        pruner=make_pruner(spec.pruner, spec.folds),
+        pruner=make_pruner(spec.pruner),
     )
-    objective = make_objective(DataBySize(data, **kwargs), space, run, study_seed=spec.seed, fixed=spec.fixed,
+    objective = make_objective(DataBySize(data), space, run, study_seed=spec.seed, fixed=spec.fixed,
                                on_event=lambda kind, payload: send(kind, payload), budget=spec.trials)
     send("ready", {"environment": environment.describe(), "host": socket.gethostname()})
     return study, objective
-
-
-def trial_row(trial: Any, engine: str = "optuna") -> dict[str, Any]:
-    attrs = trial.user_attrs
-    return {
-        "number": trial.number, "state": trial.state.name, "value": trial.value,
-        "backbone": (attrs.get("config") or {}).get("backbone") or trial.params.get("backbone"),
-        "params": attrs.get("config") or trial.params, "seconds": attrs.get("seconds"),
-        "pruned_at_fold": attrs.get("pruned_at_fold"), "fail_reason": attrs.get("fail_reason"),
-        "engine": engine, "host": (attrs.get("worker") or {}).get("host"),
-    }
 
 
 def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, run: Any) -> int:
@@ -199,7 +179,9 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
         if trial is not None and trial.user_attrs.get("surplus"):
             continue  # another worker took the last place; wait for the budget to settle
         if trial is not None:
-            run.append_trial(trial_row(trial))
+            from bench.results import trial_record
+
+            run.append_trial(trial_record(trial))
             send("trial_end", {
                 "number": trial.number, "state": trial.state.name, "value": trial.value,
                 "backbone": (trial.user_attrs.get("config") or {}).get("backbone"),

@@ -1,0 +1,173 @@
+"""Pruning at the settings users run (3 folds, a few epochs): real Optuna studies in SQLite."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench.errors import ConfigError
+from bench.search.pruners import PRUNERS, epoch_step, fold_step, make_pruner
+
+FOLDS, EPOCHS = 3, 3
+
+
+def study_with(tmp_path: Path, pruner: str, direction: str = "maximize") -> optuna.Study:
+    return optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", pruner=make_pruner(pruner),
+                               direction=direction)
+
+
+def run_trial(study: optuna.Study, curve: list[list[float]], folds: list[float]) -> tuple[str, int]:
+    """Report a trial the way the objective does: each fold's epoch curve, then the fold score.
+    Returns ("complete" | "pruned", the step it was cut at)."""
+    trial = study.ask()
+    for k in range(FOLDS):
+        for e, value in enumerate(curve[k]):
+            trial.report(value, epoch_step(k, e))
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                return "pruned", epoch_step(k, e)
+        trial.report(folds[k], fold_step(k))
+        if trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            return "pruned", fold_step(k)
+    study.tell(trial, sum(folds) / len(folds))
+    return "complete", -1
+
+
+GOOD = ([[0.70, 0.80, 0.85]] * FOLDS, [0.86, 0.84, 0.88])
+
+
+def good(shift: float) -> tuple[list[list[float]], list[float]]:
+    return [[v + shift for v in c] for c in GOOD[0]], [v + shift for v in GOOD[1]]
+
+
+def test_median_cuts_a_clearly_bad_trial_in_its_first_fold_at_3_folds(tmp_path):
+    study = study_with(tmp_path, "median")
+    for shift in (0.0, 0.01, -0.01):
+        assert run_trial(study, *good(shift))[0] == "complete"
+    bad_curve = [[0.50, 0.50, 0.52]] * FOLDS
+    state, step = run_trial(study, bad_curve, [0.5, 0.5, 0.5])
+    assert (state, step) == ("pruned", epoch_step(0, 1))  # after its second epoch of fold 1
+
+
+def test_median_spares_a_good_trial_and_waits_for_three_finished_ones(tmp_path):
+    study = study_with(tmp_path, "median")
+    bad = ([[0.5, 0.5, 0.5]] * FOLDS, [0.5] * FOLDS)
+    assert run_trial(study, *good(0.0))[0] == "complete"
+    assert run_trial(study, *good(0.02))[0] == "complete"
+    assert run_trial(study, *bad)[0] == "complete"  # only 2 finished trials to compare with
+    assert run_trial(study, *good(0.05))[0] == "complete"  # above the median everywhere
+
+
+def test_median_cuts_on_the_mean_fold_score_when_the_curve_looked_fine(tmp_path):
+    study = study_with(tmp_path, "median")
+    for shift in (0.0, 0.01, -0.01):
+        run_trial(study, *good(shift))
+    curve, _ = good(0.02)
+    assert run_trial(study, curve, [0.60, 0.9, 0.9]) == ("pruned", fold_step(0))
+
+
+def test_median_respects_a_minimized_objective(tmp_path):
+    study = study_with(tmp_path, "median", direction="minimize")
+    for shift in (0.0, 0.01, -0.01):
+        curve, folds = good(shift)
+        run_trial(study, [[1 - v for v in c] for c in curve], [1 - v for v in folds])
+    high = [[0.9, 0.9, 0.9]] * FOLDS  # a loss far above the others
+    assert run_trial(study, high, [0.9] * FOLDS)[0] == "pruned"
+
+
+def test_halving_keeps_only_the_best_third_at_its_rungs(tmp_path):
+    study = study_with(tmp_path, "halving")
+    outcomes = [run_trial(study, *good(shift)) for shift in (0.05, 0.04, 0.0, -0.05)]
+    # Rung at epoch 1 of fold 1 (top third of trials that reached it); epoch 3 is the next rung.
+    assert outcomes[0][0] == "complete"
+    assert ("pruned", epoch_step(0, 0)) in outcomes[1:]
+    assert all(step < fold_step(0) for state, step in outcomes if state == "pruned")
+
+
+def test_wilcoxon_cannot_prune_at_3_folds_however_bad(tmp_path):
+    """The arithmetic the README states: exact one-sided p >= 1/2^3 = 0.125 > 0.1."""
+    study = study_with(tmp_path, "wilcoxon")
+    for shift in (0.0, 0.01, -0.01):
+        run_trial(study, *good(shift))
+    assert run_trial(study, [[0.0, 0.0, 0.0]] * FOLDS, [0.0, 0.0, 0.0])[0] == "complete"
+
+
+def test_wilcoxon_prunes_at_5_folds_after_four_lost_folds(tmp_path):
+    from bench.search.pruners import FoldWilcoxonPruner
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'w.db'}", direction="maximize",
+                                pruner=FoldWilcoxonPruner())
+    best = study.ask()
+    for k in range(5):
+        best.report(0.9 - 0.01 * k, fold_step(k))
+    study.tell(best, 0.88)
+    worse = study.ask()
+    cut = None
+    for k in range(5):
+        worse.report(0.5, fold_step(k))
+        if worse.should_prune():
+            cut = k
+            break
+    assert cut == 3  # p = 1/16 < 0.1 once four folds are lost; never before
+
+
+def test_none_never_prunes_and_unknown_names_are_config_errors(tmp_path):
+    study = study_with(tmp_path, "none")
+    for shift in (0.0, 0.01, -0.01):
+        run_trial(study, *good(shift))
+    assert run_trial(study, [[0.0, 0.0, 0.0]] * FOLDS, [0.0] * 3)[0] == "complete"
+    with pytest.raises(ConfigError, match="Unknown pruner 'medain'.*'median'"):
+        make_pruner("medain")
+    assert set(PRUNERS) == {"median", "halving", "wilcoxon", "none"}
+
+
+def test_a_diverged_curve_is_pruned(tmp_path):
+    study = study_with(tmp_path, "median")
+    for shift in (0.0, 0.01, -0.01):
+        run_trial(study, *good(shift))
+    assert run_trial(study, [[math.nan] * 3] * FOLDS, [0.5] * 3)[0] == "pruned"
+
+
+LR_SPACE = """
+name = "lr-only"
+[objective]
+metric = "balanced_accuracy"
+[params]
+backbone = "simple_cnn"
+weights = "none"
+size = 32
+epochs = 3
+augment = "none"
+[params.lr]
+type = "categorical"
+choices = [0.003, 0.002, 0.004, 1e-7]
+"""
+
+
+@pytest.mark.slow  # four real 3-fold trials: about a minute on 2 cores
+def test_a_real_trial_that_learns_nothing_is_cut_in_its_first_fold(tmp_path):
+    from bench.experiment import DataBySize, prepare_data
+    from bench.results import RunDir
+    from bench.search.objective import make_objective
+    from bench.search.space import load_space
+
+    (tmp_path / "lr.toml").write_text(LR_SPACE)
+    space = load_space(str(tmp_path / "lr.toml"))
+    data = prepare_data("pneumonia-demo", folds=FOLDS, seed=0, size=32)
+    run = RunDir.create(tmp_path, "pneumonia-demo", out=tmp_path / "run", tag="search")
+    study = study_with(tmp_path, "median")
+    for lr in (0.003, 0.002, 0.004, 1e-7):
+        study.enqueue_trial({"lr": lr})
+    study.optimize(make_objective(DataBySize(data), space, run, study_seed=0), n_trials=4)
+    trials = study.get_trials()
+    assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] * 3
+    cut = trials[3]
+    assert cut.state == TrialState.PRUNED, cut.intermediate_values
+    assert cut.user_attrs["pruned_at_fold"] == 0 and cut.user_attrs["pruned_at_epoch"] >= 1
+    folds = run.table("folds")
+    assert folds[folds.trial == 3].status.tolist() == [f"pruned at epoch {cut.user_attrs['pruned_at_epoch'] + 1}"]
