@@ -1,7 +1,8 @@
 """Faults a user meets: killed writers, a full disk, Ctrl-C, races between processes, noisy frameworks.
 
-Real files and real processes throughout; the disk-full cases mount a small tmpfs (bench's tests
-run as root in CI and here), so the kernel itself says "No space left on device".
+Real files and real processes throughout. The disk-full cases mount a small tmpfs, so the kernel
+itself says "No space left on device"; that needs root (as on the development machine), and
+where mounting is refused they are skipped with the reason.
 """
 
 from __future__ import annotations
