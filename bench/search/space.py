@@ -20,9 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
@@ -33,6 +31,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
     import tomli as tomllib  # type: ignore[no-redef]
 
+from bench.atomic import write_text_atomic
 from bench.errors import ConfigError, close_matches
 from bench.paths import PACKAGE_DIR, cache_dir
 
@@ -626,10 +625,7 @@ def _store_count(path: Path, backbone: str, entry: dict[str, Any]) -> None:
         except (OSError, ValueError):
             stored = {}
         stored[backbone] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".block_counts.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(stored, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(stored, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only cache only means counting again next time
 
