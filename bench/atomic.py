@@ -3,30 +3,83 @@
 The content goes to a temporary file beside the target and is renamed over it (atomic on POSIX).
 If writing fails part-way (a name that cannot be encoded, a full disk, Ctrl-C), the temporary
 file is removed and the target keeps its previous content, or stays absent.
+
+Every file bench writes whole goes through here, so every one also gets the mode the user's
+umask gives a new file (``tempfile`` makes its temporaries 0600, and its folders 0700, which the
+rename would otherwise keep). A temporary's name carries the writer's host and pid
+(``<name>.<host>-<pid>.<random>.tmp``), so one left behind by a killed writer (``kill -9``, a
+power cut: no ``finally`` runs) is recognised and removed by ``remove_stale_temporaries``
+without touching a live writer's.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+__all__ = ["atomic_path", "default_mode", "remove_stale_temporaries", "write_atomic", "write_text_atomic"]
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]*\.tmp$")
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open``/``mkdir`` would give a new file (or folder) under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to; renamed onto ``path`` if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, default_mode())
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
     """Call ``write(f)`` on a file (UTF-8 text, or bytes) that replaces ``path`` only once it is complete."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp, (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")) as f:
+        write(f)
+    return Path(path)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
     return write_atomic(path, lambda f: f.write(text))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` whose writer on this host is dead; return them.
+
+    Those of other hosts (a shared folder) are left: their pids mean nothing here.
+    """
+    removed = []
+    for tmp in Path(folder).glob("*.tmp"):
+        m = _TEMP.search(tmp.name)
+        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

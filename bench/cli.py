@@ -8,6 +8,7 @@ stays instant.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import sys
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__, paths
+from bench.argtypes import at_least, below_one, fraction, positive_float, positive_int, whole
 from bench.config import OFFICIAL_TEST_POLICIES
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, DataError
 
 COMMANDS: dict[str, type[Command]] = {}
 
@@ -30,6 +32,8 @@ def register_command(cls: type[Command]) -> type[Command]:
 class Command:
     name = ""
     help = ""
+    # Commands that load TensorFlow in this process: its C++ lines go to a log file (bench.quiet).
+    native_log = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
@@ -115,9 +119,10 @@ class DatasetsCommand(Command):
 class BackbonesCommand(Command):
     name = "backbones"
     help = "List the registered backbones: parameters, cut points, blocks, minimum input size."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--size", type=int, default=None, help="input size to build them at (default: each one's minimum, at least 64)")
+        parser.add_argument("--size", type=positive_int, default=None, help="input size to build them at (default: each one's minimum, at least 64)")
         parser.add_argument("names", nargs="*", help="only these backbones")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -149,12 +154,12 @@ class FetchCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("name", help="dataset name from `bench datasets`")
         parser.add_argument("--registry", type=Path)
-        parser.add_argument("--max-gb", type=float, default=50.0, help="refuse archives that unpack to more than this")
-        parser.add_argument("--size", type=int, help="MedMNIST: the file of this image size (28, 64, 128, 224; "
+        parser.add_argument("--max-gb", type=positive_float, default=50.0, help="refuse archives that unpack to more than this")
+        parser.add_argument("--size", type=positive_int, help="MedMNIST: the file of this image size (28, 64, 128, 224; "
                                                      "default: the dataset's image_size)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from bench.data.fetch import fetch_archive
+        from bench.data.fetch import archive_path, fetch_archive
         from bench.data.registry import dataset_root, registry
         from bench.data.sources import special_source
         from bench.errors import close_matches
@@ -175,13 +180,27 @@ class FetchCommand(Command):
         if root.is_dir() and any(root.iterdir()) and not (target / ".bench-extracted").exists():
             _console().print(f"{spec.name}: {root} already holds data (unpacked by hand); nothing to download.")
             return 0
+        archive = archive_path(spec.source.url, target)
         hint = (f"Download {spec.source.url} by hand (from {spec.homepage or 'its homepage'}) and unpack it into "
                 f"{target} so that {root} holds the class folders, or put the archive itself at "
-                f"{target.parent / 'downloads'} and run `bench fetch {spec.name}` again.")
+                f"{archive} and run `bench fetch {spec.name}` again.")
         fetch_archive(spec.source.url, spec.source.sha256, target, max_bytes=int(args.max_gb * 2**30),
                       manual_hint=hint)
+        if not root.is_dir():
+            raise DataError(f"{spec.name}: the archive {archive.name} was unpacked into {target}, but the registry's "
+                            f"root {root} is not there. The archive holds: {_top_level(target)}. Fix `root` of "
+                            f"[{spec.name}] in {args.registry or paths.registry_file()} (a path inside {target}).")
         _console().print(f"{spec.name}: ready in {root}")
         return 0
+
+
+def _top_level(folder: Path, shown: int = 10) -> str:
+    """What an unpacked archive holds at its top, for a message: 'a/, b/, c.txt'."""
+    from bench.data.fetch import MARKER
+
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name != MARKER)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (", ".join(names[:shown]) + more) if names else "nothing"
 
 
 # ---- bench weights --------------------------------------------------------------------------
@@ -189,6 +208,7 @@ class FetchCommand(Command):
 class WeightsCommand(Command):
     name = "weights"
     help = "Pretrained weight files: list, pull, export/import (air-gapped machines), convert."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from bench import weights_cli
@@ -223,17 +243,17 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", required=dataset_required,
                    help="registry name (`bench datasets`) or a class-per-folder path")
-    g.add_argument("--size", type=int, help="image side in pixels (default: the dataset's image_size)")
+    g.add_argument("--size", type=positive_int, help="image side in pixels (default: the dataset's image_size)")
     g.add_argument("--resize", choices=["squash", "pad", "crop"], help="how images become square (default: the dataset's)")
-    g.add_argument("--folds", type=int, help="cross-validation folds (default: the dataset's `folds` in "
-                                            "datasets.toml, else 5)")
-    g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and shuffling")
-    g.add_argument("--test-fraction", type=float, help="held-out fraction when the dataset has no official test split")
+    g.add_argument("--folds", type=at_least(2), help="cross-validation folds (default: the dataset's `folds` in "
+                                                  "datasets.toml, else 5)")
+    g.add_argument("--seed", type=whole, default=0, help="seed for splits, initialisation and shuffling")
+    g.add_argument("--test-fraction", type=fraction, help="held-out fraction when the dataset has no official test split")
     g.add_argument("--group-regex", help="regex on file names whose first group is the patient id (overrides the registry)")
     g.add_argument("--official-test", choices=OFFICIAL_TEST_POLICIES, default="clean",
                    help="clean (default): images whose patient (or duplicate group) also has images in the official "
                         "test set leave the CV pool; as-published: keep them (the report warns)")
-    g.add_argument("--min-class-images", type=int, default=0, metavar="N",
+    g.add_argument("--min-class-images", type=whole, default=0, metavar="N",
                    help="leave out classes with fewer than N images in the CV pool (their test images too)")
     g.add_argument("--strict", action="store_true",
                    help="fail on unreadable images instead of skipping them, and on identical images filed "
@@ -255,29 +275,30 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
 class CVCommand(Command):
     name = "cv"
     help = "Train and score one configuration by stratified, patient-aware k-fold cross-validation."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_data_arguments(parser, dataset_required=False)
         r = parser.add_argument_group("re-run a search trial exactly")
-        r.add_argument("--from-trial", type=int, metavar="N", help="trial number of the search in --run")
+        r.add_argument("--from-trial", type=whole, metavar="N", help="trial number of the search in --run")
         r.add_argument("--run", type=Path, help="the search's run directory (with --from-trial)")
         g = parser.add_argument_group("model and training")
         g.add_argument("--backbone", default="mobilenet_v2", help="backbone name (`bench backbones`)")
         g.add_argument("--weights", type=_weights, default=None, help="imagenet, none (default) or a weights file")
         g.add_argument("--unfrozen", type=_unfrozen, default="all", help="blocks to fine-tune: 0 = frozen features, 'all' (default)")
-        g.add_argument("--epochs", type=int, default=10)
-        g.add_argument("--lr", type=float, default=1e-3)
-        g.add_argument("--batch-size", type=int, default=32)
+        g.add_argument("--epochs", type=positive_int, default=10)
+        g.add_argument("--lr", type=positive_float, default=1e-3)
+        g.add_argument("--batch-size", type=positive_int, default=32)
         g.add_argument("--optimizer", default="adam", help="adam, adamw, sgd, rmsprop")
         g.add_argument("--augment", default="light", help="none, light, medium, heavy")
-        g.add_argument("--dropout", type=float, default=0.2)
-        g.add_argument("--label-smoothing", type=float, default=0.0)
+        g.add_argument("--dropout", type=below_one, default=0.2)
+        g.add_argument("--label-smoothing", type=below_one, default=0.0)
         g.add_argument("--no-class-weights", action="store_true", help="do not weight classes by inverse frequency")
-        g.add_argument("--patience", type=int, default=5,
+        g.add_argument("--patience", type=whole, default=5,
                        help="early-stopping patience on the inner validation split's loss (0 = off)")
-        g.add_argument("--reduce-lr", type=int, default=3,
+        g.add_argument("--reduce-lr", type=whole, default=3,
                        help="reduce-LR-on-plateau patience on the inner validation split's loss (0 = off)")
-        g.add_argument("--inner-val", type=float, default=0.15,
+        g.add_argument("--inner-val", type=below_one, default=0.15,
                        help="fraction of each training fold (whole patients, stratified) that early stopping "
                             "and LR reduction read; the scored fold never reaches them (default 0.15; 0 = "
                             "neither: fixed epochs at a constant rate)")
@@ -384,7 +405,8 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
             console.print(f"[red]fold {score.fold + 1} failed: {score.status}[/]")
 
     try:
-        scores = cross_validate(data, config, run, on_fold=on_fold, on_epoch=on_epoch)
+        with run.failed_on_error():
+            scores = cross_validate(data, config, run, on_fold=on_fold, on_epoch=on_epoch)
     except KeyboardInterrupt:
         run.update_manifest(status="interrupted", seconds=round(time.perf_counter() - t_start, 1))
         console.print(f"[yellow]Interrupted; finished folds are kept in {run.path}[/]")
@@ -432,11 +454,12 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
 class RunCommand(Command):
     name = "run"
     help = "Search configurations with Optuna, every trial scored by k-fold cross-validation."
+    native_log = True  # preparing the search loads TensorFlow; its workers inherit the log too
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_data_arguments(parser)
         g = parser.add_argument_group("search")
-        g.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials in total")
+        g.add_argument("--trials", type=positive_int, required=True, help="finished (complete or pruned) trials in total")
         g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
         g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
         g.add_argument("--pruner", default="median",
@@ -448,12 +471,12 @@ class RunCommand(Command):
         g.add_argument("--storage", help="SQLAlchemy URL (postgresql://...), journal:FILE, or a .db/.log file; "
                                          "default: study.db in the run directory")
         g.add_argument("--study", help="study name (default <dataset>-<space>)")
-        g.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (one per GPU with GPUs)")
-        g.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-        g.add_argument("--trial-timeout", type=float, help="fail a trial that runs longer than this many seconds")
-        g.add_argument("--max-failures", type=int, default=10, help="stop after this many failed trials")
+        g.add_argument("--jobs", type=positive_int, default=1, help="worker processes on this machine (one per GPU with GPUs)")
+        g.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
+        g.add_argument("--trial-timeout", type=positive_float, help="fail a trial that runs longer than this many seconds")
+        g.add_argument("--max-failures", type=positive_int, default=10, help="stop after this many failed trials")
         g.add_argument("--precision", default="float32", help="float32, mixed_float16 (GPU), mixed_bfloat16")
-        g.add_argument("--heartbeat", type=int, default=30, help="seconds between a worker's heartbeats")
+        g.add_argument("--heartbeat", type=positive_int, default=30, help="seconds between a worker's heartbeats")
         g.add_argument("--no-final", action="store_true",
                        help="skip the held-out evaluation when the search ends (run `bench final` later)")
         out = parser.add_argument_group("output")
@@ -485,11 +508,12 @@ class RunCommand(Command):
 class FinalCommand(Command):
     name = "final"
     help = "Refit each backbone's best configuration on all training data and score it once on the held-out test set."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--run", type=Path, required=True, help="a run directory of bench run (or bench cv)")
         parser.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
-        parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+        parser.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% CIs")
         parser.add_argument("--registry", type=Path, help="another datasets.toml")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -576,6 +600,7 @@ def _list_unreadable(unreadable: list[tuple[str, str]]) -> None:
 class ExportCommand(Command):
     name = "export"
     help = "Save a run's refit best model (the one scored on the held-out test) as .keras with a model card."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--run", type=Path, required=True, help="a run directory after `bench final`")
@@ -610,14 +635,15 @@ class ExportCommand(Command):
 class PredictCommand(Command):
     name = "predict"
     help = "Class probabilities for image files or folders from an exported model (same preprocessing as training)."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", type=Path, metavar="MODEL.keras", help="an exported model (its .card.json beside it)")
         parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
                             help="image files or folders (a folder of class subfolders is also scored)")
         parser.add_argument("--csv", type=Path, help="write one row per image: path, [truth], predicted, p_<class>...")
-        parser.add_argument("--batch-size", type=int, default=64)
-        parser.add_argument("--show", type=int, default=20, help="rows to print (default 20; all go to --csv)")
+        parser.add_argument("--batch-size", type=positive_int, default=64)
+        parser.add_argument("--show", type=whole, default=20, help="rows to print (default 20; all go to --csv)")
         _add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -665,6 +691,7 @@ class PredictCommand(Command):
 class ExplainCommand(Command):
     name = "explain"
     help = "Grad-CAM overlays: where in each image the model looked for the class it predicted."
+    native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", type=Path, metavar="MODEL.keras", help="an exported model (its .card.json beside it)")
@@ -676,7 +703,7 @@ class ExplainCommand(Command):
         parser.add_argument("--block", type=int, default=-1,
                             help="backbone block whose output is explained: -1 = last (default), -2 = the one "
                                  "before (finer map), ...")
-        parser.add_argument("--display-size", type=int, help="overlay side in pixels (default: model size, at least 224)")
+        parser.add_argument("--display-size", type=positive_int, help="overlay side in pixels (default: model size, at least 224)")
         _add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -724,12 +751,26 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "offline", False):
         os.environ[paths.OFFLINE_ENV] = "1"
     try:
-        return args._command.run(args)
+        if not args._command.native_log:
+            return args._command.run(args)
+        from bench.quiet import native_stderr_to_log
+
+        with native_stderr_to_log():
+            return args._command.run(args)
     except BenchError as err:
         from rich.markup import escape
 
         _err_console().print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Not a bug and not the user's typo: say where, keep the traceback out of it.
+        where = f" while writing {err.filename}" if err.filename else ""
+        _err_console().print(f"[bold red]error:[/] no space left on the disk{where}. Free some space and run the "
+                             "same command again: files are written whole, so nothing partial is read back.",
+                             highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

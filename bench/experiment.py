@@ -162,7 +162,7 @@ def prepare_data(
     folds = folds if folds is not None else spec.folds or DEFAULT_FOLDS
     test_fraction = test_fraction if test_fraction is not None else spec.test.fraction
     index = build_index(spec, root)
-    size = size or spec.image_size
+    size = size if size is not None else spec.image_size  # 0 is an error, never "the default"
     resize = resize or spec.resize
     for path, reason in index.passed_over[:_SHOWN]:
         print(f"warning: passed over {index.root / path}: {reason}", file=sys.stderr)

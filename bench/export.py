@@ -17,9 +17,8 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench import metrics as M
-from bench.atomic import write_text_atomic
+from bench.atomic import atomic_path, write_text_atomic
 from bench.errors import ConfigError, DataError
 from bench.results import RunDir
 
@@ -428,10 +427,8 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
         raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not (out.exists() and out.resolve() == source.resolve()):
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-        os.close(fd)
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            shutil.copyfile(source, tmp)
     model = load_model(out)
     card = build_card(run, chosen, out, model)
     n_out = int(model.outputs[0].shape[-1])
@@ -452,8 +449,19 @@ def load_model(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"No model file {path}.")
+    if not _is_keras_archive(path):  # Keras itself would say "File not found" for it
+        raise DataError(f"{path} is not a Keras model: a .keras file is a zip archive holding config.json and "
+                        "the weights, and this one is not. Give the .keras file `bench export` wrote.")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for a bad file
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"Cannot load the Keras model {path}: {reason}.") from err
+
+
+def _is_keras_archive(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False

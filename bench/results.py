@@ -39,10 +39,12 @@ Rows are appended fold by fold, so an interrupted run keeps every finished fold.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ import pandas as pd
 from filelock import FileLock
 
 from bench.atomic import write_atomic, write_text_atomic
-from bench.errors import DataError
+from bench.errors import BenchError, DataError
 
 SCHEMA_VERSION = 1
 
@@ -158,6 +160,17 @@ class RunDir:
             manifest = self.manifest()
             manifest.update(changes)
             _atomic_json(self.file("manifest"), manifest)
+
+    @contextlib.contextmanager
+    def failed_on_error(self) -> Iterator[None]:
+        """Inside the block, an error marks the run "failed" with its reason (not "running" for ever)."""
+        try:
+            yield
+        except Exception as err:
+            reason = str(err) if isinstance(err, BenchError) else f"{type(err).__name__}: {err}"
+            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                self.update_manifest(status="failed", reason=reason)
+            raise
 
     def write_config(self, trial: int, config: dict[str, Any]) -> None:
         path = self.file("config")

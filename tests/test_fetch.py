@@ -494,7 +494,7 @@ def test_fetch_archive_downloads_extracts_and_then_skips(serve, tmp_path):
     target = tmp_path / "data" / "ds"
     sha = hashlib.sha256(blob).hexdigest()
     assert fetch_archive(srv.url("/files/ds.zip?download=1"), sha, target, progress=False) == target
-    assert (tmp_path / "data" / "downloads" / "ds.zip").read_bytes() == blob
+    assert (tmp_path / "data" / "downloads" / "ds" / "ds.zip").read_bytes() == blob
     for rel, data in TREE.items():
         assert (target / rel).read_bytes() == data
     assert len(srv.requests) == 1
@@ -507,14 +507,14 @@ def test_fetch_archive_network_error_says_where_to_put_the_file(tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/ds.tar.gz"
     with pytest.raises(NetworkError) as err:
         fetch_archive(url, None, target, progress=False, manual_hint=HINT)
-    assert str(tmp_path / "data" / "downloads" / "ds.tar.gz") in str(err.value)
+    assert str(tmp_path / "data" / "downloads" / "ds" / "ds.tar.gz") in str(err.value)
     assert HINT in str(err.value)
     assert not target.exists()
 
 
 def test_fetch_archive_uses_an_archive_put_there_by_hand(tmp_path):
-    (tmp_path / "data" / "downloads").mkdir(parents=True)
-    archive = _tar(tmp_path / "data" / "downloads" / "ds.tgz", TREE)
+    (tmp_path / "data" / "downloads" / "ds").mkdir(parents=True)
+    archive = _tar(tmp_path / "data" / "downloads" / "ds" / "ds.tgz", TREE)
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     url = f"http://127.0.0.1:{_closed_port()}/ds.tgz"  # would fail if it were asked
     target = fetch_archive(url, sha, tmp_path / "data" / "ds", progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -80,3 +81,52 @@ def test_fetch_refuses_a_wrong_checksum(served, tmp_path, capsys):
     code = main(["fetch", "histo", "--registry", str(reg)])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "sha256" in err.lower()
+
+
+def test_a_root_the_archive_does_not_hold_is_an_error_naming_what_it_holds(served, tmp_path, capsys, isolated_dirs):
+    site, base = served
+    sha = make_archive(site, tmp_path)
+    reg = tmp_path / "registry.toml"
+    reg.write_text(registry(tmp_path, f"{base}/histo.zip", sha).read_text().replace('root = "histo"',
+                                                                                    'root = "Histo"'))
+    code = main(["fetch", "histo", "--registry", str(reg)])
+    out, err = capsys.readouterr()
+    err = " ".join(err.split())
+    assert code == 2 and "ready" not in out
+    assert "histo" in err and str(isolated_dirs / "data" / "histo" / "Histo") in err
+    assert "The archive holds: histo/" in err and "Traceback" not in err
+
+
+def test_a_bad_checksum_of_one_entry_keeps_another_entrys_download_of_the_same_name(served, tmp_path, capsys,
+                                                                                   isolated_dirs):
+    site, base = served
+    sha = make_archive(site, tmp_path)
+    (site / "mirror").mkdir()
+    (site / "mirror" / "histo.zip").write_bytes(b"not the same archive")
+    good = registry(tmp_path, f"{base}/histo.zip", sha).read_text()
+    bad = good.replace("[histo]", "[other]").replace(f"{base}/histo.zip", f"{base}/mirror/histo.zip")
+    reg = tmp_path / "two.toml"
+    reg.write_text(good + "\n" + bad)
+    assert main(["fetch", "histo", "--registry", str(reg)]) == 0
+    assert main(["fetch", "other", "--registry", str(reg)]) == 2
+    assert "sha256" in capsys.readouterr().err
+    kept = list((isolated_dirs / "data" / "downloads").rglob("histo.zip"))
+    assert len(kept) == 1 and hashlib.sha256(kept[0].read_bytes()).hexdigest() == sha
+    # so histo is rebuilt without the network after its folder is lost
+    shutil.rmtree(isolated_dirs / "data" / "histo")
+    site.joinpath("histo.zip").unlink()
+    assert main(["fetch", "histo", "--registry", str(reg)]) == 0
+
+
+def test_a_file_url_is_fetched_checked_and_unpacked(tmp_path, capsys, isolated_dirs):
+    site = tmp_path / "share"
+    site.mkdir()
+    sha = make_archive(site, tmp_path)
+    reg = registry(tmp_path, (site / "histo.zip").as_uri(), sha)
+    assert main(["fetch", "histo", "--registry", str(reg)]) == 0
+    assert (isolated_dirs / "data" / "histo" / "histo" / "malignant" / "malignant0.png").is_file()
+    wrong = registry(tmp_path, (site / "histo.zip").as_uri(), "e" * 64)
+    shutil.rmtree(isolated_dirs / "data" / "histo")
+    shutil.rmtree(isolated_dirs / "data" / "downloads")
+    assert main(["fetch", "histo", "--registry", str(wrong)]) == 2
+    assert "sha256" in capsys.readouterr().err.lower()

@@ -440,3 +440,60 @@ def test_list_studies_on_a_journal(tmp_path):
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=2)
     (status,) = list_studies(storage)
     assert (status.direction, status.complete, status.best_value) == ("minimize,maximize", 2, None)
+
+
+# --------------------------------------------------------------------------- a journal cut mid-write
+
+
+def _journal_with_trials(path: Path, n: int) -> bytes:
+    study = optuna.create_study(study_name="torn", storage=open_storage(f"journal:{path}", path.parent))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n)
+    return path.read_bytes()
+
+
+def _bench_status(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", "status", "--storage", f"journal:{path}"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("damage", ["cut", "cut_then_appended"])
+def test_a_journal_torn_mid_record_is_cut_back_and_kept(tmp_path, damage):
+    path = tmp_path / "study.log"
+    whole = _journal_with_trials(path, 3)
+    last_start = whole.rstrip(b"\n").rfind(b"\n") + 1
+    torn = whole[: last_start + (len(whole) - last_start) // 2]  # a writer killed half-way through a record
+    if damage == "cut_then_appended":  # what an unfixed bench did next: a record glued onto the torn line
+        torn += b'{"op_code":0,"worker_id":"w","study_name":"other","directions":[1]}\n'
+    path.write_bytes(torn)
+
+    status = _bench_status(path)
+    assert status.returncode == 0, status.stderr
+    assert "torn" in status.stdout and "Traceback" not in status.stderr
+    copies = list(tmp_path.glob("study.log.torn-*"))
+    assert len(copies) == 1 and copies[0].read_bytes() == torn
+    assert "incomplete record" in status.stderr and str(copies[0]) in " ".join(status.stderr.split())
+    assert path.read_bytes() == whole[:last_start]  # exactly the complete records
+    # Optuna can use it again: the study goes on from the records that were whole.
+    study = optuna.load_study(study_name="torn", storage=open_storage(f"journal:{path}", tmp_path))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert len(study.trials) == 4 and path.read_bytes().endswith(b"\n")
+    assert len(list(tmp_path.glob("study.log.torn-*"))) == 1  # an intact journal is left alone
+
+
+def test_a_torn_journal_is_left_alone_while_a_writer_holds_its_lock(tmp_path):
+    path = tmp_path / "study.log"
+    whole = _journal_with_trials(path, 2)
+    half = len(whole) - (len(whole) - (whole.rstrip(b"\n").rfind(b"\n") + 1)) // 2
+    path.write_bytes(whole[:half])  # a live writer is half-way through its last record
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "status", "--storage", f"journal:{path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert proc.poll() is None  # waiting for the writer's lock, not cutting its record
+    with path.open("ab") as f:
+        f.write(whole[half:])
+    lock.release()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert path.read_bytes() == whole and not list(tmp_path.glob("study.log.torn-*"))

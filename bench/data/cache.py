@@ -11,11 +11,11 @@ the same cache at once decode it once and never see half a file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +23,10 @@ import numpy as np
 from filelock import FileLock
 
 from bench import paths
-from bench.atomic import write_text_atomic
+from bench.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from bench.data import images
 from bench.data.index import DatasetIndex, OnError
+from bench.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,13 @@ def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCa
 
 def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Path, workers: int | None) -> None:
     n = len(index)
-    fd, tmp_name = tempfile.mkstemp(dir=npy.parent, prefix=npy.name, suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     failed: dict[int, str] = {}
-    try:
+    with atomic_path(npy) as tmp:  # the rename onto the .npy is the commit point: readers look for it
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        # The memmap file is sparse: on a full disk, writing its pages would kill the process with
+        # SIGBUS. Reserving the blocks first turns that into an OSError (ENOSPC) here.
+        with open(tmp, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         source = (index.pixels or FILES).fill(index, size, resize, out, failed.__setitem__, workers)
         out.flush()
         hashes = [hashlib.blake2b(out[i].tobytes(), digest_size=16).hexdigest() for i in range(n)]
@@ -114,9 +116,6 @@ def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Pa
         meta = {"paths": list(index.paths), "size": size, "resize": resize, "failed": failed, "row_hashes": hashes,
                 "source": source}
         write_text_atomic(meta_path, json.dumps(meta))
-        os.replace(tmp, npy)  # the commit point: readers look for the .npy
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_or_build(
@@ -133,6 +132,17 @@ def load_or_build(
     with FileLock(str(root / f"{key}.lock")):
         if npy.is_file() and meta_path.is_file():  # another process built it while we waited
             return _load(npy, meta_path, key, fp, built=False)
+        # A writer killed mid-build (kill -9, power cut) leaves a temporary as big as the whole cache.
+        for stale in remove_stale_temporaries(root):
+            log.info("removed %s, left by a killed writer", stale)
         log.info("decoding %d images of %s at %d px into %s", len(index), index.name, size, npy)
-        _build(index, size, resize, npy, meta_path, workers)
+        try:
+            _build(index, size, resize, npy, meta_path, workers)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            need = len(index) * size * size * 3 / 2**20
+            raise DataError(f"No space left in {root} for the image cache of {index.name} at {size} px "
+                            f"({need:.1f} MiB): free some space there, or point BENCH_CACHE at a folder with "
+                            "room. Nothing partial was kept.") from None
     return _load(npy, meta_path, key, fp, built=True)

@@ -43,9 +43,10 @@ from typing import BinaryIO
 from filelock import FileLock, Timeout
 
 from bench import __version__, paths
+from bench.atomic import default_mode
 from bench.errors import ConfigError, DataError, NetworkError
 
-__all__ = ["MARKER", "download", "fetch_archive", "is_extracted", "safe_extract"]
+__all__ = ["MARKER", "archive_path", "download", "fetch_archive", "is_extracted", "safe_extract"]
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ def safe_extract(
     digest = _sha256_file(archive)
     log.info("extracting %s into %s", archive, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.extracting-", dir=root.parent))
+    tmp.chmod(default_mode(directory=True))  # mkdtemp's 0700 would stay on the renamed dataset folder
     try:
         unpack = _unpack_zip if kind == "zip" else _unpack_tar
         rels = unpack(archive, tmp.resolve(), _Limits(max_bytes, max_files))
@@ -597,18 +599,18 @@ def fetch_archive(
 ) -> Path:
     """Download the archive at ``url`` and unpack it into ``target``; return ``target``.
 
-    The archive is kept in ``target.parent / "downloads"`` (named ``archive_name``, else after
-    the URL), so a deleted ``target`` is rebuilt without the network. Returns at once when
-    ``target`` already holds a finished extraction of that archive.
+    The archive is kept in ``target.parent / "downloads" / target.name`` (named ``archive_name``,
+    else after the URL), so a deleted ``target`` is rebuilt without the network. The folder is
+    per target because two registry entries may name different files alike (``data.zip``): a
+    checksum failure of one, which deletes its download, must not delete the other's. Returns at
+    once when ``target`` already holds a finished extraction of that archive. ``file://`` URLs
+    are read like any other (same checksum, same unpacking), for archives on a shared drive.
     """
     target = Path(target)
     want = _normalize_sha256(sha256)
     if is_extracted(target, want):
         return target
-    name = archive_name or _name_from_url(url)
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise DataError(f"Cannot tell what to call the file at {url}; pass archive_name (e.g. 'images.zip').")
-    archive = target.parent / "downloads" / name
+    archive = archive_path(url, target, archive_name)
     root = target.resolve() if target.is_symlink() else target.absolute()
     _check_replaceable(root, target)  # before a long download, not after it
     hint = f"You can download {url} yourself and save it as {archive}." + (f" {manual_hint}" if manual_hint else "")
@@ -623,6 +625,14 @@ def fetch_archive(
         download(url, archive, sha256=want, progress=progress, manual_hint=hint)
         safe_extract(archive, target, max_bytes=max_bytes)
     return target
+
+
+def archive_path(url: str, target: Path, archive_name: str | None = None) -> Path:
+    """Where ``fetch_archive`` keeps the archive at ``url`` that it unpacks into ``target``."""
+    name = archive_name or _name_from_url(url)
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise DataError(f"Cannot tell what to call the file at {url}; pass archive_name (e.g. 'images.zip').")
+    return Path(target).parent / "downloads" / Path(target).name / name
 
 
 def _name_from_url(url: str) -> str:

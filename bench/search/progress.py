@@ -64,7 +64,7 @@ class Progress:
             detail = f"{self.metric} {p['value']:.4f}" if p.get("value") is not None else (p.get("reason") or "")
             self._log(f"trial {p['number']} {state.lower()}: {p.get('backbone')} {detail}")
         elif kind == "setup_failed":
-            self._log(f"worker {worker} could not start: {p['error']}")
+            self._log(f"worker {worker} stopped: {p['error']}")
         self._refresh()
 
     def trial_failed(self, number: int, reason: str) -> None:

@@ -41,6 +41,7 @@ from bench.search.worker import (
     EXIT_SETUP_FAILED,
     EXIT_STOPPED,
     WorkerSpec,
+    describe_error,
     finished_and_running,
     worker_main,
 )
@@ -206,8 +207,11 @@ class Supervisor:
         trial = storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             return
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except Exception as err:  # a full disk, a database gone: the search cannot go on
+            raise BenchError(f"cannot record trial {number} as failed ({reason}): {describe_error(err)}") from None
         self.failures.append(f"trial {number}: {reason}")
         self.run.append_trial(trial_record(storage.get_trial(trial_id)))
         retries = int(trial.user_attrs.get("retries", 0))
@@ -276,7 +280,7 @@ class Supervisor:
                             self.fail_and_retry(slot.trial, reason)
                             self.progress.trial_failed(slot.trial, reason)
                         if code == EXIT_SETUP_FAILED:
-                            setup_error = self.setup_error or f"worker {i} could not start"
+                            setup_error = self.setup_error or f"worker {i} stopped (exit code {code})"
                             self.stop.set()
                             continue
                         if len(self.failures) >= o.max_failures and not self.stop.is_set():
@@ -288,12 +292,12 @@ class Supervisor:
                         if finished < o.trials:  # recycle, failed trial, crash: replace the worker
                             slots[i] = self._start(i)
                     time.sleep(0.2)
+        except BenchError:
+            self._stop_workers(slots)
+            raise
         except KeyboardInterrupt:
-            self.stop.set()
+            self._stop_workers(slots)
             for slot in slots.values():
-                slot.process.kill()
-            for slot in slots.values():
-                slot.process.join(10)
                 if slot.trial is not None:
                     self.fail_and_retry(slot.trial, "interrupted by the user (Ctrl-C)")
             self.run.update_manifest(status="interrupted")
@@ -301,10 +305,17 @@ class Supervisor:
                                f"continue the study.[/] Run directory: {self.run.path}")
             return 130
         if setup_error:
-            raise BenchError(f"The search workers could not start: {setup_error}")
+            raise BenchError(f"The search stopped: {setup_error}")
         return 0
 
     setup_error: str | None = None
+
+    def _stop_workers(self, slots: dict[int, _Slot]) -> None:
+        self.stop.set()
+        for slot in slots.values():
+            slot.process.kill()
+        for slot in slots.values():
+            slot.process.join(10)
 
     def _drain(self, slots: dict[int, _Slot]) -> None:
         while True:
@@ -348,15 +359,23 @@ class Supervisor:
             self.console.print(f"{len(self.failures)} failed trial(s) in this session:")
             for line in self.failures[-10:]:
                 self.console.print(f"  {line}")
+        # Whatever ended the search (its budget, --timeout, --max-failures), its best trials get their
+        # held-out numbers: a user who budgets by time is owed them too. Only Ctrl-C (code 130,
+        # returned before this) skips it.
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if code == 0 and self.o.final and complete:
+            if status != "complete":
+                self.console.print(f"The search ended after {finished} of {self.o.trials} trials; the held-out "
+                                   "evaluation uses the best trials so far.")
+            if self.o.storage is not None:
+                # A shared study: this machine's run directory holds only its own trials.
+                self.console.print("Shared storage: run the held-out evaluation once, on the machine of your "
+                                   "choice, with `bench final --run DIR` after copying the run directories together.")
+            elif self._final_is_stale():
+                code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
+                                               self.run.path, self.o.registry, self.console)
         if self.stop_reason and self.stop_reason.startswith("--max-failures"):
             return 1
-        if code == 0 and status == "complete" and self.o.final and self.o.storage is not None:
-            # A shared study: this machine's run directory holds only its own trials.
-            self.console.print("Shared storage: run the held-out evaluation once, on the machine of your choice, "
-                               "with `bench final --run DIR` after copying the run directories together.")
-        elif code == 0 and status == "complete" and self.o.final and self._final_is_stale():
-            code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
-                                           self.run.path, self.o.registry, self.console)
         return code
 
 
@@ -433,13 +452,16 @@ def _final_main(run_dir: str, registry: str | None) -> None:
     from rich.console import Console
 
     from bench.final import evaluate_run
+    from bench.quiet import native_stderr_to_log
 
     console = Console()
     try:
-        evaluate_run(Path(run_dir), console=console if console.is_terminal else Console(width=160),
-                     registry=Path(registry) if registry else None)
+        with native_stderr_to_log():
+            evaluate_run(Path(run_dir), console=console if console.is_terminal else Console(width=160),
+                         registry=Path(registry) if registry else None)
     except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # stdout: under `bench run` this process's descriptor 2 is TensorFlow's log file (bench.quiet)
+        print(f"error: {err}", file=sys.stdout)
         sys.exit(2)
 
 
@@ -459,7 +481,8 @@ def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, conso
 def run_search(options: SearchOptions, console: Any) -> int:
     supervisor = Supervisor(options, console)
     supervisor.prepare()
-    code = supervisor.run_workers()
+    with supervisor.run.failed_on_error():
+        code = supervisor.run_workers()
     if code == 130:
         return code
     return supervisor.finish(code)

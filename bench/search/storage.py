@@ -30,15 +30,23 @@ heartbeat: a trial whose worker was killed stays RUNNING for good. A budget coun
 trials still ends (``bench status`` shows the trial as running); one that also counts RUNNING
 trials waits for it forever. Use PostgreSQL or SQLite when workers may be killed; ``supports_heartbeat`` tells which case a storage is
 in. The settings are passed to ``JournalStorage`` as soon as an Optuna version accepts them.
+
+Torn journals. A process killed while appending to a journal leaves a last line without its
+newline; Optuna then fails to replay the file and appends the next record onto that line, which
+damages it for good. ``repair_torn_journal`` runs first, under the journal's lock: it keeps the
+file as ``FILE.torn-<time>``, cuts it back to its last complete record and says so.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import logging
 import os
 import random
-import time
 import re
+import shutil
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -50,12 +58,14 @@ from urllib.parse import quote
 import optuna
 import sqlalchemy.exc
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
 from bench.errors import ConfigError, close_matches
+
+log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "BENCH_STORAGE_PASSWORD"
 DEFAULT_FILE = "study.db"
@@ -234,10 +244,62 @@ def _open_rdb(url_text: str, kind: _Kind, heartbeat: _Heartbeat) -> BaseStorage:
         ) from None
 
 
+def _end_of_last_record(data: bytes) -> int | None:
+    """Where the last complete, parseable record of a journal ends; None if nothing there is one.
+
+    Optuna appends records as JSON lines in one write, so a writer killed mid-write leaves a last
+    line without its newline; a later append glued onto that line makes it a complete line that
+    does not parse. Either is dropped; anything further back is real damage, not a torn write.
+    """
+
+    def parses(start: int, end: int) -> bool:
+        try:
+            json.loads(data[start:end])
+        except ValueError:
+            return False
+        return True
+
+    end = data.rfind(b"\n") + 1
+    start = data.rfind(b"\n", 0, max(end - 1, 0)) + 1
+    if end and not parses(start, end):
+        end = start
+        start = data.rfind(b"\n", 0, max(end - 1, 0)) + 1
+    return end if end and parses(start, end) else None
+
+
+def repair_torn_journal(path: Path) -> Path | None:
+    """Cut a journal back to its last complete record; return the copy kept of the torn file, if any.
+
+    Runs under the journal's own lock (the one Optuna's writers take), so a record another process
+    is writing right now is never mistaken for a torn one.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        end = _end_of_last_record(data)
+        if end is None or end == len(data):  # intact, or not a journal at all (Optuna says so)
+            return None
+        copy = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(path, copy)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    log.warning("%s ended in an incomplete record (a writer was killed mid-write): cut back to its last "
+                "complete record, dropping %d byte(s); the file as it was is kept as %s",
+                path, len(data) - end, copy)
+    return copy
+
+
 def _open_journal(path_text: str, kind: _Kind, heartbeat: _Heartbeat) -> BaseStorage:
     path = Path(path_text).expanduser().resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_torn_journal(path)  # before Optuna replays it: it would fail, then append onto the torn line
         backend = JournalFileBackend(str(path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -27,7 +27,7 @@ EXIT_BUDGET_DONE = 0
 EXIT_RECYCLE = 10  # ran max_trials trials: replace me
 EXIT_TRIAL_FAILED = 11  # a trial failed in this process: replace me
 EXIT_STOPPED = 12  # the supervisor asked to stop
-EXIT_SETUP_FAILED = 13  # could not even start (bad data, storage): do not replace
+EXIT_SETUP_FAILED = 13  # could not start, or cannot go on (bad data, a full disk): do not replace
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,39 @@ def worker_main(spec: WorkerSpec, queue: Any, stop: Any) -> None:
     def send(kind: str, payload: dict[str, Any]) -> None:
         queue.put((kind, {"worker": spec.index, "pid": os.getpid(), **payload}))
 
-    try:
-        study, objective = _setup(spec, send)
-    except Exception as err:  # noqa: BLE001 - reported to the supervisor, which prints it
-        from bench.errors import BenchError
+    from bench.quiet import native_stderr_to_log
 
-        message = str(err) if isinstance(err, BenchError) else f"{type(err).__name__}: {err}"
-        send("setup_failed", {"error": message})
-        sys.exit(EXIT_SETUP_FAILED)
-    from bench.results import RunDir
+    with native_stderr_to_log():
+        # An error outside a trial (a full disk, a storage that refuses writes) would come back in
+        # a replacement worker: reported as fatal, so the supervisor stops instead of looping.
+        try:
+            study, objective = _setup(spec, send)
+            from bench.results import RunDir
 
-    sys.exit(_loop(spec, study, objective, send, stop, RunDir.open(Path(spec.run_dir))))
+            code = _loop(spec, study, objective, send, stop, RunDir.open(Path(spec.run_dir)))
+        except Exception as err:  # noqa: BLE001 - reported to the supervisor, which prints it
+            send("setup_failed", {"error": describe_error(err)})
+            sys.exit(EXIT_SETUP_FAILED)
+        sys.exit(code)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for the user; a full disk anywhere in the chain of causes is named as such."""
+    import errno
+
+    from bench.errors import BenchError
+
+    if isinstance(err, BenchError):
+        return str(err)
+    cause: BaseException | None = err
+    while cause is not None:
+        full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or "disk is full" in str(cause):
+            where = f" ({cause.filename})" if isinstance(cause, OSError) and cause.filename else ""
+            return (f"no space left on the disk of the run directory or the study{where}: free some space and run "
+                    "the same command again; finished trials are kept in the study")
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(err).__name__}: {err}"
 
 
 def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bench.atomic import write_text_atomic
 from bench.paths import cache_dir
 from bench.search.space._fields import _is_int
 
@@ -88,9 +87,6 @@ def _store_count(path: Path, backbone: str, entry: dict[str, Any]) -> None:
         except (OSError, ValueError):
             stored = {}
         stored[backbone] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".block_counts.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(stored, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(stored, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only cache only means counting again next time

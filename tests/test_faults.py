@@ -1,0 +1,318 @@
+"""Faults a user meets: killed writers, a full disk, Ctrl-C, races between processes, noisy frameworks.
+
+Real files and real processes throughout. The disk-full cases mount a small tmpfs, so the kernel
+itself says "No space left on device"; that needs root (as on the development machine), and
+where mounting is refused they are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from bench.atomic import atomic_path, write_text_atomic
+from bench.cli import main
+from bench.data import cache as image_cache
+from bench.data.index import build_index
+from bench.data.fetch import safe_extract
+from bench.data.registry import resolve
+from bench.errors import DataError
+from bench.results import RunDir
+from tests.conftest import REPO
+from tests.test_search import TINY_SPACE, _check_shared_budget, _two_workers, bench_process, run_args
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def tiny_space(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A tmpfs of ``size`` at ``path``: a disk that really fills up."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the disk-full cases need one")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    return filler
+
+
+def _complete(url: str) -> dict[int, float]:
+    """Trial number -> value of the COMPLETE trials of the tiny study."""
+    study = optuna.load_study(study_name="pneumonia-demo-tiny", storage=url)
+    return {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
+
+
+def _wait_for_trials(url: str, proc: subprocess.Popen, running_too: bool = False) -> None:
+    """Until the study has a complete trial (and, with ``running_too``, one in flight)."""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            states = {t.state for t in optuna.load_study(study_name="pneumonia-demo-tiny", storage=url).trials}
+            if TrialState.COMPLETE in states and (TrialState.RUNNING in states or not running_too):
+                return
+
+
+def _rerun_completes_the_budget(args: list[str], url: str, before: dict[int, float], budget: int) -> None:
+    rerun = bench_process(args)
+    text = rerun.communicate(timeout=900)[0]
+    assert rerun.returncode == 0, text
+    study = optuna.load_study(study_name="pneumonia-demo-tiny", storage=url)
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == budget
+    assert all(study.trials[n].value == v for n, v in before.items())  # finished trials intact
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+# --------------------------------------------------------------------------- killed writers
+
+
+def test_the_image_cache_removes_a_temporary_left_by_a_killed_writer(make_folder, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    code = ("import os, signal, sys\nfrom pathlib import Path\nfrom bench.atomic import atomic_path\n"
+            "with atomic_path(Path(sys.argv[1]) / 'x.npy') as tmp:\n"
+            "    tmp.write_bytes(b'0' * 100000)\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(cache_dir)], env=ENV)
+    assert proc.returncode == -signal.SIGKILL
+    (orphan,) = cache_dir.glob("*.tmp")
+    with atomic_path(cache_dir / "y.npy") as live:  # a writer still at work (this process) keeps its own
+        spec, root = resolve(str(make_folder({"a": 4, "b": 4})))
+        built = image_cache.load_or_build(build_index(spec, root), 16, cache_dir=cache_dir)
+        assert built.built and not orphan.exists() and live.exists()
+
+
+def test_files_written_whole_get_the_mode_of_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = RunDir.create(tmp_path / "runs", "ds", out=tmp_path / "run")
+        run.write_manifest({"status": "running"})
+        run.write_config(0, {"lr": 0.1})
+        card = tmp_path / "m.card.json"  # model cards go through the same writer
+        write_text_atomic(card, "{}")
+
+        archive = tmp_path / "ds.zip"
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("a/x.txt", "x")
+        target = tmp_path / "data" / "ds"
+        target.parent.mkdir()
+        safe_extract(archive, target)
+    finally:
+        os.umask(old)
+    for path in (run.file("manifest"), run.file("config"), card):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+# --------------------------------------------------------------------------- errors that end a command
+
+
+def test_a_setup_error_marks_the_run_failed_with_its_reason(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["cv", "--dataset", "pneumonia-demo", "--size", "8", "--backbone", "mobilenet_v2", "--folds", "2",
+                 "--epochs", "1", "--out", str(out)])
+    assert code == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "too small for backbone 'mobilenet_v2'" in manifest["reason"]
+
+
+@pytest.mark.parametrize("content", [b"hello", b"PK\x05\x06" + b"\0" * 18])  # text; an empty zip
+def test_a_keras_file_that_is_not_a_model_is_called_that(tmp_path, content):
+    from bench.export import load_model
+
+    path = tmp_path / "model.keras"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="is not a Keras model") as err:
+        load_model(path)
+    assert "not found" not in str(err.value).lower()
+
+
+def test_tensorflow_start_up_lines_go_to_a_log_not_the_terminal(tmp_path):
+    env = {**ENV, "BENCH_CACHE": str(tmp_path / "cache"), "BENCH_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run([sys.executable, "-m", "bench", "cv", "--dataset", "pneumonia-demo", "--size", "16",
+                           "--backbone", "simple_cnn", "--folds", "2", "--epochs", "1", "--augment", "none"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for noise in ("I0000", "E0000", "absl::InitializeLog", "retracing", "oneDNN"):
+        assert noise not in proc.stderr, proc.stderr
+    log = (tmp_path / "cache" / "logs" / "tensorflow.log").read_text()
+    assert "I0000" in log or "oneDNN" in log
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+def test_a_full_disk_under_the_image_cache_is_a_clear_error_and_leaves_nothing_partial(tmp_path):
+    # Before: the sparse memmap's pages hit the full disk and the process died of SIGBUS (exit 135).
+    with small_disk(tmp_path / "small", "256k") as disk:
+        env = {**ENV, "BENCH_CACHE": str(disk / "cache"), "BENCH_RUNS": str(tmp_path / "runs")}
+        args = [sys.executable, "-m", "bench", "cv", "--dataset", "pneumonia-demo", "--size", "32", "--backbone",
+                "simple_cnn", "--folds", "2", "--epochs", "1", "--augment", "none"]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert "No space left in" in proc.stderr and "BENCH_CACHE" in proc.stderr and "Traceback" not in proc.stderr
+        assert not list((disk / "cache").glob("*.npy*"))  # no partial cache, no temporary
+        # the next run, with room, builds the cache and trains
+        env["BENCH_CACHE"] = str(tmp_path / "roomy")
+        assert subprocess.run(args, capture_output=True, text=True, env=env, timeout=300).returncode == 0
+
+
+# --------------------------------------------------------------------------- several processes, one study
+
+
+def _trials_csv_once(out: Path, study_trials: list) -> None:
+    rows = RunDir.open(out).table("trials")
+    finished = {t.number for t in study_trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    recorded = rows[rows.state.isin(["COMPLETE", "PRUNED"])].number.tolist()
+    assert sorted(recorded) == sorted(set(recorded)), rows  # no trial twice
+    assert set(recorded) == finished
+
+
+@pytest.mark.slow
+def test_two_bench_run_on_one_sqlite_study_record_every_trial_once(tiny_space, tmp_path):
+    trials, _ = _two_workers(f"sqlite:///{tmp_path / 'shared.db'}", tiny_space, tmp_path, 6)
+    _check_shared_budget(trials, 6)
+    seen = pd.concat([RunDir.open(tmp_path / f"machine{i}").table("trials") for i in range(2)])
+    done = seen[seen.state == "COMPLETE"].number.tolist()
+    assert sorted(done) == sorted(set(done)) and len(done) == 6  # each machine records its own trials, once
+
+
+@pytest.mark.slow
+def test_four_workers_for_twenty_trials_record_each_trial_once(tiny_space, tmp_path):
+    out = tmp_path / "run"
+    proc = bench_process(run_args(tiny_space, out, 20, "--jobs", "4"))
+    text = proc.communicate(timeout=1500)[0]
+    assert proc.returncode == 0, text
+    url = f"sqlite:///{out / 'study.db'}"
+    trials = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url).get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(numbers)))
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 20
+    _trials_csv_once(out, trials)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_trial_keeps_finished_trials_stops_workers_and_resumes(tiny_space, tmp_path):
+    out = tmp_path / "run"
+    space = tmp_path / "slow.toml"  # 3 epochs so that a trial is surely in flight at Ctrl-C
+    space.write_text(TINY_SPACE.replace("epochs = 1", "epochs = 3"))
+    args = run_args(space, out, 3, "--jobs", "2")
+    proc = bench_process(args)
+    url = f"sqlite:///{out / 'study.db'}"
+    _wait_for_trials(url, proc, running_too=True)
+    workers = _children(proc.pid)
+    assert workers
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, text
+    assert "Interrupted" in text and "Traceback" not in text
+    time.sleep(1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and "Z" not in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])]
+    before = _complete(url)
+    assert before
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    _rerun_completes_the_budget(args, url, before, 3)
+
+
+# --------------------------------------------------------------------------- a journal cut mid-write
+
+
+@pytest.mark.slow
+def test_a_real_journal_cut_mid_record_is_repaired_and_the_search_goes_on(tiny_space, tmp_path):
+    journal = tmp_path / "study.log"
+    args = run_args(tiny_space, tmp_path / "run", 1, "--storage", f"journal:{journal}")
+    first = bench_process(args)
+    assert first.wait(600) == 0, first.stdout.read()
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rfind(b"\n") + 1
+    journal.write_bytes(whole[: last + (len(whole) - last) // 2])  # as a writer killed mid-record leaves it
+    args[args.index("--trials") + 1] = "2"
+    second = bench_process(args)
+    text = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, text
+    assert "incomplete record" in text and len(list(tmp_path.glob("study.log.torn-*"))) == 1
+    status = subprocess.run([sys.executable, "-m", "bench", "status", "--storage", f"journal:{journal}"],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert status.returncode == 0 and "pneumonia-demo-tiny" in status.stdout, status.stderr
+
+
+# --------------------------------------------------------------------------- --timeout
+
+
+@pytest.mark.slow
+def test_a_search_stopped_by_timeout_still_gets_its_held_out_evaluation(tiny_space, tmp_path):
+    out = tmp_path / "run"
+    # 40 s: long enough for the first trial to start (workers take ~10 s to set up), far short of 50 trials
+    args = [a for a in run_args(tiny_space, out, 50, "--timeout", "40") if a != "--no-final"]
+    proc = bench_process(args)
+    text = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, text
+    assert "--timeout 40 s reached" in text and "held-out evaluation uses the best trials so far" in text
+    final = json.loads((out / "final.json").read_text())
+    assert final["backbones"]["simple_cnn"]["trial"] is not None
+    assert json.loads((out / "manifest.json").read_text())["status"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_disk_filling_up_mid_search_stops_it_clearly_and_the_rerun_keeps_finished_trials(tiny_space, tmp_path):
+    # Before: the worker died at its next write, was replaced, died again ... for ever (exit only by kill).
+    with small_disk(tmp_path / "small", "8m") as disk:
+        out = disk / "run"
+        args = run_args(tiny_space, out, 3)
+        proc = bench_process(args)
+        url = f"sqlite:///{out / 'study.db'}"
+        _wait_for_trials(url, proc)
+        filler = _fill(disk)
+        text = proc.communicate(timeout=300)[0]
+        assert proc.returncode not in (0, None), text
+        assert "no space left" in text.lower() and "Traceback" not in text.split("stopped")[-1], text
+        before = _complete(url)
+        assert before
+        filler.unlink()
+        _rerun_completes_the_budget(args, url, before, 3)
+        json.loads((out / "manifest.json").read_text())  # whole, not half-written
