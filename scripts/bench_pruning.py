@@ -38,13 +38,21 @@ def run_search(dataset: str, pruner: str, trials: int, folds: int, seed: int, sp
 
 
 def summarize(out: Path) -> dict[str, float]:
+    """Trials pruned, the best CV objective, and where the training time went: a pruned trial still
+    pays its model's build and first (tracing) epoch, which pruning cannot save."""
     import pandas as pd
 
     trials = pd.read_csv(out / "trials.csv")
+    folds = pd.read_csv(out / "folds.csv")
     complete = trials[trials.state == "COMPLETE"]
+    fixed = folds.seconds_build.sum() + folds.seconds_first_epoch.sum()
     return {"trials": len(trials), "pruned": int((trials.state == "PRUNED").sum()),
             "best": float(complete.value.max()) if len(complete) else float("nan"),
-            "best_backbone": str(complete.loc[complete.value.idxmax(), "backbone"]) if len(complete) else "-"}
+            "best_trial": int(complete.loc[complete.value.idxmax(), "number"]) if len(complete) else -1,
+            "best_backbone": str(complete.loc[complete.value.idxmax(), "backbone"]) if len(complete) else "-",
+            "epochs": int(folds.epochs_run.sum()),
+            "fit_s": round(float(folds.seconds_fit.sum() + folds.seconds_build.sum()), 1),
+            "build_and_first_epoch_s": round(float(fixed), 1)}
 
 
 def main() -> int:
@@ -56,9 +64,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pruners", nargs="+", default=["median", "none"], help="the last one is the reference")
     p.add_argument("--csv", type=Path, default=REPO / "scripts" / "results" / "bench_pruning.csv")
+    p.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
     args = p.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-pruning-") as scratch:
+        tmp = str(args.keep or scratch)
         # One image cache for every arm: the first arm must not pay decoding the others reuse.
         os.environ.setdefault("BENCH_CACHE", str(Path(tmp) / "cache"))
         for pruner in args.pruners:
