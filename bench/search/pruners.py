@@ -99,7 +99,7 @@ class CurveMedianPruner(StepPruner):
     of the completed trials' at the same fold and epoch, from epoch ``warmup_epochs + 1`` of every
     fold on. Fold steps: the mean of its outer-fold scores so far against the completed trials'
     means over the same folds. Acts once ``n_startup_trials`` completed trials reached that point:
-    at 3 folds and 3 epochs a clearly bad trial is cut after its second epoch.
+    at 3 folds and 3 epochs a trial below the median is cut after its second epoch.
     """
 
     def __init__(self, n_startup_trials: int = 3, warmup_epochs: int = 1) -> None:
