@@ -277,7 +277,8 @@ def test_search_with_group_regex_and_test_fraction_reaches_its_held_out_evaluati
     code, final_out, err = run_main(capsys, "final", "--run", str(out), "--boot", "50")
     assert code == 0, err
     final = RunDir.open(out).final()["backbones"]["simple_cnn"]
-    assert final["n_test"] == 8 and final["n_train"] == 24  # whole patients: 2 of 8 per class held out
+    # Whole patients: 2 of 8 per class held out; the refit trains on the rest but its inner split.
+    assert final["n_test"] == 8 and final["n_train"] + final["n_inner_val"] == 24 and final["n_inner_val"] > 0
 
     code, _, err = run_main(capsys, "cv", "--from-trial", "0", "--run", str(out), "--out", str(tmp_path / "again"))
     assert code == 0, err
