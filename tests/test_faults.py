@@ -238,8 +238,10 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_ctrl_c_during_a_trial_keeps_finished_trials_stops_workers_and_resumes(tiny_space, tmp_path):
     out = tmp_path / "run"
-    space = tmp_path / "slow.toml"  # 3 epochs so that a trial is surely in flight at Ctrl-C
-    space.write_text(TINY_SPACE.replace("epochs = 1", "epochs = 3"))
+    # 12 epochs, no early stop: a trial takes seconds even on an idle machine (3 epochs did not:
+    # all three trials finished between two looks at the study), so one is surely in flight at Ctrl-C.
+    space = tmp_path / "slow.toml"
+    space.write_text(TINY_SPACE.replace("epochs = 1", "epochs = 12\nearly_stopping = 0"))
     args = run_args(space, out, 3, "--jobs", "2")
     proc = bench_process(args)
     url = f"sqlite:///{out / 'study.db'}"

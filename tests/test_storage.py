@@ -497,3 +497,32 @@ def test_a_torn_journal_is_left_alone_while_a_writer_holds_its_lock(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert path.read_bytes() == whole and not list(tmp_path.glob("study.log.torn-*"))
+
+
+def _open_at_once(path: str, barrier, results) -> None:
+    from bench.search.storage import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(f"sqlite:///{path}", Path(path).parent)
+        results.put("ok")
+    except Exception as err:  # noqa: BLE001 - the test reports whatever went wrong
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_processes_creating_one_new_sqlite_study_at_once_all_open_it(tmp_path):
+    """Two `bench run` started together on a new SQLite file race to create Optuna's tables; the
+    loser saw "UNIQUE constraint failed: alembic_version.version_num" and exited 2 (found by CI)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for attempt in range(3):  # a race: give it several chances to happen
+        path = tmp_path / f"new{attempt}.db"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(str(path), barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert outcomes == ["ok"] * 4, outcomes

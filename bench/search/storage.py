@@ -177,8 +177,10 @@ _SERVER_HINT = (
 
 
 # Workers on several machines started together all find an empty database and create Optuna's
-# tables at once; the losers fail with "already exists". The tables are then there: try again.
-_SCHEMA_RACE = ("already exists", "duplicate key value violates unique constraint")
+# tables at once; the losers fail with "already exists" (PostgreSQL: a duplicate key; SQLite:
+# a UNIQUE constraint on alembic_version, or a lock). The tables are then there: try again.
+_SCHEMA_RACE = ("already exists", "duplicate key value violates unique constraint", "UNIQUE constraint failed",
+                "database is locked")
 
 
 def _create_rdb(url: URL, engine_kwargs: dict[str, Any], heartbeat: _Heartbeat, attempts: int = 6) -> BaseStorage:
