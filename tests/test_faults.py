@@ -74,14 +74,14 @@ def _complete(url: str) -> dict[int, float]:
     return {t.number: t.value for t in study.trials if t.state == TrialState.COMPLETE}
 
 
-def _wait_for_trials(url: str, proc: subprocess.Popen, running_too: bool = False) -> None:
-    """Until the study has a complete trial (and, with ``running_too``, one in flight)."""
+def _wait_for_trials(url: str, proc: subprocess.Popen) -> None:
+    """Until the study has a complete trial."""
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
         with contextlib.suppress(Exception):
             states = {t.state for t in optuna.load_study(study_name="pneumonia-demo-tiny", storage=url).trials}
-            if TrialState.COMPLETE in states and (TrialState.RUNNING in states or not running_too):
+            if TrialState.COMPLETE in states:
                 return
 
 

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from bench.errors import ConfigError
 from bench.search.pruners import PRUNERS, epoch_step, fold_step, make_pruner
+from tests.test_search import TINY_SPACE
 
 FOLDS, EPOCHS = 3, 3
 
@@ -133,20 +134,9 @@ def test_a_diverged_curve_is_pruned(tmp_path):
     assert run_trial(study, [[math.nan] * 3] * FOLDS, [0.5] * 3)[0] == "pruned"
 
 
-LR_SPACE = """
-name = "lr-only"
-[objective]
-metric = "balanced_accuracy"
-[params]
-backbone = "simple_cnn"
-weights = "none"
-size = 32
-epochs = 3
-augment = "none"
-[params.lr]
-type = "categorical"
-choices = [0.003, 0.002, 0.004, 1e-7]
-"""
+# The tiny search space of tests/test_search.py, 3 epochs, and four learning rates of which one learns nothing.
+LR_SPACE = TINY_SPACE.replace("epochs = 1", "epochs = 3").replace(
+    'type = "float"\nlow = 1e-3\nhigh = 1e-2\nlog = true', 'type = "categorical"\nchoices = [0.003, 0.002, 0.004, 1e-7]')
 
 
 @pytest.mark.slow  # four real 3-fold trials: about a minute on 2 cores
