@@ -18,7 +18,7 @@ from typing import Any
 
 from bench import __version__, paths
 from bench.argtypes import at_least, below_one, fraction, positive_float, positive_int, whole
-from bench.config import OFFICIAL_TEST_POLICIES
+from bench.config import DEDUPE_MODES, DEFAULT_NEAR_THRESHOLD, OFFICIAL_TEST_POLICIES
 from bench.errors import BenchError, ConfigError, DataError
 
 COMMANDS: dict[str, type[Command]] = {}
@@ -258,17 +258,26 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     g.add_argument("--strict", action="store_true",
                    help="fail on unreadable images instead of skipping them, and on identical images filed "
                         "under different labels instead of warning")
+    g.add_argument("--dedupe", choices=DEDUPE_MODES, default="exact",
+                   help="exact (default): identical images share a group for splitting; near: near-copies too "
+                        "(perceptual hashes within --near-threshold; see `bench audit`)")
+    g.add_argument("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD, metavar="BITS",
+                   help=f"Hamming distance of the 256-bit perceptual hash up to which two images are near-copies "
+                        f"(default {DEFAULT_NEAR_THRESHOLD})")
     g.add_argument("--registry", type=Path, help="another datasets.toml")
 
 
 def data_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The data options of ``add_data_arguments`` as ``prepare_data`` (and ``DataSettings``) keywords."""
+    from bench.data.near import check_threshold
+
     if args.min_class_images < 0:
         raise ConfigError(f"--min-class-images must be 0 (keep every class) or more, got {args.min_class_images}.")
     return dict(dataset=args.dataset, folds=args.folds, seed=args.seed, resize=args.resize, strict=args.strict,
                 group_regex=args.group_regex, registry=str(args.registry) if args.registry else None,
                 test_fraction=args.test_fraction, official_test=args.official_test,
-                min_class_images=args.min_class_images)
+                min_class_images=args.min_class_images, dedupe=args.dedupe,
+                near_threshold=check_threshold(args.near_threshold))
 
 
 @register_command
@@ -501,6 +510,70 @@ class RunCommand(Command):
         from bench.search.runner import SearchOptions, run_search
 
         return run_search(SearchOptions(**options), _console())
+
+
+# ---- bench audit ----------------------------------------------------------------------------
+@register_command
+class AuditCommand(Command):
+    name = "audit"
+    help = ("Find near-duplicate images (perceptual hashes, optionally pretrained features): clusters with "
+            "different labels, and clusters that straddle the CV folds or the test set a run would use.")
+    native_log = True  # --features loads TensorFlow
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_data_arguments(parser)
+        g = parser.add_argument_group("audit")
+        g.add_argument("--features", action="store_true",
+                       help="also link images whose ImageNet EfficientNet-Lite0 features are nearly parallel "
+                            "(needs `bench weights convert efficientnet_lite0`; without it, hashes only)")
+        g.add_argument("--min-cosine", type=fraction, default=None, metavar="C",
+                       help="with --features: the cosine (of dataset-centred features) from which two images are "
+                            "near-copies (default 0.95)")
+        g.add_argument("--out", type=Path, metavar="DIR",
+                       help="where to write near_duplicates.csv and near_duplicates.png (default reports/audit/<dataset>)")
+        g.add_argument("--show", type=whole, default=10, help="clusters to list (default 10; all go to the CSV)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from rich.markup import escape
+        from rich.table import Table
+
+        from bench.audit import DEFAULT_MIN_COSINE, contact_sheet, run_audit, write_csv
+        from bench.experiment import prepare_data
+
+        t_start = time.perf_counter()
+        settings = data_settings(args)
+        if args.min_cosine is not None and not args.features:
+            raise ConfigError("--min-cosine only applies with --features.")
+        data = prepare_data(size=args.size, **settings)
+        audit = run_audit(data, settings["near_threshold"],
+                          min_cosine=(args.min_cosine or DEFAULT_MIN_COSINE) if args.features else None)
+        out = args.out or Path("reports") / "audit" / data.spec.name
+        csv_path = write_csv(audit, out / "near_duplicates.csv")
+        sheet = contact_sheet(audit, out / "near_duplicates.png")
+        console = _console()
+        for note in audit.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        sp = data.summary()["split"]
+        table = Table(title=f"Near-duplicate audit of {data.spec.name} ({data.size} px; split: {sp['rule']}, "
+                            f"{sp['folds']}-fold CV, test {sp['test_images']} images)")
+        table.add_column("")
+        table.add_column("", justify="right")
+        for key, value in audit.counts().items():
+            table.add_row(key.replace("_", " "), str(value))
+        console.print(table)
+        if audit.clusters and args.show:
+            worst = Table(title="worst clusters (CSV numbering)")
+            for col in ("#", "images", "labels", "sides", "first image"):
+                worst.add_column(col, overflow="fold")
+            for number, c in enumerate(audit.clusters[:args.show], start=1):
+                worst.add_row(str(number), str(len(c.rows)), ("[red]" if c.conflict else "") + ", ".join(c.labels),
+                              ("[red]" if c.straddles else "") + ", ".join(c.sides),
+                              escape(data.index.paths[c.rows[0]]))
+            console.print(worst)
+        console.print(f"csv: {csv_path}" + (f"\ncontact sheet: {sheet}" if sheet else "")
+                      + f"\naudit {audit.seconds:.1f} s, wall time {time.perf_counter() - t_start:.1f} s", highlight=False)
+        return 0
 
 
 # ---- bench final ----------------------------------------------------------------------------

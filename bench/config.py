@@ -29,6 +29,10 @@ TEST_KINDS = ("fraction", "folder", "column", "file")
 # An official test split sharing patients with the rest: "clean" takes the rest's images of those
 # patients out of the CV pool, "as-published" keeps them (and the report warns). See data/splits.py.
 OFFICIAL_TEST_POLICIES = ("clean", "as-published")
+# --dedupe: which copies share a group before splitting: identical pixels, or also near-copies
+# within DEFAULT_NEAR_THRESHOLD bits of a perceptual hash (see data/near.py for the number).
+DEDUPE_MODES = ("exact", "near")
+DEFAULT_NEAR_THRESHOLD = 32
 RESIZE_MODES = ("squash", "pad", "crop")
 
 

@@ -23,6 +23,8 @@ from bench.config import DatasetSpec
 from bench.data import cache as image_cache
 from bench.data.conflicts import LabelConflict, label_conflicts
 from bench.data.index import DatasetIndex, build_index
+from bench.data.near import (DEFAULT_THRESHOLD, NearMerge, check_dedupe, check_threshold, merge_groups,
+                             near_clusters)
 from bench.data.registry import binary_positive, resolve
 from bench.data.splits import EXCLUDED_BECAUSE, Splits, build_splits, classes_below, stratified_group_fraction
 from bench.errors import DataError
@@ -53,6 +55,8 @@ class DataSettings:
     test_fraction: float | None = None
     official_test: str = "clean"  # OFFICIAL_TEST_POLICIES
     min_class_images: int = 0
+    dedupe: str = "exact"  # bench.data.near.DEDUPE_MODES: "near" also keeps near-copies on one side
+    near_threshold: int = DEFAULT_THRESHOLD  # pHash bits, with dedupe "near"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class PreparedData:
     settings: DataSettings  # as resolved: folds, resize, test fraction and registry filled in
     folds_from: str = "--folds"  # where the number of folds came from (FOLDS_FROM)
     conflicts: tuple[LabelConflict, ...] = ()  # identical images under different labels
+    near: NearMerge | None = None  # what --dedupe near merged into one group before splitting
 
     @property
     def splits_digest(self) -> str:
@@ -112,6 +117,7 @@ class PreparedData:
                 "official_test": s.official_test, "shared_groups": s.shared_groups,
                 "shared_images": s.shared_images, "excluded_images": int(s.excluded.sum()),
                 "dropped_classes": s.dropped_classes, "min_class_images": self.settings.min_class_images,
+                "near_duplicates": self.near.as_dict() if self.near else None,
                 "digest": self.splits_digest,
             },
             "data": {**asdict(self.settings), "size": self.size},
@@ -133,6 +139,8 @@ class PreparedData:
         for name, n in s.dropped_classes.items():
             lines.append(f"left out class '{name}' (--min-class-images {self.settings.min_class_images}): "
                          f"{n['cv_images']} CV and {n['test_images']} test images")
+        if self.near is not None:
+            lines.append(self.near.describe())
         return lines
 
     def write_splits(self, run: RunDir) -> None:
@@ -155,7 +163,11 @@ def prepare_data(
     test_fraction: float | None = None,
     official_test: str = "clean",
     min_class_images: int = 0,
+    dedupe: str = "exact",
+    near_threshold: int = DEFAULT_THRESHOLD,
 ) -> PreparedData:
+    check_dedupe(dedupe)
+    check_threshold(near_threshold)  # before anything is decoded
     registry_path = Path(registry).expanduser().resolve() if registry else None
     spec, root = resolve(dataset, registry_path=registry_path, group_regex=group_regex)
     folds_from = FOLDS_FROM[0] if folds is not None else FOLDS_FROM[1] if spec.folds is not None else FOLDS_FROM[2]
@@ -194,26 +206,33 @@ def prepare_data(
     for c in conflicts:
         print(f"warning: identical images with different labels: {c.describe()}", file=sys.stderr)
     group_word = "patient" if spec.groups.kind != "none" else "image group"
+    # The index keeps the patients; only the split (and the bootstrap over its groups) sees the merge.
+    split_groups, near = usable.groups, None
+    if dedupe == "near":
+        cluster, _ = near_clusters(cached.array[np.flatnonzero(keep)], near_threshold)
+        split_groups, near = merge_groups(usable.groups, cluster, near_threshold)
     held_out = dict(seed=seed, official_test=usable.official_test, test_fraction=test_fraction)
-    dropped = classes_below(usable.labels, usable.groups, hashes, usable.classes, min_class_images,
+    dropped = classes_below(usable.labels, split_groups, hashes, usable.classes, min_class_images,
                             policy=official_test, **held_out)
     if dropped:  # split as if these classes had never been there (their test images go too)
         usable, kept = usable.without_classes(set(dropped))
         keep[np.flatnonzero(keep)[~kept]] = False
         hashes = tuple(h for h, k in zip(hashes, kept) if k)
+        split_groups = tuple(g for g, k in zip(split_groups, kept) if k)
         held_out["official_test"] = usable.official_test
     splits = build_splits(
-        usable.labels, usable.groups, hashes, usable.classes, folds=folds, group_word=group_word,
+        usable.labels, split_groups, hashes, usable.classes, folds=folds, group_word=group_word,
         policy=official_test, dropped_classes=dropped, **held_out,
     )
     images = np.asarray(cached.array[np.flatnonzero(keep)]) if not keep.all() else np.asarray(cached.array)
     settings = DataSettings(
         dataset=dataset, folds=folds, seed=seed, resize=resize, strict=strict, group_regex=group_regex,
         registry=str(registry_path) if registry_path else None, test_fraction=test_fraction,
-        official_test=official_test, min_class_images=min_class_images,
+        official_test=official_test, min_class_images=min_class_images, dedupe=dedupe,
+        near_threshold=near_threshold,
     )
     return PreparedData(spec, usable, images, splits, cached, skipped, size, resize, settings, folds_from,
-                        conflicts)
+                        conflicts, near)
 
 
 def prepare_data_from_manifest(manifest: dict[str, Any], *, size: int | None = None,

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench import __version__, paths
+from bench.config import DEFAULT_NEAR_THRESHOLD
 from bench.errors import BenchError, ConfigError
 from bench.experiment import DataSettings
 from bench.results import RunDir, trial_record
@@ -66,6 +67,8 @@ class SearchOptions:
     test_fraction: float | None = None
     official_test: str = "clean"
     min_class_images: int = 0
+    dedupe: str = "exact"
+    near_threshold: int = DEFAULT_NEAR_THRESHOLD
     storage: str | None = None
     study: str | None = None
     out: Path | None = None
