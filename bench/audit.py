@@ -176,7 +176,7 @@ def contact_sheet(audit: Audit, path: Path, *, clusters: int = 12, per_cluster: 
     idx, images = audit.data.index, audit.data.images
     sides = _sides(audit.data)
     cols = min(per_cluster, max(len(c.rows) for c in shown))
-    fig = Figure(figsize=(1.9 * cols + 1.2, 2.1 * len(shown) + 0.6), layout="constrained")
+    fig = Figure(figsize=(1.9 * max(cols, 4) + 1.2, 2.1 * len(shown) + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(shown), cols, squeeze=False)
     for r, c in enumerate(shown):
@@ -196,7 +196,7 @@ def contact_sheet(audit: Audit, path: Path, *, clusters: int = 12, per_cluster: 
             if k == 0:
                 ax.set_ylabel(f"#{r + 1} ({len(c.rows)})" + (f"\n{flags}" if flags else ""), fontsize=7,
                               color=colour)
-    fig.suptitle(f"Near-duplicate clusters of {audit.data.spec.name}, worst first (d = pHash bits of {HASH_BITS} "
+    fig.suptitle(f"Near-duplicate clusters of {audit.data.spec.name}, worst first\n(d = pHash bits of {HASH_BITS} "
                  f"to the row's first image)", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -555,8 +555,9 @@ class AuditCommand(Command):
         for note in audit.notes:
             console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         sp = data.summary()["split"]
-        table = Table(title=f"Near-duplicate audit of {data.spec.name} ({data.size} px; split: {sp['rule']}, "
-                            f"{sp['folds']}-fold CV, test {sp['test_images']} images)")
+        console.print(f"{data.spec.name} at {data.size} px, split as a run would: {sp['rule']}, held-out test "
+                      f"{sp['test_images']} images, {sp['folds']}-fold CV on {sp['cv_images']}", highlight=False)
+        table = Table(title=f"Near-duplicate audit of {data.spec.name}", show_header=False)
         table.add_column("")
         table.add_column("", justify="right")
         for key, value in audit.counts().items():
