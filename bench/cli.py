@@ -589,13 +589,15 @@ class FinalCommand(Command):
         parser.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
         parser.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% CIs")
         parser.add_argument("--registry", type=Path, help="another datasets.toml")
+        parser.add_argument("--storage", help="the study's storage when several machines shared it (default: the "
+                                              "one the manifest records; password from BENCH_STORAGE_PASSWORD)")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.final import evaluate_run
 
         evaluate_run(args.run, backbones=args.backbone, n_boot=args.boot, console=_console(),
-                     registry=args.registry)
+                     registry=args.registry, storage=args.storage)
         return 0
 
 

@@ -25,15 +25,58 @@ from bench.errors import DataError
 from bench.results import RunDir
 
 
-def best_trials(run: RunDir) -> dict[str, int]:
-    """Best finished trial per backbone: from trials.csv for a search, trial 0 for a cv run."""
+def shared_study(run: RunDir, storage: str | None = None) -> Any:
+    """The study of a search whose trials ran on several machines, or None for a local study.
+
+    Each machine's run directory holds only the trials it ran itself; the study (one PostgreSQL
+    URL or journal file for all of them) holds every trial with its configuration. ``storage``
+    overrides the manifest's record, whose password is redacted: give it again with the URL, or in
+    BENCH_STORAGE_PASSWORD / PGPASSWORD.
+    """
+    manifest = run.manifest()
+    if manifest.get("kind") == "cv" or manifest.get("engine", "optuna") != "optuna":
+        return None
+    recorded = str(manifest.get("storage") or "")
+    local = run.file("study").resolve()
+    if storage is None and (not recorded or recorded == f"sqlite:///{local}"):
+        return None
+    import optuna
+
+    from bench.search.storage import open_storage
+
+    # The manifest shows a password as "***": drop it so that the environment's is used.
+    spec = storage or recorded.replace(":***@", "@")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=manifest.get("study"), storage=open_storage(spec, run.path))
+    except KeyError:
+        raise DataError(f"{run.path}: study '{manifest.get('study')}' is not in {spec}. Give the storage the "
+                        f"search used with --storage.") from None
+
+
+def finished_trials(run: RunDir, study: Any = None) -> tuple[pd.DataFrame, dict[int, dict[str, Any]]]:
+    """The trials table and each trial's configuration: from the run directory, or from a shared
+    study (every machine's trials) when ``study`` is given."""
+    if study is None:
+        return run.table("trials"), run.configs()
+    from bench.results import trial_record
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    records = [trial_record(t) for t in done]
+    configs = {t.number: t.user_attrs["config"] for t in done if t.user_attrs.get("config")}
+    return pd.DataFrame(records), configs
+
+
+def best_trials(run: RunDir, study: Any = None) -> dict[str, int]:
+    """Best finished trial per backbone: from trials.csv (or the shared ``study``) for a search,
+    trial 0 for a cv run."""
     manifest = run.manifest()
     if manifest.get("kind") == "cv":
         config = run.configs().get(0)
         if config is None:
             raise DataError(f"{run.path} has no config.json: the cv run did not start.")
         return {config["backbone"]: 0}
-    trials = run.table("trials")
+    trials, _ = finished_trials(run, study)
     if trials.empty or "state" not in trials:
         raise DataError(f"{run.path} has no finished trials (trials.csv is missing or empty): nothing to evaluate.")
     done = trials[(trials.state == "COMPLETE") & trials.value.notna()]
@@ -45,21 +88,26 @@ def best_trials(run: RunDir) -> dict[str, int]:
 
 
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
-                 console: Any = None, registry: Path | None = None) -> dict[str, Any]:
+                 console: Any = None, registry: Path | None = None, storage: str | None = None) -> dict[str, Any]:
     from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data_from_manifest
     from bench.train import FoldTrainer, TrainConfig
 
     run = RunDir.open(run_dir)
     manifest = run.manifest()
-    chosen = best_trials(run)
+    study = shared_study(run, storage)
+    chosen = best_trials(run, study)
     if backbones:
         unknown = sorted(set(backbones) - set(chosen))
         if unknown:
             raise DataError(f"{run.path}: no completed trial for backbone(s) {unknown}; have {sorted(chosen)}.")
         chosen = {b: n for b, n in chosen.items() if b in backbones}
-    configs = run.configs()
+    configs = finished_trials(run, study)[1] if study is not None else run.configs()
     objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
     say = console.print if console is not None else (lambda *a, **k: None)
+    if study is not None:
+        hosts = {(t.user_attrs.get("worker") or {}).get("host") for t in study.get_trials(deepcopy=False)}
+        say(f"Shared study '{study.study_name}': best trials chosen among every machine's trials "
+            f"({len(configs)} finished, from {len(hosts - {None})} host(s)).")
     results: dict[str, Any] = {}
     for backbone, trial in chosen.items():
         config = TrainConfig(**configs[trial])

@@ -249,14 +249,58 @@ def test_two_bench_run_workers_share_a_journal_study(tiny_space, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_bench_run_workers_share_a_postgres_study(tiny_space, tmp_path, postgres_url):
-    trials, outputs = _two_workers(postgres_url, tiny_space, tmp_path, 6)
-    _check_shared_budget(trials, 6)
+def test_two_machines_share_a_postgres_study(tiny_space, tmp_path, postgres_url):
+    """Two "machines": separate process trees, each with its own BENCH_CACHE and BENCH_RUNS, one
+    PostgreSQL study. Every trial runs once; the report merged from both run directories lists
+    every trial of the study once with the study's values; `bench final` on one machine refits the
+    best trial of the whole study, including trials the other machine ran."""
     password = postgres_url.split(":")[2].split("@")[0]
-    for i, text in enumerate(outputs):
-        assert password not in text
-        manifest = (tmp_path / f"machine{i}" / "manifest.json").read_text()
+    machines = [tmp_path / f"machine{i}" for i in range(2)]
+    args = ["run", "--dataset", "pneumonia-demo", "--space", str(tiny_space), "--trials", "6", "--folds", "2",
+            "--pruner", "none", "--storage", postgres_url, "--study", "shared"]
+    procs = [subprocess.Popen([sys.executable, "-m", "bench", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                                   "BENCH_CACHE": str(m / "cache"), "BENCH_RUNS": str(m / "runs")})
+             for m in machines]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text
+        assert password not in text and "bench final --run" in text  # told to evaluate once, at the end
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    _check_shared_budget(study.get_trials(), 6)
+    runs = [m / "runs" / "pneumonia-demo" / "shared" for m in machines]
+    for m, run in zip(machines, runs):
+        manifest = (run / "manifest.json").read_text()
         assert password not in manifest and "***" in json.loads(manifest)["storage"]
+        assert any((m / "cache").iterdir())  # each machine decoded the images into its own cache
+    mine = [set(pd.read_csv(run / "trials.csv").number) for run in runs]
+    assert mine[0] and mine[1] and not mine[0] & mine[1]  # each machine's run directory: its own trials
+
+    best = max(finished(study), key=lambda t: (t.value, -t.number))
+    # The held-out evaluation once, at the end, on the machine that did NOT run the best trial
+    # (the password from the environment).
+    other = runs[0] if best.number in mine[1] else runs[1]
+    final = subprocess.run([sys.executable, "-m", "bench", "final", "--run", str(other)], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_STORAGE_PASSWORD": password})
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert "best trials chosen among every machine's trials" in final.stdout
+    assert json.loads((other / "final.json").read_text())["backbones"]["simple_cnn"]["trial"] == best.number
+
+    # The report merged from both directories: every trial of the study once, with its value,
+    # and the held-out numbers of the best.
+    report = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "bench", "report", "--run", str(runs[0]), "--run", str(runs[1]),
+                           "--out", str(report), "--strict"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = pd.read_csv(report / "tables" / "trials_pneumonia-demo_shared.csv")
+    expected = {t.number: t.value for t in finished(study)}
+    assert dict(zip(table.trial, table.value)) == pytest.approx(expected)
+    board = pd.read_csv(report / "tables" / "leaderboard_pneumonia-demo.csv")
+    assert board.trial.tolist() == [best.number] and board.objective_value.iloc[0] == pytest.approx(best.value)
+    assert board.test_images.iloc[0] > 0
+
     status = subprocess.run([sys.executable, "-m", "bench", "status", "--storage", postgres_url],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert status.returncode == 0 and "shared" in status.stdout and password not in status.stdout + status.stderr

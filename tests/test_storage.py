@@ -526,3 +526,33 @@ def test_processes_creating_one_new_sqlite_study_at_once_all_open_it(tmp_path):
         for p in procs:
             p.join(30)
         assert outcomes == ["ok"] * 4, outcomes
+
+
+def test_a_study_whose_setup_another_machine_is_still_writing_is_waited_for(tmp_path):
+    """Two machines start on a new shared study: one creates it and writes its setup one attribute
+    at a time; the other must wait for the whole setup, not refuse a half-written one."""
+    import threading
+
+    from bench.search.runner import IDENTITY_KEYS, recorded_identity
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    setup = {key: f"value-{key}" for key in IDENTITY_KEYS}
+
+    def write_slowly() -> None:
+        for key, value in setup.items():
+            study.set_user_attr(key, value)
+            time.sleep(0.3)
+
+    study.set_user_attr(IDENTITY_KEYS[0], setup[IDENTITY_KEYS[0]])  # the other machine has begun
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    try:
+        seen = recorded_identity(optuna.load_study(study_name="s", storage=url), wait=30)
+    finally:
+        writer.join()
+    assert {k: seen.get(k) for k in IDENTITY_KEYS} == setup
+    # A study that records nothing is new: nothing to wait for.
+    empty = optuna.create_study(study_name="new", storage=url)
+    t0 = time.monotonic()
+    assert recorded_identity(empty, wait=30) == {} and time.monotonic() - t0 < 5

@@ -50,6 +50,20 @@ from bench.search.worker import (
 MAX_RETRIES = 1  # a trial whose worker died is run once more; a second death is its result
 # Study attributes a resumed run must match: changing any of them changes what a trial means.
 IDENTITY_KEYS = ("dataset", "dataset_fingerprint", "splits_digest", "space_fingerprint", "folds", "seed", "metric")
+IDENTITY_WAIT_SECONDS = 30.0  # how long a machine waits for another's half-written study setup
+
+
+def recorded_identity(study: optuna.Study, wait: float = IDENTITY_WAIT_SECONDS) -> dict[str, Any]:
+    """The setup a study records (its user attributes). Another machine that created the study a
+    moment ago may be writing it, one attribute at a time, right now: wait until it is whole (or
+    ``wait`` seconds have passed) rather than compare half of it and refuse the study."""
+    deadline = time.monotonic() + wait
+    while True:
+        theirs = study.user_attrs
+        present = [k for k in IDENTITY_KEYS if k in theirs]
+        if not present or len(present) == len(IDENTITY_KEYS) or time.monotonic() > deadline:
+            return theirs
+        time.sleep(0.5)
 
 
 @dataclass
@@ -155,7 +169,7 @@ class Supervisor:
 
     def _check_identity(self) -> None:
         mine = self.identity()
-        theirs = self.study.user_attrs
+        theirs = recorded_identity(self.study)
         if not any(k in theirs for k in IDENTITY_KEYS):
             for key, value in mine.items():
                 self.study.set_user_attr(key, value)
@@ -372,8 +386,9 @@ class Supervisor:
                                    "evaluation uses the best trials so far.")
             if self.o.storage is not None:
                 # A shared study: this machine's run directory holds only its own trials.
-                self.console.print("Shared storage: run the held-out evaluation once, on the machine of your "
-                                   "choice, with `bench final --run DIR` after copying the run directories together.")
+                self.console.print("Shared storage: when every machine has finished, run the held-out evaluation "
+                                   f"once, on any machine: `bench final --run {self.run.path}` (it reads every "
+                                   "machine's trials from the study).")
             elif self._final_is_stale():
                 code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
                                                self.run.path, self.o.registry, self.console)
