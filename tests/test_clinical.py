@@ -59,7 +59,7 @@ def test_bench_final_calibrates_and_sets_operating_points_on_cv_only(tmp_path_fa
     assert "simple_cnn: operating points" in md and "| sens=0.9 | PNEUMONIA |" in md
     assert "temperature-scaled (T = " in md
     assert (report / "figures" / "reliability_pneumonia-demo_simple_cnn.png").is_file()
-    assert "Circles: the operating points" in md  # the ROC figure marks them
+    assert "Open markers: the operating points" in md  # the ROC figure marks them
 
     model = tmp_path / "exported" / "m.keras"
     code, out, err = run_main(capsys, "export", "--run", run, "--out", model)

@@ -325,7 +325,7 @@ class Builder:
             self.figure(F.roc_figure(ev.y, ev.proba, ev.classes, ev.positive, self.figdir, f"roc_{name}",
                                      f"{row.backbone}: ROC",
                                      f"ROC curve{'s (one-vs-rest)' if ev.positive is None else ''}; {ev.phrase}."
-                                     + (" Circles: the operating points, thresholds chosen on CV." if marks else ""),
+                                     + (" Open markers: the operating points (thresholds chosen on CV)." if marks else ""),
                                      marks=marks))
             if ev.source == "test":
                 self.gradcam(d, row, name)
