@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["at_least", "below_one", "fraction", "positive_float", "positive_int", "whole"]
+__all__ = ["at_least", "below_one", "fraction", "operating_point", "positive_float", "positive_int", "whole"]
 
 
 def _number(value: str, convert: Callable[[str], float], what: str) -> float:
@@ -68,3 +69,13 @@ def below_one(value: str) -> float:
     if not 0 <= number < 1:
         raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
     return number
+
+
+def operating_point(value: str) -> Any:
+    """``sens=0.95`` or ``spec=0.90``: a target rate that a threshold chosen on CV must reach."""
+    from bench.operating import parse_point
+
+    try:
+        return parse_point(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__, paths
-from bench.argtypes import at_least, below_one, fraction, positive_float, positive_int, whole
+from bench.argtypes import at_least, below_one, fraction, operating_point, positive_float, positive_int, whole
 from bench.config import DEDUPE_MODES, DEFAULT_NEAR_THRESHOLD, OFFICIAL_TEST_POLICIES
 from bench.errors import BenchError, ConfigError, DataError
 
@@ -591,13 +591,18 @@ class FinalCommand(Command):
         parser.add_argument("--registry", type=Path, help="another datasets.toml")
         parser.add_argument("--storage", help="the study's storage when several machines shared it (default: the "
                                               "one the manifest records; password from BENCH_STORAGE_PASSWORD)")
+        parser.add_argument("--operating-point", type=operating_point, action="append", default=[],
+                            metavar="sens=X|spec=X",
+                            help="a threshold reaching this sensitivity or specificity, chosen on the out-of-fold "
+                                 "CV predictions and applied unchanged to the test set (repeatable; multiclass: "
+                                 "one per class, one-vs-rest)")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.final import evaluate_run
 
         evaluate_run(args.run, backbones=args.backbone, n_boot=args.boot, console=_console(),
-                     registry=args.registry, storage=args.storage)
+                     registry=args.registry, storage=args.storage, operating_points=args.operating_point)
         return 0
 
 
@@ -720,6 +725,9 @@ class PredictCommand(Command):
         parser.add_argument("--csv", type=Path, help="write one row per image: path, [truth], predicted, p_<class>...")
         parser.add_argument("--batch-size", type=positive_int, default=64)
         parser.add_argument("--show", type=whole, default=20, help="rows to print (default 20; all go to --csv)")
+        parser.add_argument("--operating-point", metavar="NAME|default",
+                            help="predict with a threshold from the model card (e.g. sens=0.95, as given to "
+                                 "`bench final --operating-point`) instead of argmax ('default')")
         _add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -729,7 +737,8 @@ class PredictCommand(Command):
 
         from bench.predict import predict_paths
 
-        result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify)
+        result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify,
+                               operating_point=args.operating_point)
         console = _console()
         frame = result.frame
         table = Table(title=f"{len(frame)} image(s), {args.model.name}")
@@ -743,6 +752,9 @@ class PredictCommand(Command):
             console.print(table)
         if len(frame) > args.show > 0:
             console.print(f"... {len(frame) - args.show} more" + (" (all in --csv)" if args.csv else "; use --csv"))
+        if args.operating_point not in (None, "default"):
+            console.print(f"predicted at operating point {args.operating_point} (thresholds from the model card, "
+                          f"chosen on cross-validation){'' if len(result.classes) == 2 else '; one yes/no column per class in --csv'}")
         counts = frame.predicted.value_counts()
         console.print("predicted: " + ", ".join(f"{c} {int(counts.get(c, 0))}" for c in result.classes))
         if result.metrics is not None:

@@ -136,6 +136,15 @@ def heldout_summary(run: RunDir, backbone: str) -> dict[str, Any]:
     return out
 
 
+def operating_summary(run: RunDir, backbone: str) -> list[dict[str, Any]]:
+    """The sensitivity and specificity each operating point reached on CV and test, with CIs."""
+    table = run.table("operating_points")
+    if table.empty:
+        return []
+    rows = table[table.backbone == backbone].drop(columns=["backbone"])
+    return rows.to_dict(orient="records")
+
+
 def resampled(test: dict[str, Any]) -> str:
     """``heldout_summary``'s bootstrap in words: "bootstrap over 40 patients"."""
     if test.get("n_units") is None:
@@ -250,7 +259,11 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) 
             "objective": {"metric": metric, "direction": "maximize" if maximize else "minimize"},
             "cv": cv_summary(run, int(info["trial"])),
             "test": heldout_summary(run, backbone),
+            "calibration": info.get("calibration"),
+            "operating_points": operating_summary(run, backbone),
         },
+        # `bench predict --operating-point NAME` applies these; chosen on out-of-fold CV predictions.
+        "operating_points": info.get("operating_points") or [],
         "versions": {
             "training": env.get("versions") or {}, "training_backend": env.get("backend"),
             "export": environment.versions(),
@@ -280,6 +293,8 @@ def card_binding(card: dict[str, Any]) -> str:
     bound = {"sha256": card["model"]["sha256"], "backbone": card["model"]["backbone"], "classes": card["classes"],
              "positive_class": card.get("positive_class"), "size": card["preprocessing"]["size"],
              "resize": card["preprocessing"]["resize"]}
+    if card.get("operating_points"):  # they change predictions when asked for; cards without them keep their digest
+        bound["operating_points"] = card["operating_points"]
     return hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()
 
 
@@ -375,6 +390,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         *[f"| {k} | {_fmt(v['value'])} | {_fmt(v['low'])} – {_fmt(v['high'])} |"
           for k, v in ev["test"]["metrics"].items()],
         "",
+        *_operating_markdown(card),
         "## Versions",
         "",
         f"- Trained with Keras backend `{card['versions'].get('training_backend')}`: "
@@ -390,6 +406,30 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _operating_markdown(card: dict[str, Any]) -> list[str]:
+    """Calibration and operating points for people (empty for cards without them)."""
+    ev = card["evaluation"]
+    lines: list[str] = []
+    temperature = (ev.get("calibration") or {}).get("temperature")
+    if temperature is not None:
+        lines += [f"Calibration: temperature {temperature:.3f}, fitted on "
+                  f"{ev['calibration'].get('n_fitted_on')} {ev['calibration'].get('fitted_on')} (never on the test "
+                  f"set); `ece` uses {ev['calibration'].get('ece_bins')} equal-mass bins.", ""]
+    reached = ev.get("operating_points") or []
+    if reached:
+        lines += ["## Operating points", "",
+                  "Thresholds on a class's probability (positive when >=), chosen on the out-of-fold CV predictions "
+                  "and applied unchanged to the held-out test set; `bench predict --operating-point NAME` applies "
+                  "them.", "",
+                  "| point | class | threshold | split | sensitivity (95% CI) | specificity (95% CI) |",
+                  "|---|---|---|---|---|---|",
+                  *[f"| {r['point']} | {r['class']} | {r['threshold']:.4f} | {r['split']} | "
+                    f"{_fmt(r['sensitivity'])} ({_fmt(r['sensitivity_low'])} – {_fmt(r['sensitivity_high'])}) | "
+                    f"{_fmt(r['specificity'])} ({_fmt(r['specificity_low'])} – {_fmt(r['specificity_high'])}) |"
+                    for r in reached], ""]
+    return lines
 
 
 def write_card(card: dict[str, Any], model_path: Path) -> tuple[Path, Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pandas as pd
 
 from bench import metrics as M
 from bench.errors import DataError
+from bench.operating import OperatingPoint
 from bench.results import RunDir
 
 
@@ -88,7 +90,9 @@ def best_trials(run: RunDir, study: Any = None) -> dict[str, int]:
 
 
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
-                 console: Any = None, registry: Path | None = None, storage: str | None = None) -> dict[str, Any]:
+                 console: Any = None, registry: Path | None = None, storage: str | None = None,
+                 operating_points: Sequence[OperatingPoint] = ()) -> dict[str, Any]:
+    from bench.clinical import evaluate_clinical, require_oof
     from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data_from_manifest
     from bench.train import FoldTrainer, TrainConfig
 
@@ -101,6 +105,7 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         if unknown:
             raise DataError(f"{run.path}: no completed trial for backbone(s) {unknown}; have {sorted(chosen)}.")
         chosen = {b: n for b, n in chosen.items() if b in backbones}
+    require_oof(run, chosen, operating_points)
     configs = finished_trials(run, study)[1] if study is not None else run.configs()
     objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -154,6 +159,9 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
                 "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
                 "config": config.to_dict(), "history": history, "classes": list(idx.classes),
                 "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
+        info.update(evaluate_clinical(run, backbone, trial, idx.classes, data.positive, y, proba,
+                                      data.splits.groups[test], unit=unit, points=operating_points,
+                                      n_boot=n_boot, seed=config.seed, say=say))
         run.write_final_backbone(backbone, info, metric_rows, predictions)
         _draw_gradcam(run, backbone, {idx.paths[i]: data.images[i] for i in rows}, say)
         ci = cis.get(objective)

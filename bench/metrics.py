@@ -18,7 +18,10 @@ positive) returns ``float("nan")``. Macro averages that we compute ourselves (``
 average over a subset of the classes is a different number and would not be comparable
 across folds. ``balanced_accuracy`` and ``macro_f1`` keep scikit-learn's definitions, which
 average over the classes that occur (in ``y_true``, or in ``y_true`` or the predictions);
-``mcc`` keeps scikit-learn's 0.0 for a constant predictor.
+``mcc`` keeps scikit-learn's 0.0 for a constant predictor. ``ece`` (expected calibration
+error, 10 equal-mass bins of the top-class confidence) and ``brier`` (binary: squared error of
+the positive class's probability; multiclass: sum over classes) measure calibration, as
+``log_loss`` does; lower is better for all three.
 
 Metrics live in the ``METRICS`` registry, filled by the ``@metric`` decorator; each is
 defined by a call into scikit-learn. Metrics that are a function of the confusion matrix
@@ -54,6 +57,7 @@ from bench.errors import ConfigError, close_matches
 
 __all__ = [
     "CI",
+    "ECE_BINS",
     "METRICS",
     "Metric",
     "bootstrap_all",
@@ -61,6 +65,7 @@ __all__ = [
     "bootstrap_phrase",
     "compute_metrics",
     "confusion",
+    "expected_calibration_error",
     "fast_path",
     "get_metric",
     "metric",
@@ -341,6 +346,45 @@ def _log_loss(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> fl
     # ~1e-7, so renormalise (validate_inputs already rejected anything really off).
     proba = proba / proba.sum(axis=1, keepdims=True)
     return float(_sk_log_loss(y_true, proba, labels=np.arange(proba.shape[1])))
+
+
+# Calibration: do the probabilities mean what they say? Both are NaN-free on any valid input.
+ECE_BINS = 10
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of the top-class confidence with ``bins`` equal-mass bins.
+
+    Images are sorted by their confidence (the largest probability) and cut into ``bins`` groups
+    of equal size (``np.array_split``; sizes differ by at most one; fewer images than bins gives
+    one image per bin). ECE = sum over bins of (bin size / n) * |accuracy - mean confidence|,
+    where accuracy is the share of the bin whose argmax is the true class. Equal-mass rather than
+    equal-width bins: softmax confidences crowd near 1, which would leave most equal-width bins
+    empty and the crowded one holding nearly everything (Nixon et al. 2019, "Measuring
+    Calibration in Deep Learning").
+    """
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_true).astype(np.float64)
+    order = np.argsort(confidence, kind="stable")
+    n = y_true.shape[0]
+    gap = sum(abs(correct[b].sum() - confidence[b].sum()) for b in np.array_split(order, min(bins, n)))
+    return float(gap / n)
+
+
+@metric("ece", higher_is_better=False, needs_proba=True)
+def _ece(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    return expected_calibration_error(y_true, proba, ECE_BINS)
+
+
+@metric("brier", higher_is_better=False, needs_proba=True)
+def _brier(y_true: np.ndarray, proba: np.ndarray, positive: int | None) -> float:
+    # Multi-class: mean over images of the sum over classes of the squared error against the
+    # one-hot truth (Brier 1950; 0..2). Binary: the usual mean squared error of the positive
+    # class's probability (0..1), which is half that sum. scikit-learn's brier_score_loss with
+    # scale_by_half="auto" makes the same choice, so binary numbers read as clinicians expect.
+    onehot = np.eye(proba.shape[1])[y_true]
+    total = float(((proba - onehot) ** 2).sum(axis=1).mean())
+    return total / 2 if proba.shape[1] == 2 else total
 
 
 # ----------------------------------------------------------------------- public API

@@ -23,8 +23,9 @@ import pandas as pd
 from bench import metrics as M
 from bench.atomic import write_atomic
 from bench.data.walk import NOT_UTF8, is_utf8, printable, walk_files
-from bench.errors import DataError
+from bench.errors import ConfigError, DataError
 from bench.export import ModelCard, load_model, read_card, verify_card
+from bench.operating import Threshold, decide, parse_point
 
 CHUNK = 256  # images decoded and predicted at a time: memory stays flat on big folders
 
@@ -133,10 +134,34 @@ class Predictions:
         return write_atomic(path, lambda f: self.frame.to_csv(f, index=False))
 
 
+def card_thresholds(card: ModelCard, name: str | None) -> list[Threshold]:
+    """The card's thresholds of operating point ``name`` (None or "default": none, argmax)."""
+    if name is None or name == "default":
+        return []
+    try:
+        name = parse_point(name).name  # "spec=0.90" is stored as "spec=0.9"
+    except ValueError:
+        pass  # not a well-formed point: reported below with the names the card has
+    stored = [Threshold.from_dict(t) for t in card.data.get("operating_points") or []]
+    chosen = [t for t in stored if t.point == name]
+    if not chosen:
+        known = sorted({t.point for t in stored})
+        raise ConfigError(f"--operating-point {name!r}: the model card {card.source} has "
+                          + (f"the operating points {', '.join(known)} (or 'default' for argmax)." if known else
+                             "no operating points. Run `bench final --run DIR --operating-point sens=0.95` and "
+                             "export again, or leave out --operating-point (argmax)."))
+    return chosen
+
+
 def predict_paths(model_path: Path, inputs: Sequence[Path], *, batch_size: int = 64,
-                  predictor: Predictor | None = None, verify: bool = True) -> Predictions:
+                  predictor: Predictor | None = None, verify: bool = True,
+                  operating_point: str | None = None) -> Predictions:
+    """Probabilities and predicted classes; ``operating_point`` (a name in the card, e.g. "sens=0.95")
+    replaces argmax: binary sets predict the positive class when its probability reaches the
+    threshold, multiclass sets add one ``<point>:<class>`` yes/no column per class (one-vs-rest)."""
     predictor = predictor or load_predictor(model_path, verify=verify)
     card, classes = predictor.card, predictor.classes
+    thresholds = card_thresholds(card, operating_point)
     from bench.data.images import decode_many
 
     items, unreadable = collect_images(inputs, classes)
@@ -166,8 +191,14 @@ def predict_paths(model_path: Path, inputs: Sequence[Path], *, batch_size: int =
     labelled = np.array([t is not None for t in truths])
     if labelled.any():
         frame["truth"] = [t if t is not None else "" for t in truths]
+    binary_point = bool(thresholds) and len(classes) == 2
+    if binary_point:  # the threshold on the positive class decides the label
+        (t,) = thresholds
+        pred = np.where(decide(t, proba), t.class_index, 1 - t.class_index)
     frame["predicted"] = [classes[i] for i in pred]
     frame["confidence"] = proba.max(axis=1)
+    for t in thresholds if not binary_point else ():
+        frame[f"{t.point}:{t.cls}"] = np.where(decide(t, proba), "yes", "no")
     for c, name in enumerate(classes):
         frame[f"p_{name}"] = proba[:, c]
     metrics = cm = None
@@ -175,6 +206,8 @@ def predict_paths(model_path: Path, inputs: Sequence[Path], *, batch_size: int =
         y = np.array([classes.index(t) for t in truths if t is not None])
         p = proba[labelled]
         positive = classes.index(card.positive) if len(classes) == 2 and card.positive in classes else None
-        metrics = M.compute_metrics(y, p, positive=positive)
-        cm = M.confusion(y, p, len(classes))
+        # Metrics of the labels use the labels predicted (argmax, or the operating point's threshold).
+        hard = np.eye(len(classes))[pred[labelled]]
+        metrics = {m.name: m(y, p if m.needs_proba else hard, positive=positive) for m in M.METRICS.values()}
+        cm = M.confusion(y, pred[labelled], len(classes))
     return Predictions(frame, unreadable, classes, metrics, int(labelled.sum()), cm)

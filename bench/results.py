@@ -25,6 +25,12 @@ runs from several machines):
                        n_units (how many) (split = test); files written before unit existed read as
                        unit images, n_units = n_images, which is what they resampled
     test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
+    calibration.csv    one row per backbone x split (cv: out-of-fold, test) x scaling (none, temperature) x
+                       metric (ece, brier, log_loss): value, CI (low, high), n_images, n_boot, unit, n_units and
+                       the temperature (fitted on the out-of-fold CV predictions only; ``bench final``)
+    operating_points.csv  one row per backbone x operating point (sens=0.95, ...) x class x split (cv, test):
+                       the threshold chosen on CV and the sensitivity and specificity it reaches, with CIs
+                       (``bench final --operating-point``)
     study.db           the Optuna study (default SQLite storage)
     models/            the final models, <backbone>.keras (written by ``bench final``)
     figures/           gradcam_<backbone>.png: Grad-CAM of correct and wrong held-out predictions
@@ -70,6 +76,8 @@ FILES = {
     "final": "final.json",
     "test_metrics": "test_metrics.csv",
     "test_predictions": "test_predictions.csv",
+    "calibration": "calibration.csv",
+    "operating_points": "operating_points.csv",
     "study": "study.db",
 }
 
@@ -241,11 +249,19 @@ class RunDir:
             final.setdefault("backbones", {})[backbone] = info
             _atomic_json(self.file("final"), final)
             for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
-                path = self.file(key)
-                old = self.table(key) if path.exists() else None
-                if old is not None and len(old):
-                    frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
-                _atomic_csv(path, frame)
+                self._replace_backbone_rows(key, backbone, frame)
+
+    def write_backbone_table(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
+        """One backbone's rows of a held-out table (calibration, operating points); replaces earlier ones."""
+        with self.lock():
+            self._replace_backbone_rows(key, backbone, frame.assign(backbone=backbone))
+
+    def _replace_backbone_rows(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
+        path = self.file(key)
+        old = self.table(key) if path.exists() else None
+        if old is not None and len(old):
+            frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
+        _atomic_csv(path, frame)
 
     def model_path(self, backbone: str) -> Path:
         return self.path / "models" / f"{backbone}.keras"
@@ -283,12 +299,17 @@ class RunDir:
         name = wanted if wanted in names else (names[0] if names else None)
         return optuna.load_study(study_name=name, storage=url) if name else None
 
+    def oof_predictions(self, trial: int) -> pd.DataFrame:
+        """The out-of-fold predictions of ``trial`` (its rows of predictions.csv; empty if none)."""
+        frame = self.table("predictions")
+        return frame[frame.trial == trial].reset_index(drop=True) if len(frame) else frame
+
     def table(self, key: str) -> pd.DataFrame:
         path = self.file(key)
         if not path.exists():
             return pd.DataFrame()
         # Paths, labels and groups stay strings even when a patient id looks like a number or "NA".
-        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str})
+        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str, "class": str})
         if key == "test_metrics" and "unit" not in frame and "n_images" in frame:
             # Written before CIs could resample patients: those resampled images.
             frame["unit"], frame["n_units"] = "images", frame["n_images"]

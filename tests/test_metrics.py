@@ -30,7 +30,9 @@ from bench.metrics import (
     validate_inputs,
 )
 
-ALL = ["accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc", "log_loss"]
+ALL = ["accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc", "log_loss", "ece",
+       "brier"]
+LOWER_IS_BETTER = ["log_loss", "ece", "brier"]
 
 
 def make_data(n: int, k: int, seed: int, strength: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +77,8 @@ def _no_warnings():
 def test_registry_contents_and_directions():
     assert list(METRICS) == ALL
     assert all(isinstance(m, Metric) and m.name == n for n, m in METRICS.items())
-    assert [n for n, m in METRICS.items() if not m.higher_is_better] == ["log_loss"]
-    assert {n for n, m in METRICS.items() if m.needs_proba} == {"auc", "log_loss"}
+    assert [n for n, m in METRICS.items() if not m.higher_is_better] == LOWER_IS_BETTER
+    assert {n for n, m in METRICS.items() if m.needs_proba} == {"auc", *LOWER_IS_BETTER}
 
 
 def test_unknown_metric_is_a_config_error_with_suggestion():
@@ -223,7 +225,7 @@ def test_perfect_classifier(k):
     y = np.repeat(np.arange(k), 5)
     got = compute_metrics(y, np.eye(k)[y])
     for name in ALL:
-        if name == "log_loss":
+        if name in LOWER_IS_BETTER:
             assert got[name] == pytest.approx(0, abs=1e-12)
         else:
             assert got[name] == pytest.approx(1.0), name
@@ -384,7 +386,7 @@ def test_resampling_in_chunks_covers_n_boot(monkeypatch):
 @pytest.mark.parametrize("name", ALL)
 def test_ci_contains_point_estimate(name):
     y, p = make_data(150, 3, 7)
-    n_boot = 60 if name in ("auc", "log_loss") else 500  # scikit-learn per resample is slow
+    n_boot = 60 if name in ("auc", *LOWER_IS_BETTER) else 500  # no fast path: one call per resample
     ci = bootstrap_ci(y, p, name, n_boot=n_boot)
     assert isinstance(ci, CI)
     assert ci.value == pytest.approx(compute_metrics(y, p)[name])

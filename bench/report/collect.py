@@ -48,6 +48,7 @@ EXPECTED = {
     "cv": ("config", "splits", "folds", "metrics", "predictions", "history"),
 }
 TRIAL_TABLES = ("folds", "metrics", "predictions", "history")
+HELD_OUT_TABLES = ("test_metrics", "test_predictions", "calibration", "operating_points")  # per backbone (bench final)
 FINISHED_STATUSES = ("complete", "complete_with_failures", "stopped", "incomplete")
 
 
@@ -101,6 +102,8 @@ class Collection:
     notes: list[Note] = field(default_factory=list)
     root: Path | None = None
     study_cache: dict[str, Any] = field(default_factory=dict)  # run label -> Optuna study or None
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench final: ECE/Brier before and after T
+    operating_points: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench final --operating-point
 
     @property
     def datasets(self) -> list[str]:
@@ -424,7 +427,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
     configs_of: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:
         tables = {key: _read_table(run, key, notes) if key in run.present else pd.DataFrame()
-                  for key in (*TRIAL_TABLES, "trials", "test_metrics", "test_predictions")}
+                  for key in (*TRIAL_TABLES, "trials", *HELD_OUT_TABLES)}
         try:
             configs_of[run.label] = run.rundir.configs()
         except (OSError, ValueError) as err:
@@ -462,8 +465,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
                 raw[run.label]["trials"] = _concat([raw[run.label]["trials"], extra])
 
     order = {run.label: i for i, run in enumerate(runs)}
-    merged: dict[str, list[pd.DataFrame]] = {k: [] for k in (*TRIAL_TABLES, "trials", "test_metrics",
-                                                              "test_predictions")}
+    merged: dict[str, list[pd.DataFrame]] = {k: [] for k in (*TRIAL_TABLES, "trials", *HELD_OUT_TABLES)}
     final_rows: list[dict[str, Any]] = []
     configs: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in runs:
@@ -482,6 +484,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
                                "trial": info.get("trial"), "refit_epochs": info.get("refit_epochs"),
                                "n_train": info.get("n_train"), "n_test": info.get("n_test"),
                                "seconds": info.get("seconds"), "model": info.get("model"),
+                               "temperature": (info.get("calibration") or {}).get("temperature"),
                                "gradcam": _existing(run.rundir.gradcam_path(backbone)), "_order": order[run.label]})
 
     trials = _concat(merged["trials"])
@@ -496,8 +499,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
     owners = None if trials.empty else trials[["dataset", "study", "trial", "run"]]
     frames = {key: _dedupe_by_trial(_concat(merged[key]), owners=owners) for key in TRIAL_TABLES}
     # Held-out results: one per (study, backbone), from the first run that has it.
-    test_metrics = _dedupe_by_trial(_concat(merged["test_metrics"]), "backbone")
-    test_predictions = _dedupe_by_trial(_concat(merged["test_predictions"]), "backbone")
+    held_out = {key: _dedupe_by_trial(_concat(merged[key]), "backbone") for key in HELD_OUT_TABLES}
     finals = pd.DataFrame(final_rows)
     if not finals.empty:
         finals = _dedupe_by_trial(finals, "backbone")
@@ -516,8 +518,10 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
         metrics=tidy(frames["metrics"], ["dataset", "study", "trial", "fold", "metric"]),
         predictions=tidy(frames["predictions"], ["dataset", "study", "trial", "fold", "path"]),
         history=tidy(frames["history"], ["dataset", "study", "trial", "fold", "metric", "epoch"]),
-        test_metrics=tidy(test_metrics, ["dataset", "study", "backbone", "metric"]),
-        test_predictions=tidy(test_predictions, ["dataset", "study", "backbone", "path"]),
+        test_metrics=tidy(held_out["test_metrics"], ["dataset", "study", "backbone", "metric"]),
+        test_predictions=tidy(held_out["test_predictions"], ["dataset", "study", "backbone", "path"]),
+        calibration=tidy(held_out["calibration"], ["dataset", "study", "backbone"]),
+        operating_points=tidy(held_out["operating_points"], ["dataset", "study", "backbone"]),
         finals=tidy(finals, ["dataset", "study", "backbone"]),
         configs=configs,
         notes=notes,

@@ -95,8 +95,18 @@ def confusion_figure(cm: np.ndarray, norm: np.ndarray, classes: Sequence[str], f
     return save(fig, folder, name, title, caption)
 
 
+@dataclass(frozen=True)
+class RocMark:
+    """An operating point on a ROC curve: the rates its threshold reached on the plotted split."""
+
+    class_index: int
+    specificity: float
+    sensitivity: float
+    label: str
+
+
 def roc_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], positive: int | None, folder: Path,
-               name: str, title: str, caption: str) -> Figure:
+               name: str, title: str, caption: str, marks: Sequence[RocMark] = ()) -> Figure:
     from sklearn.metrics import auc, roc_curve
 
     fig = new_figure(5.2, 4.4)
@@ -109,6 +119,9 @@ def roc_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], positiv
         fpr, tpr, _ = roc_curve(truth, proba[:, c])
         label = f"{classes[c]} (AUC {auc(fpr, tpr):.3f})"
         ax.plot(fpr, tpr, color=PALETTE[n % len(PALETTE)], linewidth=1.6, label=label)
+        for i, m in enumerate(mk for mk in marks if mk.class_index == c):
+            ax.plot(1 - m.specificity, m.sensitivity, linestyle="none", marker="osD^v"[i % 5], markersize=8,
+                    markerfacecolor="none", markeredgewidth=1.8, color=PALETTE[n % len(PALETTE)], label=m.label)
     ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)

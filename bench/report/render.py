@@ -33,6 +33,7 @@ import pandas as pd
 
 from bench import __version__
 from bench import metrics as M
+from bench.report import clinical as RC
 from bench.report import figures as F
 from bench.report import tables as T
 from bench.report.collect import Collection, Note, collect, resolve_runs
@@ -320,11 +321,16 @@ class Builder:
                                            f"{row.backbone}: confusion matrix",
                                            f"Counts and row-normalised; {ev.phrase}."))
             self.table(T.per_class(ev))
+            marks = RC.roc_marks(coll, d, row, "test" if ev.source == "test" else "cv")
             self.figure(F.roc_figure(ev.y, ev.proba, ev.classes, ev.positive, self.figdir, f"roc_{name}",
                                      f"{row.backbone}: ROC",
-                                     f"ROC curve{'s (one-vs-rest)' if ev.positive is None else ''}; {ev.phrase}."))
+                                     f"ROC curve{'s (one-vs-rest)' if ev.positive is None else ''}; {ev.phrase}."
+                                     + (" Open markers: the operating points (thresholds chosen on CV)." if marks else ""),
+                                     marks=marks))
             if ev.source == "test":
                 self.gradcam(d, row, name)
+        self.guard(f"{d} / {row.backbone}: calibration and operating points",
+                   lambda: self.clinical(d, row, name))
         hist = coll.history
         if not hist.empty:
             hist = hist[(hist.dataset == d) & (hist.study == row.study) & (hist.trial == row.trial)]
@@ -339,6 +345,16 @@ class Builder:
             self.problem(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} "
                          f"of {row.study}.")
         self.figure(fig)
+
+    def clinical(self, d: str, row: Any, name: str) -> None:
+        """Calibration (ECE, Brier before and after temperature scaling, reliability diagram) and
+        operating points; both only once `bench final` has run."""
+        table = RC.calibration_table(self.coll, d, row)
+        if table is None:
+            self.note(f"No calibration for {row.backbone}: its run has no calibration.csv (written by `bench final`).")
+        self.table(table)
+        self.figure(RC.reliability_figure(self.coll, d, row, self.figdir, f"reliability_{name}"))
+        self.table(RC.operating_table(self.coll, d, row))
 
     def gradcam(self, d: str, row: Any, name: str) -> None:
         # `bench final` draws the grid (it has the model); the report only shows the file.
