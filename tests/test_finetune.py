@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 
 from bench.errors import ConfigError
@@ -110,6 +111,12 @@ def test_two_phase_freezes_the_backbone_first_then_trains_it_without_recompiling
     c = config(size=16, head_epochs=2, epochs=3, unfrozen="all", schedule="step", early_stopping=3)
     trainer = FoldTrainer(c, n_classes=2, n_train_hint=32)
     assert len(trainer.phases) == 2
+    traces = [0, 0]  # a train_step's Python body runs only while TensorFlow traces it
+    for i, phase in enumerate(trainer.phases):
+        def counted(data, step=phase.model.train_step, i=i):
+            traces[i] += 1
+            return step(data)
+        phase.model.train_step = counted
     snaps = _Snapshots(trainer)
     first = trainer.fit_fold(0, x[:32], y[:32], x[32:], y[32:], x[24:32], y[24:32], callbacks=[snaps])
     assert first.ok and first.history["phase"] == [1.0, 1.0, 2.0]
@@ -120,9 +127,10 @@ def test_two_phase_freezes_the_backbone_first_then_trains_it_without_recompiling
     assert not _same(b2, b3), "the unfrozen backbone did not train in phase 2"
     assert all(layer.trainable for layer in trainer.parts.base.layers if layer.weights)  # phase-2 flags kept
 
-    functions = [p.model.train_function for p in trainer.phases]
+    functions, traced = [p.model.train_function for p in trainer.phases], list(traces)
+    assert all(traced)
     again = trainer.fit_fold(0, x[:32], y[:32], x[32:], y[32:], x[24:32], y[24:32])
-    assert [p.model.train_function for p in trainer.phases] == functions  # no recompilation
+    assert [p.model.train_function for p in trainer.phases] == functions and traces == traced  # no recompilation
     assert again.history == first.history  # the reset restored weights and both optimizers
     np.testing.assert_array_equal(again.proba, first.proba)
 
@@ -184,3 +192,19 @@ def test_the_paper_space_loads_and_every_sample_is_a_valid_config():
         study.tell(trial, 0.0)
     assert {s[0] for s in seen} == {"imagenet", None} and {s[3] for s in seen} == {"avg", "max", "flatten"}
     assert any(s[2] for s in seen) and not any(s[2] for s in seen if s[0] is None)
+
+
+def test_training_curves_draw_the_learning_rate_and_the_phases(tmp_path):
+    from PIL import Image
+
+    from bench.report.figures import training_curves_figure
+
+    rows = [{"fold": f, "epoch": e, "metric": m, "value": v}
+            for f in range(2) for e in range(1, 5)
+            for m, v in (("loss", 1 / e), ("val_loss", 1.2 / e), ("accuracy", 0.5 + e / 10),
+                         ("learning_rate", 1e-3 * 0.5 ** (e // 2)), ("phase", 1.0 if e <= 2 else 2.0))]
+    history = pd.DataFrame(rows)
+    with_lr = training_curves_figure(history, tmp_path, "with", "t", "c")
+    without = training_curves_figure(history[~history.metric.isin(["learning_rate", "phase"])], tmp_path, "without",
+                                     "t", "c")
+    assert Image.open(with_lr.png).width > Image.open(without.png).width  # a third panel
