@@ -47,7 +47,7 @@ class HeadSpec:
     dropout: float = 0.2
 
     def problems(self) -> list[str]:
-        """What is wrong with these values (empty when fine), as the ends of error messages."""
+        """What is wrong with these values (empty when fine), one sentence each."""
         found = []
         if self.pooling not in POOLINGS:
             found.append(f"pooling {self.pooling!r} is unknown.{close_matches(self.pooling, POOLINGS)} "
