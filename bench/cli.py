@@ -312,6 +312,16 @@ class CVCommand(Command):
                             "and LR reduction read; the scored fold never reaches them (default 0.15; 0 = "
                             "neither: fixed epochs at a constant rate)")
         g.add_argument("--bn-momentum", default="auto", help="'auto' (matched to steps per epoch), 'keep', or a number")
+        g.add_argument("--schedule", default="plateau",
+                       help="LR schedule: constant, plateau (default; patience --reduce-lr), step, exponential, cosine")
+        g.add_argument("--warmup-epochs", type=whole, default=0, help="linear LR warmup from lr/10 (not with plateau)")
+        g.add_argument("--head-epochs", type=whole, default=0,
+                       help="two-phase fine-tuning: epochs training the head with the backbone frozen first")
+        g.add_argument("--backbone-lr-scale", type=float, default=1.0,
+                       help="the backbone's learning rate relative to the head's (e.g. 0.1)")
+        g.add_argument("--head-layers", type=whole, default=0, help="hidden dense layers in the head (0-2)")
+        g.add_argument("--head-units", type=positive_int, default=256, help="width of the head's dense layers")
+        g.add_argument("--pooling", default="avg", help="avg, max or flatten (feature maps up to 8x8)")
         out = parser.add_argument_group("output")
         out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<run-id>)")
         out.add_argument("--runs-dir", type=Path, help="parent of run directories (default BENCH_RUNS or ./runs)")
@@ -343,7 +353,9 @@ class CVCommand(Command):
             lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, optimizer=args.optimizer,
             augment=args.augment, dropout=args.dropout, label_smoothing=args.label_smoothing,
             class_weights=not args.no_class_weights, early_stopping=args.patience, reduce_lr=args.reduce_lr,
-            inner_val=args.inner_val, bn_momentum=bn, seed=args.seed,
+            inner_val=args.inner_val, bn_momentum=bn, seed=args.seed, schedule=args.schedule,
+            warmup_epochs=args.warmup_epochs, head_epochs=args.head_epochs, backbone_lr_scale=args.backbone_lr_scale,
+            head_layers=args.head_layers, head_units=args.head_units, pooling=args.pooling,
         )
         return run_cv_command(args, data, config, t_start)
 

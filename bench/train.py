@@ -20,6 +20,11 @@ per-epoch values a pruner sees read an *inner* validation split carved out of th
 prediction is scored. (Keras 3's EarlyStopping restores the best epoch at the end of every fit,
 even without an early stop: whatever it monitors has chosen the weights.)
 
+Learning-rate schedules (bench.schedules) set the rate at each epoch's start; two-phase
+fine-tuning (``head_epochs``, bench.finetune) fits a phase-1 model (backbone frozen) and then a
+phase-2 model over the same layers, both compiled once; early stopping and the plateau rule
+read phase 2 only, so the fixed head-only epochs always run.
+
 Nothing here knows of Optuna or of run directories: a fold goes in, a ``FoldResult`` comes out.
 """
 
@@ -36,7 +41,9 @@ import numpy as np
 
 from bench.augment import policy_layers
 from bench.errors import ConfigError, close_matches
-from bench.models import build_classifier
+from bench.finetune import Trainability, with_lr_scale
+from bench.models import HeadSpec, build_classifier
+from bench.schedules import DEFAULT_SCHEDULE, MIN_LR_SCALE, EpochRates, learning_rates, schedule_problems
 
 OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "adam": lambda c: keras.optimizers.Adam(c.lr),
@@ -50,9 +57,9 @@ OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
 BN_REESTIMATE_MAX_IMAGES = 512
 # Before each validation pass during training, a cheaper refresh on this many images.
 BN_REFRESH_IMAGES = 128
-# Reduce-LR-on-plateau: the factor and the floor (relative to the starting rate).
+# Reduce-LR-on-plateau: the factor (the floor, MIN_LR_SCALE x the starting rate, is shared
+# with the schedules).
 REDUCE_LR_FACTOR = 0.3
-MIN_LR_SCALE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -72,12 +79,19 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: bool = True
     early_stopping: int = 5  # patience in epochs on validation loss; 0 = off
-    reduce_lr: int = 3  # patience of reduce-LR-on-plateau; 0 = off
+    reduce_lr: int = 3  # patience of reduce-LR-on-plateau; 0 = off; read by schedule "plateau" only
     bn_momentum: str | float = "auto"  # "auto" = matched to steps per epoch, "keep" = Keras default
     # Fraction of each training fold (whole groups, stratified) held out as the inner validation
     # split that early stopping, LR reduction and epoch-level pruning read; 0 = none (then they
     # have nothing to read and are off: a fixed number of epochs at a constant rate).
     inner_val: float = 0.15
+    schedule: str = DEFAULT_SCHEDULE  # bench.schedules.SCHEDULES
+    warmup_epochs: int = 0  # linear warmup from lr/10 (not with "plateau")
+    head_epochs: int = 0  # two-phase: this many epochs with the whole backbone frozen first
+    backbone_lr_scale: float = 1.0  # the backbone's rate relative to the head's (0 = no change)
+    head_layers: int = 0  # hidden dense layers of the head (bench.models.HeadSpec)
+    head_units: int = 256
+    pooling: str = "avg"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,10 +107,20 @@ class TrainConfig:
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}."),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}."),
             (0 <= self.inner_val <= 0.5, f"--inner-val must be in [0, 0.5], got {self.inner_val}."),
+            (isinstance(self.head_epochs, int) and 0 <= self.head_epochs < self.epochs,
+             f"--head-epochs must be a whole number from 0 (one phase) to epochs - 1 ({self.epochs - 1}), "
+             f"leaving phase 2 at least one epoch; got {self.head_epochs!r}."),
+            (math.isfinite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0,
+             f"--backbone-lr-scale must be a number >= 0, got {self.backbone_lr_scale!r}."),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        problems = [message for ok, message in checks if not ok]
+        problems += schedule_problems(self.schedule, self.warmup_epochs, self.epochs)
+        problems += self.head().problems()
+        if problems:
+            raise ConfigError(problems[0])
+
+    def head(self) -> HeadSpec:
+        return HeadSpec(pooling=self.pooling, layers=self.head_layers, units=self.head_units, dropout=self.dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -267,6 +291,16 @@ def reestimate_batchnorm(
     return len(x)
 
 
+@dataclass(frozen=True)
+class _Phase:
+    """One fit of a fold: a compiled model over the shared layers, trained up to ``end`` epochs."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    trainability: Trainability | None  # set before fitting; None: one phase, nothing to switch
+    end: int | None  # the last epoch (exclusive) of this phase; None: the configured epochs
+
+
 class FoldTrainer:
     """One configuration, built and compiled once, trained fresh on each fold."""
 
@@ -284,7 +318,7 @@ class FoldTrainer:
         self.bn_momentum = bn_momentum
         self.parts = build_classifier(
             config.backbone, n_classes, config.size, weights=config.weights,
-            unfrozen=config.unfrozen, dropout=config.dropout, bn_momentum=bn_momentum,
+            unfrozen=config.unfrozen, bn_momentum=bn_momentum, head=config.head(),
         )
         self.classifier: keras.Model = self.parts.model
         inputs = keras.Input((config.size, config.size, 3), name="image")
@@ -293,27 +327,52 @@ class FoldTrainer:
             x = layer(x)
         # Augmentation wraps the classifier instead of living inside it: the classifier is what
         # gets exported, and BN re-estimation runs on un-augmented images.
-        self.model = keras.Model(inputs, self.classifier(x), name="train_model")
-        self.optimizer = OPTIMIZERS[config.optimizer](config)
-        self.model.compile(
-            optimizer=self.optimizer,
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-            metrics=["accuracy"],
-        )
-        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer whose loss-scale
-        # variables must be reset per fold too: snapshot the optimizer the model really uses.
-        self.optimizer = self.model.optimizer
-        # Create the optimizer's variables now so their fresh values can be snapshot.
-        self.optimizer.build(self.model.trainable_variables)
+        outputs = self.classifier(x)
+        self.model = keras.Model(inputs, outputs, name="train_model")
+        self.optimizer = self._compile(self.model, config.backbone_lr_scale)
+        self.phases = [_Phase(self.model, self.optimizer, None, None)]
+        if config.head_epochs:
+            # Phase 1: a second model over the same layers, compiled while the backbone is frozen.
+            trained = Trainability.of(self.parts.base)
+            trained.frozen().apply()
+            head_model = keras.Model(inputs, outputs, name="head_train_model")
+            self.phases = [_Phase(head_model, self._compile(head_model, 1.0), trained.frozen(), config.head_epochs),
+                           _Phase(self.model, self.optimizer, trained, None)]
+            trained.apply()
         self._weights0 = _snapshot(self.model.weights)
-        self._opt0 = _snapshot(self.optimizer.variables)
+        # The random streams of dropout and augmentation layers are variables outside `weights`:
+        # restored too, so a fold trains the same however many folds ran before it.
+        weight_ids = {id(w) for w in self.model.weights}
+        self._streams = [v for v in self.model.variables if id(v) not in weight_ids]
+        self._streams0 = _snapshot(self._streams)
+        self._opt0 = [_snapshot(p.optimizer.variables) for p in self.phases]
         self.build_seconds = time.perf_counter() - t0
         self.folds_trained = 0
 
+    def _compile(self, model: keras.Model, backbone_lr_scale: float) -> keras.optimizers.Optimizer:
+        """Compile ``model`` with a fresh optimizer over its trainable variables now; return the
+        optimizer it really uses (under mixed_float16 a LossScaleOptimizer, whose loss-scale
+        variables must be reset per fold too)."""
+        c = self.config
+        optimizer = OPTIMIZERS[c.optimizer](c)
+        if backbone_lr_scale != 1.0:
+            optimizer = with_lr_scale(optimizer, self.parts.base.trainable_variables, backbone_lr_scale)
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=c.label_smoothing),
+            metrics=["accuracy"],
+        )
+        # Create the optimizer's variables now so their fresh values can be snapshot.
+        model.optimizer.build(model.trainable_variables)
+        return model.optimizer
+
     def reset(self) -> None:
-        """Fresh initial weights and optimizer state (moments, iteration and learning rate)."""
+        """Fresh initial weights, random streams and every phase's optimizer state (moments,
+        iteration and rate)."""
         _restore(self.model.weights, self._weights0)
-        _restore(self.optimizer.variables, self._opt0)
+        _restore(self._streams, self._streams0)
+        for phase, values in zip(self.phases, self._opt0):
+            _restore(phase.optimizer.variables, values)
 
     @property
     def learning_rate(self) -> float:
@@ -339,30 +398,55 @@ class FoldTrainer:
             self.reset()
         keras.utils.set_random_seed(seed)
         log = _EpochLog(on_epoch)
-        chosen: list[keras.callbacks.Callback] = []
-        if x_stop is not None and len(x_stop):
-            # Order matters: the inner validation writes val_* into the logs that the rules
-            # after it read within the same epoch end.
-            chosen.append(_InnerValidation(self, x, x_stop, np.asarray(y_stop), scorer, seed=seed))
-            if c.early_stopping:
-                chosen.append(keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=c.early_stopping, restore_best_weights=True))
-            if c.reduce_lr:
-                chosen.append(keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=REDUCE_LR_FACTOR, patience=c.reduce_lr, min_lr=c.lr * MIN_LR_SCALE))
+        rates = learning_rates(c.schedule, c.lr, epochs, c.warmup_epochs)
+        history: dict[str, list[float]] = {}
         t0 = time.perf_counter()
-        hist = self.model.fit(
-            x, np.eye(self.n_classes, dtype="float32")[y],
-            epochs=epochs,
-            batch_size=c.batch_size,
-            class_weight=balanced_class_weights(y, self.n_classes) if c.class_weights else None,
-            callbacks=[*chosen, log, *(callbacks or [])],
-            shuffle=True,
-            verbose=0,
-        )
+        start = 0
+        for number, phase in enumerate(self.phases, start=1):
+            if phase.trainability is not None:
+                phase.trainability.apply()
+            end = epochs if phase.end is None else min(phase.end, epochs)
+            # The rate is set at each epoch's start, before the epoch log reads it.
+            chosen: list[keras.callbacks.Callback] = [EpochRates(rates)] if rates else []
+            if x_stop is not None and len(x_stop):
+                chosen += self._rules(x, x_stop, np.asarray(y_stop), scorer, seed, last=phase is self.phases[-1])
+            hist = phase.model.fit(
+                x, np.eye(self.n_classes, dtype="float32")[y],
+                initial_epoch=start,
+                epochs=end,
+                batch_size=c.batch_size,
+                class_weight=balanced_class_weights(y, self.n_classes) if c.class_weights else None,
+                callbacks=[*chosen, log, *(callbacks or [])],
+                shuffle=True,
+                verbose=0,
+            )
+            for k, vals in hist.history.items():
+                history.setdefault(k, []).extend(float(v) for v in vals)
+            if len(self.phases) > 1:  # which phase each epoch ran in, for the history and its figure
+                history.setdefault("phase", []).extend([float(number)] * len(hist.epoch))
+            start = end
+            if log.nan_at or log.stopped or end >= epochs:
+                break
+        if self.phases[-1].trainability is not None:  # the trained model's flags, whatever stopped it
+            self.phases[-1].trainability.apply()
         self.folds_trained += 1
-        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         return history, log, time.perf_counter() - t0
+
+    def _rules(self, x: np.ndarray, x_stop: np.ndarray, y_stop: np.ndarray, scorer: Scorer | None, seed: int,
+               *, last: bool) -> list[keras.callbacks.Callback]:
+        """The callbacks that read the inner split. Early stopping and the plateau rule act in the
+        last phase only: the head-only epochs of two-phase fine-tuning always run."""
+        c = self.config
+        # Order matters: the inner validation writes val_* into the logs that the rules after it
+        # read within the same epoch end.
+        chosen: list[keras.callbacks.Callback] = [_InnerValidation(self, x, x_stop, y_stop, scorer, seed=seed)]
+        if last and c.early_stopping:
+            chosen.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=c.early_stopping, restore_best_weights=True))
+        if last and c.reduce_lr and c.schedule == "plateau":
+            chosen.append(keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=REDUCE_LR_FACTOR, patience=c.reduce_lr, min_lr=c.lr * MIN_LR_SCALE))
+        return chosen
 
     def fit_fold(
         self,
@@ -393,8 +477,10 @@ class FoldTrainer:
             return FoldResult(fold, None, history, log.nan_at, epochs_run, 0, seconds, **sizes)
         if log.stopped:
             return FoldResult(fold, None, history, log.stopped, epochs_run, 0, seconds, **sizes)
-        val_losses = history.get("val_loss", [])
-        best_epoch = int(np.nanargmin(val_losses)) + 1 if c.early_stopping and val_losses else epochs_run
+        # Early stopping chose among the last phase's epochs (after the head-only ones).
+        first = c.head_epochs if len(self.phases) > 1 else 0
+        val_losses = history.get("val_loss", [])[first:]
+        best_epoch = first + int(np.nanargmin(val_losses)) + 1 if c.early_stopping and val_losses else epochs_run
         t0 = time.perf_counter()
         reestimate_batchnorm(self.classifier, x_train, c.batch_size, seed=c.seed + fold)
         seconds["bn_reestimate"] = time.perf_counter() - t0

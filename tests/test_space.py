@@ -115,7 +115,7 @@ def test_shipped_spaces_load_and_are_found_through_the_package(weights_folder):
 
 
 def test_unknown_builtin_space_lists_the_shipped_ones():
-    with pytest.raises(ConfigError, match=r"'smok'.*Did you mean 'smoke'.*default, smoke"):
+    with pytest.raises(ConfigError, match=r"'smok'.*Did you mean 'smoke'.*default, paper, smoke"):
         builtin_space("smok")
     with pytest.raises(ConfigError, match="does not exist"):
         load_space(Path("nowhere/space.toml"))

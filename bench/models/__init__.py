@@ -13,8 +13,12 @@ from bench.models.blocks import (
     set_unfrozen,
 )
 from bench.models.head import (
+    FLATTEN_MAX_SIDE,
+    POOLINGS,
     Classifier,
+    HeadSpec,
     build_classifier,
+    build_head,
     check_size,
     describe_backbone,
     set_bn_momentum,
@@ -30,15 +34,19 @@ from bench.models.weights import (
 )
 
 __all__ = [
+    "FLATTEN_MAX_SIDE",
+    "POOLINGS",
     "PREPROCESS_MODES",
     "Backbone",
     "Classifier",
+    "HeadSpec",
     "Preprocess",
     "backbone_names",
     "block_ends",
     "block_outputs",
     "blocks",
     "build_classifier",
+    "build_head",
     "check_size",
     "cut_points",
     "describe_backbone",

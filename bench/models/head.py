@@ -1,7 +1,13 @@
-"""A classifier around a backbone: 0..255 image -> preprocessing -> base -> pooled softmax head."""
+"""A classifier around a backbone: 0..255 image -> preprocessing -> base -> head.
+
+The head (pooling, optional hidden dense layers, softmax) is built by ``build_head`` alone, from a
+feature-map tensor and a ``HeadSpec``: the classifier and anything that trains a head on cached
+backbone feature maps must build the same head.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -10,11 +16,73 @@ from typing import Any
 import keras
 import numpy as np
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, close_matches
 from bench.models.blocks import blocks, cut_points, iter_layers, set_unfrozen
 from bench.models.preprocess import Preprocess
 from bench.models.registry import Backbone, get_backbone
 from bench.models.weights import resolve_weights
+
+
+# Flattening keeps every position of the feature map, so the first dense layer grows with its
+# area: allowed only up to this side (7x7 at 224 px for the usual /32 backbones, as the VGG16
+# studies use); larger maps need a global pooling.
+FLATTEN_MAX_SIDE = 8
+MAX_HEAD_LAYERS = 2
+
+POOLINGS: dict[str, Callable[[], keras.layers.Layer]] = {
+    "avg": lambda: keras.layers.GlobalAveragePooling2D(name="avg_pool"),
+    "max": lambda: keras.layers.GlobalMaxPooling2D(name="max_pool"),
+    "flatten": lambda: keras.layers.Flatten(name="flatten"),
+}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The head on a backbone's feature map: pooling, ``layers`` hidden ReLU dense layers of
+    ``units`` each, and the softmax classifier; dropout before every dense layer."""
+
+    pooling: str = "avg"
+    layers: int = 0
+    units: int = 256
+    dropout: float = 0.2
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values (empty when fine), one sentence each."""
+        found = []
+        if self.pooling not in POOLINGS:
+            found.append(f"pooling {self.pooling!r} is unknown.{close_matches(self.pooling, POOLINGS)} "
+                         f"Allowed: {', '.join(POOLINGS)}.")
+        if isinstance(self.layers, bool) or not isinstance(self.layers, Integral) or not 0 <= self.layers <= MAX_HEAD_LAYERS:
+            found.append(f"head_layers must be 0 to {MAX_HEAD_LAYERS} hidden dense layers, got {self.layers!r}.")
+        if isinstance(self.units, bool) or not isinstance(self.units, Integral) or self.units < 1:
+            found.append(f"head_units must be a whole number >= 1, got {self.units!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            found.append(f"Dropout {self.dropout!r} must be in [0, 1).")
+        return found
+
+
+def build_head(features: Any, n_classes: int, spec: HeadSpec) -> Any:
+    """Class probabilities from a (batch, h, w, c) feature-map tensor, by the head ``spec`` says.
+
+    Raises ConfigError for bad values, and for ``flatten`` on a map larger than
+    FLATTEN_MAX_SIDE on a side.
+    """
+    problems = spec.problems()
+    if problems:
+        raise ConfigError(" ".join(problems))
+    h, w = features.shape[1:3]
+    if spec.pooling == "flatten" and (h is None or w is None or max(h, w) > FLATTEN_MAX_SIDE):
+        raise ConfigError(
+            f"pooling 'flatten' needs a feature map of at most {FLATTEN_MAX_SIDE}x{FLATTEN_MAX_SIDE}; this "
+            f"backbone gives {h}x{w} at this image size. Use pooling 'avg' or 'max', or a smaller size."
+        )
+    x = POOLINGS[spec.pooling]()(features)
+    for i in range(1, spec.layers + 1):
+        x = keras.layers.Dropout(spec.dropout, name=f"head_dropout_{i}")(x)
+        x = keras.layers.Dense(spec.units, activation="relu", name=f"head_dense_{i}")(x)
+    x = keras.layers.Dropout(spec.dropout, name="head_dropout")(x)
+    # float32 output even under a mixed_float16 policy: softmax and the loss need the range.
+    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
 @dataclass(frozen=True)
@@ -67,14 +135,19 @@ def build_classifier(
     unfrozen: int | str = "all",
     dropout: float = 0.2,
     bn_momentum: float | None = None,
+    head: HeadSpec | None = None,
 ) -> Classifier:
-    """Build (not compile) a classifier; ``unfrozen`` counts trainable blocks of the base."""
+    """Build (not compile) a classifier; ``unfrozen`` counts trainable blocks of the base.
+
+    ``head`` defaults to global average pooling, ``dropout`` and the softmax layer; when given,
+    its own dropout applies."""
     spec = get_backbone(backbone)
     check_size(spec, size)
     if isinstance(n_classes, bool) or not isinstance(n_classes, Integral) or n_classes < 2:
         raise ConfigError(f"Number of classes {n_classes!r} must be an integer of at least 2.")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"Dropout {dropout!r} must be in [0, 1).")
+    head = head if head is not None else HeadSpec(dropout=dropout)
+    if head.problems():
+        raise ConfigError(" ".join(head.problems()))
 
     size, n_classes = int(size), int(n_classes)
     base = spec.build((size, size, 3), resolve_weights(spec, weights))
@@ -85,13 +158,7 @@ def build_classifier(
 
     inputs = keras.Input((size, size, 3), name="image")
     x = Preprocess(spec.preprocess, name="preprocess")(inputs)
-    x = base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    # float32 output even under a mixed_float16 policy: softmax and the loss need the range.
-    outputs = keras.layers.Dense(
-        n_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
+    outputs = build_head(base(x), n_classes, head)
     model = keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
     return Classifier(
         model=model,

@@ -134,12 +134,17 @@ def roc_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], positiv
 
 
 def training_curves_figure(history: pd.DataFrame, folder: Path, name: str, title: str, caption: str) -> Figure | None:
-    """Loss and accuracy per epoch: train solid, inner validation split dashed, one colour per fold."""
-    panels = [(m, f"val_{m}") for m in ("loss", "accuracy") if m in set(history.metric)]
+    """Loss and accuracy per epoch: train solid, inner validation split dashed, one colour per fold;
+    and the learning rate each epoch ran at, with the start of phase 2 of two-phase fine-tuning."""
+    metrics = set(history.metric)
+    panels = [(m, f"val_{m}") for m in ("loss", "accuracy") if m in metrics]
     if not panels:
         return None
-    fig = new_figure(5.0 * len(panels), 3.6)
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    with_lr = "learning_rate" in metrics
+    fig = new_figure(5.0 * len(panels) + (4.0 if with_lr else 0.0), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels) + with_lr))
+    if with_lr:
+        _learning_rate_panel(axes[-1], history)
     for ax, (train, val) in zip(axes, panels):
         for i, (fold, rows) in enumerate(history.groupby("fold", sort=True)):
             color = PALETTE[i % len(PALETTE)]
@@ -155,8 +160,25 @@ def training_curves_figure(history: pd.DataFrame, folder: Path, name: str, title
         epochs = sorted(set(history.epoch))
         if len(epochs) <= 12:
             ax.set_xticks(epochs)
-    axes[-1].legend(fontsize=7, loc="best")
+    axes[len(panels) - 1].legend(fontsize=7, loc="best")
     return save(fig, folder, name, title, caption)
+
+
+def _learning_rate_panel(ax: Any, history: pd.DataFrame) -> None:
+    for i, (fold, rows) in enumerate(history.groupby("fold", sort=True)):
+        r = rows[rows.metric == "learning_rate"].sort_values("epoch")
+        ax.plot(r.epoch, r.value, marker="o", markersize=3, color=PALETTE[i % len(PALETTE)], label=f"fold {int(fold) + 1}")
+        phase = rows[rows.metric == "phase"].sort_values("epoch")
+        second = phase[phase.value >= 2].epoch
+        if i == 0 and len(second):
+            ax.axvline(second.min() - 0.5, color="#555555", linestyle=":", linewidth=1)
+            ax.annotate(" phase 2", (second.min() - 0.5, 1), xycoords=("data", "axes fraction"), va="top", fontsize=7)
+    if (history[history.metric == "learning_rate"].value > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate (head)")
+    ax.set_title("learning rate")
+    ax.grid(alpha=0.3)
 
 
 # ---- the search ----------------------------------------------------------------------------------------------

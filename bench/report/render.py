@@ -340,7 +340,8 @@ class Builder:
                                            f"Loss and accuracy per epoch of each cross-validation fold of trial "
                                            f"{row.trial}: training (solid) and the inner validation split that early "
                                            f"stopping and LR reduction read (dashed; the scored fold is predicted "
-                                           f"once, after training).")
+                                           f"once, after training); and the learning rate each epoch ran "
+                                           f"at (the head's; the backbone's is backbone_lr_scale times it).")
         if fig is None:
             self.problem(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} "
                          f"of {row.study}.")

@@ -84,6 +84,22 @@ def _policies() -> list[str]:
     return list(POLICIES)
 
 
+def _schedules() -> list[str]:
+    from bench.schedules import SCHEDULES
+
+    return list(SCHEDULES)
+
+
+def _poolings() -> list[str]:
+    from bench.models import POOLINGS
+
+    return list(POOLINGS)
+
+
+def _int_in(lo: int, hi: int) -> Any:
+    return lambda v: None if _is_int(v) and lo <= v <= hi else f"needs a whole number in [{lo}, {hi}], got {v!r}."
+
+
 def _weights_check(v: Any) -> str | None:
     if isinstance(v, str) and v.strip():
         return None
@@ -131,6 +147,16 @@ FIELD_RULES: dict[str, FieldRule] = {
     "inner_val": FieldRule((*_CAT, "float"), "float", _float_in(0.0, 0.5, hi_open=False),
                            "a fraction in [0, 0.5] (0 = no inner split: no early stopping, no LR reduction)"),
     "bn_momentum": FieldRule((*_CAT, "float"), "float", _bn_check, "'auto', 'keep' or a number in [0, 1)"),
+    "schedule": FieldRule(_CAT, None, _one_of(_schedules, "schedule"), "a registered LR schedule"),
+    "warmup_epochs": FieldRule((*_CAT, "int"), "int", _int_at_least(0),
+                               "a number of epochs >= 0 (fewer than epochs; not with schedule 'plateau')"),
+    "head_epochs": FieldRule((*_CAT, "int"), "int", _int_at_least(0),
+                             "a number of head-only epochs >= 0 (fewer than epochs; 0 = one phase)"),
+    "backbone_lr_scale": FieldRule((*_CAT, "float"), "float", _float_in(0.0, None),
+                                   "a number >= 0 (the backbone's rate relative to the head's)"),
+    "head_layers": FieldRule((*_CAT, "int"), "int", _int_in(0, 2), "0, 1 or 2 hidden dense layers"),
+    "head_units": FieldRule((*_CAT, "int"), "int", _int_at_least(1), "a whole number of units >= 1"),
+    "pooling": FieldRule(_CAT, None, _one_of(_poolings, "pooling"), "avg, max or flatten"),
 }
 # ``seed`` is a TrainConfig field too, but it belongs to the run (--seed), not to the search.
 NOT_SEARCHED = ("seed",)
