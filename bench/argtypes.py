@@ -12,7 +12,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["at_least", "below_one", "fraction", "positive_float", "positive_int", "whole"]
+__all__ = ["at_least", "below_one", "factors", "fraction", "positive_float", "positive_int", "whole"]
 
 
 def _number(value: str, convert: Callable[[str], float], what: str) -> float:
@@ -68,3 +68,13 @@ def below_one(value: str) -> float:
     if not 0 <= number < 1:
         raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
     return number
+
+
+def factors(value: str) -> tuple[str, ...]:
+    """Parameter names separated by commas (``--by backbone,weights``); each checked against the runs later."""
+    from bench.grouping import parse_by
+
+    try:
+        return parse_by(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

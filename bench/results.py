@@ -18,17 +18,23 @@ runs from several machines):
                        params (JSON), seconds, pruned_at_fold, pruned_at_epoch (-1: at the
                        fold's end), fail_reason, engine; value only for complete trials
     final.json         the held-out evaluation: per backbone its best trial, refit epochs, sizes,
-                       seconds and the saved model (models/<backbone>.keras)
+                       seconds and the saved model (models/<backbone>.keras); with ``bench final
+                       --by backbone,weights`` one entry per combination, keyed by its slug
+                       (models/resnet50__weights-imagenet.keras), which also names its backbone,
+                       label and the factors
     test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
                        bootstrap 95% CI (low, high), n_images, n_boot, unit (what the bootstrap
                        resampled: patients, or images where the dataset has no patient ids) and
                        n_units (how many) (split = test); files written before unit existed read as
                        unit images, n_units = n_images, which is what they resampled
     test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
+                       (both test files: with ``--by`` other than backbone each row also has the
+                       entry's ``key``; ``entry_keys`` reads either)
     study.db           the Optuna study (default SQLite storage)
     models/            the final models, <backbone>.keras (written by ``bench final``)
-    figures/           gradcam_<backbone>.png: Grad-CAM of correct and wrong held-out predictions
-                       per class (``bench final``; the report shows it, it never loads a model)
+    figures/           <method>_<entry>.png (gradcam_<backbone>.png by default): Grad-CAM, LIME or
+                       occlusion of correct and wrong held-out predictions per class (``bench
+                       final``; the report shows it, it never loads a model)
     export/            models exported by ``bench export``, each with its model card
 
 The held-out test files are written only by ``bench final``, after the search: nothing that
@@ -43,6 +49,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,6 +79,12 @@ FILES = {
     "test_predictions": "test_predictions.csv",
     "study": "study.db",
 }
+
+
+def entry_keys(frame: pd.DataFrame) -> pd.Series:
+    """The final entry each held-out row belongs to: its ``key`` (grouped by several factors), else its backbone."""
+    backbone = frame["backbone"].astype(str)
+    return frame["key"].where(frame["key"].notna(), backbone).astype(str) if "key" in frame else backbone
 
 
 def new_run_id(tag: str = "") -> str:
@@ -235,7 +248,8 @@ class RunDir:
 
     def write_final_backbone(self, backbone: str, info: dict[str, Any], metrics: list[dict[str, Any]],
                              predictions: pd.DataFrame) -> None:
-        """One backbone's held-out result; a re-run of ``bench final`` replaces its rows."""
+        """One entry's held-out result (``backbone``: a backbone, or a combination's slug); a re-run of
+        ``bench final`` replaces its rows."""
         with self.lock():
             final = self.final()
             final.setdefault("backbones", {})[backbone] = info
@@ -244,7 +258,7 @@ class RunDir:
                 path = self.file(key)
                 old = self.table(key) if path.exists() else None
                 if old is not None and len(old):
-                    frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
+                    frame = pd.concat([old[entry_keys(old) != backbone], frame], ignore_index=True)
                 _atomic_csv(path, frame)
 
     def model_path(self, backbone: str) -> Path:
@@ -252,7 +266,18 @@ class RunDir:
 
     def gradcam_path(self, backbone: str) -> Path:
         """Grid of Grad-CAM overlays of the final model's held-out predictions (``bench final``)."""
-        return self.path / "figures" / f"gradcam_{backbone}.png"
+        return self.explanation_path(backbone, "gradcam")
+
+    def explanation_path(self, backbone: str, method: str) -> Path:
+        """Grid of one explanation method's overlays of an entry's held-out predictions (``bench final``)."""
+        return self.path / "figures" / f"{method}_{backbone}.png"
+
+    def explanation_figures(self, backbone: str) -> dict[str, Path]:
+        """The held-out grids drawn for an entry, by method (method names are lower-case letters)."""
+        pattern = re.compile(rf"([a-z]+)_{re.escape(backbone)}\.png")
+        folder = self.path / "figures"
+        found = sorted(folder.glob(f"*_{backbone}.png")) if folder.is_dir() else []
+        return {m.group(1): p for p in found if (m := pattern.fullmatch(p.name))}
 
     def export_dir(self) -> Path:
         """Default folder of ``bench export`` (a model and its card per file name)."""
