@@ -732,7 +732,6 @@ class ExplainCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
-        from bench.errors import ConfigError
         from bench.explain import explain_paths
 
         if args.method != "gradcam" and args.block != -1:

@@ -453,8 +453,9 @@ def explanation_grid(run_dir: Path, out_png: Path, per_class: int = 2, *, backbo
     One row per true class; ``per_class`` columns of correct predictions (most confident first),
     then ``per_class`` of wrong ones (most confidently wrong first). The model is the run's
     winner (``bench.export.select_backbone``: best cross-validation score, not test score)
-    unless ``backbone`` (a final entry: a backbone, or a combination's key) is given. Returns None when the run has no final model (``bench final``
-    not run) or none of its test images can be read any more. ``images`` maps a test path to its
+    unless ``backbone`` (a final entry: a backbone, or a combination's key) is given. Returns None
+    when the run has no final model (``bench final`` not run) or none of its test images can be
+    read any more. ``images`` maps a test path to its
     cached uint8 pixels at the model's size (``bench final`` passes them: no second decode, and
     sources with no image files, such as npz arrays, work too).
     """
@@ -517,8 +518,8 @@ def explanation_grid(run_dir: Path, out_png: Path, per_class: int = 2, *, backbo
     if not cells:
         return None
     _draw_grid(cells, classes, per_class, out_png,
-               f"{explainer.title} of {info.get('label', chosen)} (trial {info.get('trial')}) on the held-out test set of "
-               f"{dataset.get('name', '?')}; each title: predicted class and its probability")
+               f"{explainer.title} of {info.get('label', chosen)} (trial {info.get('trial')}) on the held-out "
+               f"test set of {dataset.get('name', '?')}; each title: predicted class and its probability")
     return out_png
 
 

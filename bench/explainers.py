@@ -46,7 +46,8 @@ class Options:
     block: int = -1  # gradcam: the backbone block explained (-1 = last)
     num_samples: int = 400  # lime: perturbed images per explanation
     segments: int = 50  # lime: SLIC superpixels per image (about)
-    compactness: float = 30.0  # lime: SLIC shape vs colour; at 10 (skimage's) noisy images merge into 2-3 superpixels
+    # lime: SLIC shape vs colour; at skimage's 10 a noisy image merges into 2-3 superpixels
+    compactness: float = 30.0
     patch: float = 0.125  # occlusion: patch side as a fraction of the image side
     stride: float = 0.0625  # occlusion: step as a fraction of the image side
     seed: int = 0
@@ -55,18 +56,21 @@ class Options:
 Explainer = Callable[[np.ndarray, "int | Sequence[int] | None"], Attribution]
 
 
+Factory = Callable[[Any, Options], Explainer]
+
+
 @dataclass(frozen=True)
 class Method:
     name: str  # as typed: --method NAME, and in file names
     title: str  # as shown on figures
-    factory: Callable[[Any, Options], Explainer]
+    factory: Factory
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, title: str) -> Callable[[Callable[[Any, Options], Explainer]], Callable[[Any, Options], Explainer]]:
-    def add(factory: Callable[[Any, Options], Explainer]) -> Callable[[Any, Options], Explainer]:
+def register(name: str, title: str) -> Callable[[Factory], Factory]:
+    def add(factory: Factory) -> Factory:
         METHODS[name] = Method(name, title, factory)
         return factory
     return add
@@ -115,8 +119,7 @@ def _unit(heat: np.ndarray) -> np.ndarray:
     return heat / peak if peak > 0 else np.zeros_like(heat)
 
 
-def _model_agnostic(per_image: Callable[[Callable, np.ndarray, int, float, Options], np.ndarray]
-                    ) -> Callable[[Any, Options], Explainer]:
+def _model_agnostic(per_image: Callable[[Callable, np.ndarray, int, float, Options], np.ndarray]) -> Factory:
     """A method that explains one image at a time from predictions only."""
     def factory(model: Any, options: Options) -> Explainer:
         predict = _predictor(model)
@@ -182,16 +185,17 @@ def _lime(predict: Callable, image: np.ndarray, c: int, base: float, options: Op
 
     def segment(x: np.ndarray) -> np.ndarray:
         # LIME numbers features 0..n-1 by segment label, so labels must start at 0.
-        return slic(np.clip(x, 0, 255).astype(np.uint8), n_segments=options.segments, compactness=options.compactness,
-                    start_label=0)
+        return slic(np.clip(x, 0, 255).astype(np.uint8), n_segments=options.segments,
+                    compactness=options.compactness, start_label=0)
 
     explainer = lime_image.LimeImageExplainer(random_state=options.seed)
     # A switched-off superpixel takes the image's mean colour: LIME's default (each superpixel's own
     # mean) leaves a uniform region, such as a bright lesion, unchanged when it is "removed".
     with contextlib.redirect_stderr(io.StringIO()):  # lime 0.2 always draws a tqdm progress bar
         exp = explainer.explain_instance(image.astype("float64"), predict, labels=(c,), top_labels=None,
-                                         hide_color=image.reshape(-1, 3).mean(axis=0), num_samples=options.num_samples,
-                                         batch_size=PREDICT_BATCH, segmentation_fn=segment, random_seed=options.seed)
+                                         hide_color=image.reshape(-1, 3).mean(axis=0),
+                                         num_samples=options.num_samples, batch_size=PREDICT_BATCH,
+                                         segmentation_fn=segment, random_seed=options.seed)
     weights = np.zeros(int(exp.segments.max()) + 1)
     for segment_id, weight in exp.local_exp[c]:
         weights[segment_id] = weight

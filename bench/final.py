@@ -12,7 +12,6 @@ the folds' LR reductions came at different epochs.)
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import pandas as pd
 from bench import metrics as M
 from bench.errors import DataError
 from bench.grouping import DEFAULT_BY, Grouping, entries
-from bench.results import RunDir
+from bench.results import RunDir, trial_params
 
 
 def best_trials(run: RunDir, by: tuple[str, ...] = DEFAULT_BY) -> dict[str, int]:
@@ -47,17 +46,9 @@ def best_trials(run: RunDir, by: tuple[str, ...] = DEFAULT_BY) -> dict[str, int]
         raise DataError(f"{run.path}: no trial completed, so there is no configuration to evaluate on the test set.")
     maximize = (manifest.get("objective") or {}).get("direction", "maximize") == "maximize"
     done = done.sort_values(["value", "number"], ascending=[not maximize, True])
-    configs = [(int(r.number), {**_params(r.params), "backbone": str(r.backbone)}) for r in done.itertuples()]
+    configs = [(int(r.number), {**trial_params(r.params), "backbone": str(r.backbone)}) for r in done.itertuples()]
     grouping.check({k for _, c in configs for k in c}, str(run.path))
     return entries(grouping, configs)
-
-
-def _params(raw: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(raw) if isinstance(raw, str) and raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
@@ -109,8 +100,8 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive,
                               groups=data.splits.groups[test], unit=unit)
         n_test = int(test.sum())
-        metric_rows = [{"backbone": backbone, **entry, "trial": trial, "split": "test", "metric": name, "value": ci.value,
-                        "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
+        metric_rows = [{"backbone": backbone, **entry, "trial": trial, "split": "test", "metric": name,
+                        "value": ci.value, "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
                         "unit": ci.unit, "n_units": ci.n_units}
                        for name, ci in cis.items()]
         rows = np.flatnonzero(test)

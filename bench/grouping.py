@@ -28,7 +28,8 @@ def parse_by(text: str) -> tuple[str, ...]:
     """``"backbone, weights"`` -> ``("backbone", "weights")``: names in order, each once."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
-        raise ValueError(f"must name one or more parameters separated by commas (e.g. backbone,weights), got {text!r}")
+        raise ValueError(f"must name one or more parameters separated by commas (e.g. backbone,weights), "
+                         f"got {text!r}")
     return names
 
 

@@ -87,6 +87,17 @@ def entry_keys(frame: pd.DataFrame) -> pd.Series:
     return frame["key"].where(frame["key"].notna(), backbone).astype(str) if "key" in frame else backbone
 
 
+def trial_params(raw: Any) -> dict[str, Any]:
+    """A trials.csv ``params`` cell (the trial's configuration as JSON) as a dict; {} if unreadable."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def new_run_id(tag: str = "") -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     suffix = f"-{tag}" if tag else ""

@@ -121,7 +121,8 @@ def test_report_and_final_by_backbone_and_weights(weights_search, tmp_path, caps
     assert list(default.backbone) == ["simple_cnn"] and default.trial.iloc[0] in set(want.values())
 
     # A parameter the trials do not have: a clear error naming those they do have.
-    code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "bad", "--by", "backbone,pool")
+    code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "bad",
+                           "--by", "backbone,pool")
     assert code == 2 and "--by pool: not a parameter" in err and "weights" in err and "lr" in err
 
     code, _, err = run_cli(capsys, "final", "--run", weights_search, "--by", "backbone,weights", "--boot", "50")
@@ -142,3 +143,11 @@ def test_report_and_final_by_backbone_and_weights(weights_search, tmp_path, caps
     assert code == 0, err
     board = pd.read_csv(tmp_path / "tested" / "tables" / "leaderboard_pneumonia-demo.csv")
     assert board.test_value.notna().all() and len(board) == 2
+
+    # A combination's model exports with a card naming its real backbone and its held-out metrics.
+    slug = next(iter(slugs))
+    code, _, err = run_cli(capsys, "export", "--run", weights_search, "--backbone", slug, "--out",
+                           tmp_path / "export" / "m.keras")
+    assert code == 0, err
+    card = json.loads((tmp_path / "export" / "m.card.json").read_text())
+    assert card["model"]["backbone"] == "simple_cnn" and card["evaluation"]["test"]["metrics"]

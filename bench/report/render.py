@@ -485,7 +485,7 @@ class Builder:
                              f"Complete trials only; {T.cv_phrase(coll, d)}.", data, display, bold))
 
     def reproduce(self) -> None:
-        table = T.reproduce_table(self.coll, self.boards)
+        table = T.reproduce_table(self.coll, self.boards, self.by)
         if table is None:
             return
         self.heading(2, SECTIONS["reproduce"])
@@ -728,7 +728,8 @@ def print_report(console: Any, report: Report) -> None:
                   f"{len(report.figures)} figures in {report.out / 'figures'}); Markdown: {report.markdown}")
 
 
-def build_report(coll: Collection, out: Path, by: tuple[str, ...] = DEFAULT_BY) -> tuple[list[Block], list[Table], list[Figure]]:
+def build_report(coll: Collection, out: Path,
+                 by: tuple[str, ...] = DEFAULT_BY) -> tuple[list[Block], list[Table], list[Figure]]:
     """The blocks of a report on ``coll`` (figures are saved under ``out/figures``)."""
     builder = Builder(coll, Path(out), load_stats(), by)
     return builder.build(), builder.tables, builder.figures

@@ -22,7 +22,7 @@ import pandas as pd
 from bench import metrics as M
 from bench.grouping import DEFAULT_BY, Grouping
 from bench.report.collect import KEY_METRICS, Collection, Note, Run, load_study, proba_matrix
-from bench.results import entry_keys
+from bench.results import entry_keys, trial_params
 
 LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "auc": "AUC",
@@ -206,14 +206,7 @@ def resampled(n_units: Iterable[Any], units: Iterable[Any], n_images: Iterable[A
 
 
 def params_of(row: Any) -> dict[str, Any]:
-    raw = row.get("params") if isinstance(row, dict | pd.Series) else getattr(row, "params", None)
-    if isinstance(raw, dict):
-        return raw
-    try:
-        value = json.loads(raw) if isinstance(raw, str) and raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return trial_params(row.get("params") if isinstance(row, dict | pd.Series) else getattr(row, "params", None))
 
 
 def trials_of(coll: Collection, dataset: str, study: str | None = None) -> pd.DataFrame:
@@ -403,7 +396,7 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
     frame["_tested"] = [(r.study, r.backbone, r.trial) in tested for r in frame.itertuples(index=False)]
     frame = frame.sort_values(["objective_value", "_tested", "study", "trial"],
                               ascending=[not maximize, False, True, True], kind="stable").drop(columns="_tested")
-    members = frame.groupby("key").apply(lambda g: set(zip(g.study, g.trial)), include_groups=False).to_dict()
+    members = {k: set(zip(g.study, g.trial)) for k, g in frame.groupby("key")}
     best = frame.drop_duplicates("key", keep="first").reset_index(drop=True)
     best.insert(1, "rank", np.arange(1, len(best) + 1))
 
@@ -495,7 +488,8 @@ def _run_path(coll: Collection, label: str) -> Any:
     return label
 
 
-def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame, by: tuple[str, ...] = DEFAULT_BY) -> Table:
+def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
+                      by: tuple[str, ...] = DEFAULT_BY) -> Table:
     grouping = Grouping(by)
     objective = coll.objective(dataset)
     metric = objective["metric"]
@@ -527,7 +521,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame, by: t
     rules["images/s"] = ("images_per_second", "max")
     bold = best_mask(board, display, rules) if not board.empty else None
     caption = (f"Cross-validation: mean ± std over the validation folds ({cv_phrase(coll, dataset, images=n_cv)}), "
-               f"{_rows_phrase(grouping)} best complete trial by {metric}. Test column: {test_phrase(n_test)}, 95% CI by "
+               f"{_rows_phrase(grouping)} best complete trial by {metric}. Test column: {test_phrase(n_test)}, "
+               f"95% CI by "
                f"{_board_resampled(board)}; the test set was used once, after the search. Best per column in bold. "
                f"s/epoch and images/s: training, mean over folds.")
     return Table(slug("leaderboard", dataset), f"{dataset}: leaderboard", caption, board, display, bold,
@@ -605,7 +600,8 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame,
 # ---- 3. across datasets ------------------------------------------------------------------------------------
 
 
-def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame], by: tuple[str, ...] = DEFAULT_BY) -> Table | None:
+def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame],
+                  by: tuple[str, ...] = DEFAULT_BY) -> Table | None:
     """Backbones (combinations of ``by``) x datasets: the objective on test (CV where no test ran),
     mean rank per row."""
     grouping = Grouping(by)
@@ -892,14 +888,16 @@ def importances_table(dataset: str, study_name: str, importances: dict[str, floa
 # ---- 8. reproduce ------------------------------------------------------------------------------------------
 
 
-def reproduce_table(coll: Collection, boards: dict[str, pd.DataFrame]) -> Table | None:
+def reproduce_table(coll: Collection, boards: dict[str, pd.DataFrame],
+                    by: tuple[str, ...] = DEFAULT_BY) -> Table | None:
     rows = []
+    by_flag = "" if by == DEFAULT_BY else f" --by {','.join(by)}"
     for dataset in sorted(boards):
         for r in boards[dataset].itertuples(index=False):
             path = shlex.quote(str(_run_path(coll, r.run)))
             rows.append({"dataset": dataset, "backbone": r.backbone, "study": r.study, "trial": r.trial,
                          "run": r.run, "cv_command": f"bench cv --from-trial {r.trial} --run {path}",
-                         "test_command": f"bench final --run {path} --backbone {shlex.quote(r.backbone)}"})
+                         "test_command": f"bench final --run {path} --backbone {shlex.quote(r.backbone)}{by_flag}"})
     if not rows:
         return None
     data = pd.DataFrame(rows)
