@@ -767,7 +767,7 @@ class ModelEval:
     """The predictions a model section is drawn from: held-out test if present, else out-of-fold."""
 
     dataset: str
-    backbone: str
+    backbone: str  # the leaderboard row's name: the backbone, or its combination with --by
     study: str
     run: str
     trial: int
@@ -790,14 +790,14 @@ def model_eval(coll: Collection, dataset: str, row: Any) -> ModelEval | str:
             sub = one_entry(sub[sub.trial == row.trial])
         if len(sub):
             y, p = proba_matrix(sub, classes)
-            return ModelEval(dataset, row.backbone, row.study, row.run, int(row.trial), "test",
+            return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "test",
                              test_phrase(len(sub)), y, p, classes, coll.positive_index(dataset))
     pr = _rows(coll.predictions, dataset, row.study, row.trial)
     if pr.empty:
         return "no predictions: neither test_predictions.csv nor predictions.csv holds this trial"
     y, p = proba_matrix(pr, classes)
     k = pr.fold.nunique()
-    return ModelEval(dataset, row.backbone, row.study, row.run, int(row.trial), "oof",
+    return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "oof",
                      f"out-of-fold predictions, {k} validation folds, {count(len(pr))} images", y, p, classes,
                      coll.positive_index(dataset))
 
