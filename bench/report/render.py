@@ -117,7 +117,8 @@ def load_stats() -> Any:
 EXPLANATION_CAPTIONS = {
     "gradcam": ("Grad-CAM", "the Grad-CAM heat at the output of the backbone's last block"),
     "lime": ("LIME", "the LIME weight of each superpixel (positive evidence only)"),
-    "occlusion": ("occlusion", "the drop in probability when a sliding grey patch covers each place"),
+    "occlusion": ("occlusion", "the drop in probability when a sliding patch of the image's mean colour covers "
+                  "each place"),
 }
 
 
