@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["at_least", "below_one", "fraction", "operating_point", "positive_float", "positive_int", "whole"]
+__all__ = ["at_least", "below_one", "factors", "fraction", "operating_point", "positive_float", "positive_int", "whole"]
 
 
 def _number(value: str, convert: Callable[[str], float], what: str) -> float:
@@ -77,5 +77,15 @@ def operating_point(value: str) -> Any:
 
     try:
         return parse_point(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def factors(value: str) -> tuple[str, ...]:
+    """Parameter names separated by commas (``--by backbone,weights``); each checked against the runs later."""
+    from bench.grouping import parse_by
+
+    try:
+        return parse_by(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__, paths
-from bench.argtypes import at_least, below_one, fraction, operating_point, positive_float, positive_int, whole
+from bench.argtypes import at_least, below_one, factors, fraction, operating_point, positive_float, positive_int, whole
 from bench.config import DEDUPE_MODES, DEFAULT_NEAR_THRESHOLD, OFFICIAL_TEST_POLICIES
 from bench.errors import BenchError, ConfigError, DataError
 
@@ -590,6 +590,22 @@ class AuditCommand(Command):
 
 
 # ---- bench final ----------------------------------------------------------------------------
+def _explanation_methods() -> list[str]:
+    from bench.explainers import METHODS
+
+    return list(METHODS)
+
+
+def _add_explain_method(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    parser.add_argument(flag, choices=_explanation_methods(), default="gradcam", metavar="METHOD", help=help)
+
+
+def _add_by(parser: argparse.ArgumentParser, help: str) -> None:
+    from bench.grouping import DEFAULT_BY
+
+    parser.add_argument("--by", type=factors, default=DEFAULT_BY, metavar="PARAM[,PARAM...]", help=help)
+
+
 @register_command
 class FinalCommand(Command):
     name = "final"
@@ -599,7 +615,11 @@ class FinalCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--run", type=Path, required=True, help="a run directory of bench run (or bench cv)")
         parser.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
+        _add_by(parser, "refit the best trial of each backbone (default), or of each combination of these "
+                        "parameters, e.g. backbone,weights (files: models/resnet50__weights-imagenet.keras)")
         parser.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% CIs")
+        _add_explain_method(parser, "--explain", "method of the held-out explanation grid: " +
+                            ", ".join(_explanation_methods()) + " (default gradcam)")
         parser.add_argument("--registry", type=Path, help="another datasets.toml")
         parser.add_argument("--storage", help="the study's storage when several machines shared it (default: the "
                                               "one the manifest records; password from BENCH_STORAGE_PASSWORD)")
@@ -614,7 +634,8 @@ class FinalCommand(Command):
         from bench.final import evaluate_run
 
         evaluate_run(args.run, backbones=args.backbone, n_boot=args.boot, console=_console(),
-                     registry=args.registry, storage=args.storage, operating_points=args.operating_point)
+                     registry=args.registry, storage=args.storage, operating_points=args.operating_point,
+                     by=args.by, explain=args.explain)
         return 0
 
 
@@ -648,6 +669,8 @@ class ReportCommand(Command):
         parser.add_argument("--out", type=Path, default=Path("reports"), metavar="DIR",
                             help="where to write index.md, index.html, tables/ and figures/ (default reports/)")
         parser.add_argument("--quiet", action="store_true", help="do not print the main tables")
+        _add_by(parser, "one leaderboard row per backbone (default), or per combination of these searched "
+                        "parameters, e.g. backbone,weights or backbone,unfrozen")
         parser.add_argument("--strict", action="store_true",
                             help="exit 1, naming each problem, if any part could not be drawn or any record is "
                                  "missing (a figure, a held-out result, a file); the report is written anyway")
@@ -655,7 +678,7 @@ class ReportCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from bench.report.render import print_report, write_report
 
-        report = write_report(args.run, args.out, runs_dir=args.runs_dir)
+        report = write_report(args.run, args.out, runs_dir=args.runs_dir, by=args.by)
         console = _console()
         if args.quiet:
             console.print(f"report: {report.html}")
@@ -790,14 +813,16 @@ class PredictCommand(Command):
 @register_command
 class ExplainCommand(Command):
     name = "explain"
-    help = "Grad-CAM overlays: where in each image the model looked for the class it predicted."
+    help = "Grad-CAM, LIME or occlusion overlays: where in each image the evidence for the predicted class lies."
     native_log = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", type=Path, metavar="MODEL.keras", help="an exported model (its .card.json beside it)")
         parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
         parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                            help="folder for the overlays (<name>.gradcam.png) and gradcam.csv")
+                            help="folder for the overlays (<name>.<method>.png) and <method>.csv")
+        _add_explain_method(parser, "--method", "explanation method: " + ", ".join(_explanation_methods()) +
+                            " (default gradcam)")
         parser.add_argument("--class", dest="class_name", metavar="NAME",
                             help="explain this class for every image (default: each image's predicted class)")
         parser.add_argument("--block", type=int, default=-1,
@@ -810,12 +835,18 @@ class ExplainCommand(Command):
         _quiet_frameworks()
         from bench.explain import explain_paths
 
+        if args.method != "gradcam" and args.block != -1:
+            raise ConfigError(f"--block chooses the layer Grad-CAM reads; --method {args.method} has none. "
+                              f"Drop --block, or use --method gradcam.")
         result = explain_paths(args.model, args.paths, args.out, class_name=args.class_name, block=args.block,
-                               display_size=args.display_size, verify=not args.no_verify)
+                               display_size=args.display_size, verify=not args.no_verify, method=args.method)
         t = result.target
         console = _console()
-        console.print(f"Grad-CAM on {t.backbone or 'the model'}: block {t.block + 1} of {t.n_blocks} "
-                      f"(ends at {t.name}, {t.shape[0]}x{t.shape[1]} map)")
+        if t is not None:
+            console.print(f"Grad-CAM on {t.backbone or 'the model'}: block {t.block + 1} of {t.n_blocks} "
+                          f"(ends at {t.name}, {t.shape[0]}x{t.shape[1]} map)")
+        else:
+            console.print(f"{args.method} on the model's predictions")
         console.print(f"{len(result.rows)} overlay(s) in {args.out}; index: {result.csv}")
         _list_unreadable(result.unreadable)
         return 0

@@ -1,4 +1,6 @@
-"""Grad-CAM: where in the image a saved classifier looked for the class it scored.
+"""Grad-CAM: where in the image a saved classifier looked for the class it scored; and the overlays
+of ``bench explain`` and of ``bench final``'s held-out grid for any method of ``bench.explainers``
+(Grad-CAM, LIME, occlusion).
 
 Grad-CAM (Selvaraju et al., ICCV 2017) weights each channel of a convolutional activation by
 the spatial mean of the class score's gradient with respect to it, sums the channels and keeps
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from PIL import Image
 
 from bench.atomic import write_atomic
 from bench.errors import ConfigError, DataError
+from bench.explainers import Options, get_method, make_explainer
 
 DEFAULT_ALPHA = 0.45  # weight of the heat colour over the image in an overlay
 _PROBE_TOLERANCE = 1e-3  # max |probability difference| between the split model and the model itself
@@ -329,23 +332,26 @@ class ExplainResult:
     rows: list[dict[str, Any]]  # one per explained image: path, overlay, predicted, explained, p_<class>
     unreadable: list[tuple[str, str]]  # (path, reason)
     csv: Path
-    target: Target
+    target: Target | None  # where Grad-CAM looked; None for the model-agnostic methods
+    method: str = "gradcam"
 
 
-def _overlay_name(path: Path, rel: str | None, taken: set[str]) -> str:
+def _overlay_name(path: Path, rel: str | None, taken: set[str], method: str = "gradcam") -> str:
     stem = (rel.rsplit(".", 1)[0].replace("/", "__") if rel else path.stem) or "image"
-    name, n = f"{stem}.gradcam.png", 1
+    name, n = f"{stem}.{method}.png", 1
     while name in taken:
         n += 1
-        name = f"{stem}-{n}.gradcam.png"
+        name = f"{stem}-{n}.{method}.png"
     taken.add(name)
     return name
 
 
 def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, class_name: str | None = None,
                   block: int = -1, display_size: int | None = None, batch_size: int = 16,
-                  alpha: float = DEFAULT_ALPHA, verify: bool = True) -> ExplainResult:
-    """Grad-CAM overlays for image files and folders, written to ``out_dir`` with ``gradcam.csv``.
+                  alpha: float = DEFAULT_ALPHA, verify: bool = True, method: str = "gradcam",
+                  options: Options | None = None) -> ExplainResult:
+    """Overlays of one explanation method (``gradcam``, ``lime``, ``occlusion``) for image files and
+    folders, written to ``out_dir`` as ``<name>.<method>.png`` with ``<method>.csv``.
 
     Each image is decoded exactly as for training (``bench predict``'s rules, from the model
     card); the overlay is drawn on the same image decoded at ``display_size`` (default: the
@@ -354,6 +360,7 @@ def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, cl
     from bench.data.images import decode_image, decode_many
     from bench.predict import collect_images, load_predictor
 
+    get_method(method)  # an unknown name fails before the model loads
     predictor = load_predictor(model_path, verify=verify)
     card = predictor.card
     classes = list(card.classes)
@@ -365,7 +372,7 @@ def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, cl
             raise ConfigError(f"Class {class_name!r} is not one of the model's classes {classes}."
                               f"{close_matches(class_name, classes)}")
         explained = classes.index(class_name)
-    cam = GradCam(predictor.model, block)
+    explain = make_explainer(method, predictor.model, replace(options or Options(), block=block))
     items, unreadable = collect_images(inputs, classes)
     if not items and not unreadable:
         raise DataError("No image files found in " + ", ".join(str(p) for p in inputs) + ".")
@@ -382,12 +389,12 @@ def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, cl
         unreadable.extend((str(chunk[i].path), failed_here[i]) for i in sorted(failed_here))
         if not good:
             continue
-        result = cam(x[good], explained)
+        result = explain(x[good], explained)
         for j, i in enumerate(good):
             item = chunk[i]
             big = decode_image(item.path, show, card.resize)
-            name = _overlay_name(item.path, item.rel, taken)
-            _save_png(overlay(big, result.cams[j], alpha), out_dir / name)
+            name = _overlay_name(item.path, item.rel, taken, method)
+            _save_png(overlay(big, result.maps[j], alpha), out_dir / name)
             p = result.proba[j]
             row = {"path": str(item.path), "overlay": name, "predicted": classes[int(np.argmax(p))],
                    "explained": classes[int(result.explained[j])], "confidence": float(np.max(p))}
@@ -398,9 +405,10 @@ def explain_paths(model_path: Path, inputs: Sequence[Path], out_dir: Path, *, cl
     if not rows:
         listing = "\n".join(f"  {p}: {r}" for p, r in unreadable[:20])
         raise DataError(f"None of the {len(unreadable)} image file(s) could be read:\n{listing}")
-    csv_path = out_dir / "gradcam.csv"
+    csv_path = out_dir / f"{method}.csv"
     _write_rows(csv_path, rows, classes)
-    return ExplainResult(rows, unreadable, csv_path, cam.target)
+    target = find_target_layer(predictor.model, block) if method == "gradcam" else None
+    return ExplainResult(rows, unreadable, csv_path, target, method)
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]], classes: Sequence[str]) -> None:
@@ -437,22 +445,25 @@ def _pick(frame: Any, classes: Sequence[str], per_class: int) -> list[tuple[int,
     return picks
 
 
-def gradcam_grid(run_dir: Path, out_png: Path, per_class: int = 2, *, backbone: str | None = None,
-                 images: Mapping[str, np.ndarray] | None = None) -> Path | None:
-    """A labelled grid of Grad-CAM overlays of held-out test predictions, for the report.
+def explanation_grid(run_dir: Path, out_png: Path, per_class: int = 2, *, backbone: str | None = None,
+                     images: Mapping[str, np.ndarray] | None = None, method: str = "gradcam") -> Path | None:
+    """A labelled grid of one method's overlays (Grad-CAM by default) of held-out test predictions,
+    for the report; the method is named in its title.
 
     One row per true class; ``per_class`` columns of correct predictions (most confident first),
     then ``per_class`` of wrong ones (most confidently wrong first). The model is the run's
     winner (``bench.export.select_backbone``: best cross-validation score, not test score)
-    unless ``backbone`` is given. Returns None when the run has no final model (``bench final``
-    not run) or none of its test images can be read any more. ``images`` maps a test path to its
+    unless ``backbone`` (a final entry: a backbone, or a combination's key) is given. Returns None
+    when the run has no final model (``bench final`` not run) or none of its test images can be
+    read any more. ``images`` maps a test path to its
     cached uint8 pixels at the model's size (``bench final`` passes them: no second decode, and
     sources with no image files, such as npz arrays, work too).
     """
     from bench.export import select_backbone
     from bench.predict import load_predictor
-    from bench.results import RunDir
+    from bench.results import RunDir, entry_keys
 
+    explainer = get_method(method)
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     run = RunDir.open(Path(run_dir))
@@ -468,7 +479,7 @@ def gradcam_grid(run_dir: Path, out_png: Path, per_class: int = 2, *, backbone: 
     frame = run.table("test_predictions")
     if frame.empty:
         return None
-    frame = frame[frame.backbone == chosen].reset_index(drop=True)
+    frame = frame[entry_keys(frame) == chosen].reset_index(drop=True)
     classes = list(info["classes"])
     if frame.empty or any(f"p_{c}" not in frame for c in classes):
         return None
@@ -476,7 +487,7 @@ def gradcam_grid(run_dir: Path, out_png: Path, per_class: int = 2, *, backbone: 
     card = predictor.card
     dataset = run.manifest().get("dataset") or {}
     root = Path(dataset.get("root", ""))
-    cam = GradCam(predictor.model)
+    explain = make_explainer(method, predictor.model)
     picks = _pick(frame, classes, per_class)
     show = max(card.size, 160)
 
@@ -499,16 +510,16 @@ def gradcam_grid(run_dir: Path, out_png: Path, per_class: int = 2, *, backbone: 
                     continue
             # Explain the predicted class: for a wrong prediction, what the model mistook.
             pred = int(np.argmax(frame.loc[r, [f"p_{k}" for k in classes]].to_numpy(dtype="float64")))
-            result = cam(x[None], pred)
+            result = explain(x[None], pred)
             p = float(frame.loc[r, f"p_{classes[pred]}"])
             label = f"→ {classes[pred]} {p:.2f}" if kind == "wrong" else f"{classes[pred]} {p:.2f}"
             caption = f"{label}\n{Path(frame.path[r]).name}"
-            cells[(c, col0 + j)] = (overlay(big, result.cams[0]), caption, kind == "correct")
+            cells[(c, col0 + j)] = (overlay(big, result.maps[0]), caption, kind == "correct")
     if not cells:
         return None
     _draw_grid(cells, classes, per_class, out_png,
-               f"Grad-CAM of {chosen} (trial {info.get('trial')}) on the held-out test set of "
-               f"{dataset.get('name', '?')}; each title: predicted class and its probability")
+               f"{explainer.title} of {info.get('label', chosen)} (trial {info.get('trial')}) on the held-out "
+               f"test set of {dataset.get('name', '?')}; each title: predicted class and its probability")
     return out_png
 
 

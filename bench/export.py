@@ -28,7 +28,7 @@ import numpy as np
 from bench import metrics as M
 from bench.atomic import atomic_path, write_text_atomic
 from bench.errors import ConfigError, DataError
-from bench.results import RunDir
+from bench.results import RunDir, entry_keys
 
 CARD_SCHEMA = "bench-model-card/2"  # 2: model.binding (see card_binding)
 INTENDED_USE = (
@@ -128,7 +128,7 @@ def heldout_summary(run: RunDir, backbone: str) -> dict[str, Any]:
     out: dict[str, Any] = {"n_images": None, "n_boot": None, "unit": None, "n_units": None, "metrics": {}}
     if table.empty:
         return out
-    rows = table[table.backbone == backbone]
+    rows = table[entry_keys(table) == backbone]
     for r in rows.itertuples():
         out["metrics"][str(r.metric)] = {"value": r.value, "low": r.low, "high": r.high}
         out["n_images"], out["n_boot"] = int(r.n_images), int(r.n_boot)
@@ -213,11 +213,11 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) 
     classes = list(info.get("classes") or ds.get("classes") or [])
     size = int(info.get("size") or config.get("size"))
     resize = (manifest.get("cache") or {}).get("resize", "squash")
-    spec = get_backbone(backbone)
+    spec = get_backbone(info.get("backbone", backbone))  # an entry of `bench final --by ...` names its backbone
     metric, maximize = _objective(run)
     env = manifest.get("environment") or {}
     model_facts: dict[str, Any] = {
-        "file": Path(model_path).name, "backbone": backbone, "backbone_title": spec.title,
+        "file": Path(model_path).name, "backbone": spec.name, "backbone_title": spec.title,
         "input_shape": [size, size, 3],
         "output": "softmax probabilities, one per class, in the order of `classes`",
         "weights_init": config.get("weights") or "random",

@@ -23,8 +23,9 @@ import pandas as pd
 
 from bench import metrics as M
 from bench.errors import DataError
+from bench.grouping import DEFAULT_BY, Grouping, entries
 from bench.operating import OperatingPoint
-from bench.results import RunDir
+from bench.results import RunDir, trial_params
 
 
 def shared_study(run: RunDir, storage: str | None = None) -> Any:
@@ -69,15 +70,18 @@ def finished_trials(run: RunDir, study: Any = None) -> tuple[pd.DataFrame, dict[
     return pd.DataFrame(records), configs
 
 
-def best_trials(run: RunDir, study: Any = None) -> dict[str, int]:
-    """Best finished trial per backbone: from trials.csv (or the shared ``study``) for a search,
-    trial 0 for a cv run."""
+def best_trials(run: RunDir, by: tuple[str, ...] = DEFAULT_BY, study: Any = None) -> dict[str, int]:
+    """Best finished trial per entry (per backbone by default; per combination of the ``by``
+    parameters otherwise), keyed by the entry's file name (``Grouping.slug``): from trials.csv (or
+    the shared ``study``) for a search, trial 0 for a cv run."""
+    grouping = Grouping(by)
     manifest = run.manifest()
     if manifest.get("kind") == "cv":
         config = run.configs().get(0)
         if config is None:
             raise DataError(f"{run.path} has no config.json: the cv run did not start.")
-        return {config["backbone"]: 0}
+        grouping.check(config, str(run.path))
+        return {grouping.slug(config): 0}
     trials, _ = finished_trials(run, study)
     if trials.empty or "state" not in trials:
         raise DataError(f"{run.path} has no finished trials (trials.csv is missing or empty): nothing to evaluate.")
@@ -86,27 +90,32 @@ def best_trials(run: RunDir, study: Any = None) -> dict[str, int]:
         raise DataError(f"{run.path}: no trial completed, so there is no configuration to evaluate on the test set.")
     maximize = (manifest.get("objective") or {}).get("direction", "maximize") == "maximize"
     done = done.sort_values(["value", "number"], ascending=[not maximize, True])
-    return {str(b): int(rows.iloc[0].number) for b, rows in done.groupby("backbone", sort=False)}
+    configs = [(int(r.number), {**trial_params(r.params), "backbone": str(r.backbone)}) for r in done.itertuples()]
+    grouping.check({k for _, c in configs for k in c}, str(run.path))
+    return entries(grouping, configs)
 
 
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
                  console: Any = None, registry: Path | None = None, storage: str | None = None,
-                 operating_points: Sequence[OperatingPoint] = ()) -> dict[str, Any]:
+                 operating_points: Sequence[OperatingPoint] = (), by: tuple[str, ...] = DEFAULT_BY,
+                 explain: str = "gradcam") -> dict[str, Any]:
     from bench.clinical import evaluate_clinical, require_oof
     from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data_from_manifest
     from bench.train import FoldTrainer, TrainConfig
 
     run = RunDir.open(run_dir)
     manifest = run.manifest()
+    grouping = Grouping(by)
     study = shared_study(run, storage)
-    chosen = best_trials(run, study)
-    if backbones:
-        unknown = sorted(set(backbones) - set(chosen))
-        if unknown:
-            raise DataError(f"{run.path}: no completed trial for backbone(s) {unknown}; have {sorted(chosen)}.")
-        chosen = {b: n for b, n in chosen.items() if b in backbones}
-    require_oof(run, chosen, operating_points)
+    chosen = best_trials(run, by, study)
     configs = finished_trials(run, study)[1] if study is not None else run.configs()
+    if backbones:
+        have = {str(configs[n]["backbone"]) for n in chosen.values()}
+        unknown = sorted(set(backbones) - have)
+        if unknown:
+            raise DataError(f"{run.path}: no completed trial for backbone(s) {unknown}; have {sorted(have)}.")
+        chosen = {k: n for k, n in chosen.items() if configs[n]["backbone"] in backbones}
+    require_oof(run, chosen, operating_points)
     objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
     say = console.print if console is not None else (lambda *a, **k: None)
     if study is not None:
@@ -114,14 +123,19 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         say(f"Shared study '{study.study_name}': best trials chosen among every machine's trials "
             f"({len(configs)} finished, from {len(hosts - {None})} host(s)).")
     results: dict[str, Any] = {}
-    for backbone, trial in chosen.items():
+    for key, trial in chosen.items():
         config = TrainConfig(**configs[trial])
+        backbone = config.backbone
+        # By backbone (the default) the key is the backbone and the files are as they always were;
+        # by several factors each row also names its entry, so two of one backbone stay apart.
+        entry = {} if grouping.is_default else {"key": key}
+        shown = backbone if grouping.is_default else grouping.label(configs[trial])
         data = prepare_data_from_manifest(manifest, size=config.size, registry=registry)
         # The CV pool, not "everything but the test set": images excluded for sharing a patient
         # with the test set must not reach the refit either.
         train, test = data.splits.cv, data.splits.test
         fit, stop = inner_split(data, train, config.inner_val, key=REFIT_SPLIT)
-        say(f"{backbone}: refitting trial {trial} on {int(fit.sum())} of the {int(train.sum())} cross-validation "
+        say(f"{shown}: refitting trial {trial} on {int(fit.sum())} of the {int(train.sum())} cross-validation "
             f"images (up to {config.epochs} epochs; early stopping and LR reduction read the other "
             f"{int(stop.sum())}), then scoring {int(test.sum())} held-out test images")
         t0 = time.perf_counter()
@@ -138,20 +152,20 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive,
                               groups=data.splits.groups[test], unit=unit)
         n_test = int(test.sum())
-        metric_rows = [{"backbone": backbone, "trial": trial, "split": "test", "metric": name, "value": ci.value,
-                        "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
+        metric_rows = [{"backbone": backbone, **entry, "trial": trial, "split": "test", "metric": name,
+                        "value": ci.value, "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
                         "unit": ci.unit, "n_units": ci.n_units}
                        for name, ci in cis.items()]
         rows = np.flatnonzero(test)
         idx = data.index
         predictions = pd.DataFrame({
-            "backbone": backbone, "trial": trial, "path": [idx.paths[i] for i in rows],
+            "backbone": backbone, **entry, "trial": trial, "path": [idx.paths[i] for i in rows],
             "group": [idx.groups[i] for i in rows], "truth": [idx.classes[idx.labels[i]] for i in rows],
             "target": idx.labels[rows],
         })
         for c, name in enumerate(idx.classes):
             predictions[f"p_{name}"] = proba[:, c]
-        model_path = run.model_path(backbone)
+        model_path = run.model_path(key)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         trainer.classifier.save(model_path)
         info = {"trial": trial, "refit_epochs": epochs, "n_train": int(fit.sum()), "n_inner_val": int(stop.sum()),
@@ -159,25 +173,28 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
                 "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
                 "config": config.to_dict(), "history": history, "classes": list(idx.classes),
                 "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
-        info.update(evaluate_clinical(run, backbone, trial, idx.classes, data.positive, y, proba,
+        info.update(evaluate_clinical(run, key, trial, idx.classes, data.positive, y, proba,
                                       data.splits.groups[test], unit=unit, points=operating_points,
                                       n_boot=n_boot, seed=config.seed, say=say))
-        run.write_final_backbone(backbone, info, metric_rows, predictions)
-        _draw_gradcam(run, backbone, {idx.paths[i]: data.images[i] for i in rows}, say)
+        if not grouping.is_default:
+            info.update(backbone=backbone, label=shown, by=list(grouping.by))
+        run.write_final_backbone(key, info, metric_rows, predictions)
+        _draw_explanation(run, key, {idx.paths[i]: data.images[i] for i in rows}, say, explain)
         ci = cis.get(objective)
         if ci is not None and not math.isnan(ci.value):
             say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images, "
                 f"{M.bootstrap_phrase(ci.n_units, ci.unit, n_test)})")
-        results[backbone] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
+        results[key] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
     return results
 
 
-def _draw_gradcam(run: RunDir, backbone: str, images: dict[str, np.ndarray], say: Any) -> None:
-    """The report's Grad-CAM grid of this backbone's held-out predictions, drawn here (the report
-    never loads a model). A failure to draw costs the figure, never the evaluation just written."""
-    from bench.explain import gradcam_grid
+def _draw_explanation(run: RunDir, key: str, images: dict[str, np.ndarray], say: Any, method: str) -> None:
+    """The report's grid of one explanation method (Grad-CAM by default) over this entry's held-out
+    predictions, drawn here (the report never loads a model). A failure to draw costs the figure,
+    never the evaluation just written."""
+    from bench.explain import explanation_grid
 
     try:
-        gradcam_grid(run.path, run.gradcam_path(backbone), backbone=backbone, images=images)
+        explanation_grid(run.path, run.explanation_path(key, method), backbone=key, images=images, method=method)
     except Exception as err:  # noqa: BLE001 - any drawing error: report it and keep the results
-        say(f"  Grad-CAM grid not drawn for {backbone}: {type(err).__name__}: {err}")
+        say(f"  {method} grid not drawn for {key}: {type(err).__name__}: {err}")

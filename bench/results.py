@@ -18,7 +18,10 @@ runs from several machines):
                        params (JSON), seconds, pruned_at_fold, pruned_at_epoch (-1: at the
                        fold's end), fail_reason, engine; value only for complete trials
     final.json         the held-out evaluation: per backbone its best trial, refit epochs, sizes,
-                       seconds and the saved model (models/<backbone>.keras)
+                       seconds and the saved model (models/<backbone>.keras); with ``bench final
+                       --by backbone,weights`` one entry per combination, keyed by its slug
+                       (models/resnet50__weights-imagenet.keras), which also names its backbone,
+                       label and the factors
     test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
                        bootstrap 95% CI (low, high), n_images, n_boot, unit (what the bootstrap
                        resampled: patients, or images where the dataset has no patient ids) and
@@ -31,10 +34,13 @@ runs from several machines):
     operating_points.csv  one row per backbone x operating point (sens=0.95, ...) x class x split (cv, test):
                        the threshold chosen on CV and the sensitivity and specificity it reaches, with CIs
                        (``bench final --operating-point``)
+                       (both test files: with ``--by`` other than backbone each row also has the
+                       entry's ``key``; ``entry_keys`` reads either)
     study.db           the Optuna study (default SQLite storage)
     models/            the final models, <backbone>.keras (written by ``bench final``)
-    figures/           gradcam_<backbone>.png: Grad-CAM of correct and wrong held-out predictions
-                       per class (``bench final``; the report shows it, it never loads a model)
+    figures/           <method>_<entry>.png (gradcam_<backbone>.png by default): Grad-CAM, LIME or
+                       occlusion of correct and wrong held-out predictions per class (``bench
+                       final``; the report shows it, it never loads a model)
     export/            models exported by ``bench export``, each with its model card
 
 The held-out test files are written only by ``bench final``, after the search: nothing that
@@ -49,6 +55,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,6 +87,23 @@ FILES = {
     "operating_points": "operating_points.csv",
     "study": "study.db",
 }
+
+
+def entry_keys(frame: pd.DataFrame) -> pd.Series:
+    """The final entry each held-out row belongs to: its ``key`` (grouped by several factors), else its backbone."""
+    backbone = frame["backbone"].astype(str)
+    return frame["key"].where(frame["key"].notna(), backbone).astype(str) if "key" in frame else backbone
+
+
+def trial_params(raw: Any) -> dict[str, Any]:
+    """A trials.csv ``params`` cell (the trial's configuration as JSON) as a dict; {} if unreadable."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def new_run_id(tag: str = "") -> str:
@@ -243,7 +267,8 @@ class RunDir:
 
     def write_final_backbone(self, backbone: str, info: dict[str, Any], metrics: list[dict[str, Any]],
                              predictions: pd.DataFrame) -> None:
-        """One backbone's held-out result; a re-run of ``bench final`` replaces its rows."""
+        """One entry's held-out result (``backbone``: a backbone, or a combination's slug); a re-run of
+        ``bench final`` replaces its rows."""
         with self.lock():
             final = self.final()
             final.setdefault("backbones", {})[backbone] = info
@@ -252,7 +277,7 @@ class RunDir:
                 self._replace_backbone_rows(key, backbone, frame)
 
     def write_backbone_table(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
-        """One backbone's rows of a held-out table (calibration, operating points); replaces earlier ones."""
+        """One entry's rows of a held-out table (calibration, operating points); replaces earlier ones."""
         with self.lock():
             self._replace_backbone_rows(key, backbone, frame.assign(backbone=backbone))
 
@@ -260,7 +285,7 @@ class RunDir:
         path = self.file(key)
         old = self.table(key) if path.exists() else None
         if old is not None and len(old):
-            frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
+            frame = pd.concat([old[entry_keys(old) != backbone], frame], ignore_index=True)
         _atomic_csv(path, frame)
 
     def model_path(self, backbone: str) -> Path:
@@ -268,7 +293,18 @@ class RunDir:
 
     def gradcam_path(self, backbone: str) -> Path:
         """Grid of Grad-CAM overlays of the final model's held-out predictions (``bench final``)."""
-        return self.path / "figures" / f"gradcam_{backbone}.png"
+        return self.explanation_path(backbone, "gradcam")
+
+    def explanation_path(self, backbone: str, method: str) -> Path:
+        """Grid of one explanation method's overlays of an entry's held-out predictions (``bench final``)."""
+        return self.path / "figures" / f"{method}_{backbone}.png"
+
+    def explanation_figures(self, backbone: str) -> dict[str, Path]:
+        """The held-out grids drawn for an entry, by method (method names are lower-case letters)."""
+        pattern = re.compile(rf"([a-z]+)_{re.escape(backbone)}\.png")
+        folder = self.path / "figures"
+        found = sorted(folder.glob(f"*_{backbone}.png")) if folder.is_dir() else []
+        return {m.group(1): p for p in found if (m := pattern.fullmatch(p.name))}
 
     def export_dir(self) -> Path:
         """Default folder of ``bench export`` (a model and its card per file name)."""

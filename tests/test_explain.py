@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from bench.errors import ConfigError
-from bench.explain import GRADIENTS, GradCam, find_target_layer, gradcam_grid, overlay, upsample
+from bench.explain import GRADIENTS, GradCam, explanation_grid, find_target_layer, overlay, upsample
+from bench.explainers import METHODS, get_method, make_explainer
 from bench.models import backbone_names, block_outputs, build_classifier, get_backbone
-from tests.test_export import final_run, heldout_images, run_main  # noqa: F401  (final_run: a session fixture)
+from tests.test_export import class_folder, final_run, heldout_images, run_main  # noqa: F401  (final_run: a session fixture)
 
 
 @pytest.mark.parametrize("name", backbone_names())
@@ -144,7 +145,7 @@ def test_bench_explain_writes_overlays(final_run, tmp_path, capsys):
 
 
 def test_gradcam_grid_for_the_report(final_run, tmp_path):
-    png = gradcam_grid(final_run, tmp_path / "fig" / "gradcam.png", per_class=2)
+    png = explanation_grid(final_run, tmp_path / "fig" / "gradcam.png", per_class=2)
     assert png == tmp_path / "fig" / "gradcam.png" and png.is_file()
     with Image.open(png) as im:
         assert im.size[0] > 300 and im.size[1] > 300
@@ -152,10 +153,84 @@ def test_gradcam_grid_for_the_report(final_run, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(final_run / "manifest.json", bare / "manifest.json")
-    assert gradcam_grid(bare, tmp_path / "none.png") is None
+    assert explanation_grid(bare, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
     # The final model's file gone (e.g. a run copied without models/): also None.
     moved = tmp_path / "moved"
     shutil.copytree(final_run, moved, ignore=shutil.ignore_patterns("models", "export"))
     assert json.loads((moved / "final.json").read_text())["backbones"]
-    assert gradcam_grid(moved, tmp_path / "none.png") is None
+    assert explanation_grid(moved, tmp_path / "none.png") is None
+
+
+# ---- every explanation method (bench.explainers) -------------------------------------------------------
+
+BRIGHT_SIZE, BRIGHT_SIDE = 32, 10
+
+
+def bright_square_model() -> keras.Model:
+    """Class 1 exactly when the image has bright pixels: a 1x1 convolution passes brightness above
+    0.6 (a bright square, not the 40-120 noise), averaged over the image, so the score grows with
+    the bright area. Built, not trained: the test checks the methods, in seconds."""
+    inputs = keras.Input((BRIGHT_SIZE, BRIGHT_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(1, 1, activation="relu", name="bright")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("bright").set_weights([np.full((1, 1, 3, 1), 1 / 3, "float32"), np.array([-0.6], "float32")])
+    model.layers[-1].set_weights([np.array([[-150.0, 150.0]], "float32"), np.array([1.5, -1.5], "float32")])
+    return model
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_puts_its_weight_on_the_bright_square(method):
+    rng = np.random.default_rng(3)
+    x = rng.integers(40, 120, (3, BRIGHT_SIZE, BRIGHT_SIZE, 3)).astype(np.uint8)
+    boxes = []
+    for i, (r, c) in enumerate([(3, 4), (18, 15), (10, 20)]):
+        x[i, r:r + BRIGHT_SIDE, c:c + BRIGHT_SIDE] = 230
+        box = np.zeros((BRIGHT_SIZE, BRIGHT_SIZE), bool)
+        box[r:r + BRIGHT_SIDE, c:c + BRIGHT_SIDE] = True
+        boxes.append(box)
+    model = bright_square_model()
+    result = make_explainer(method, model)(x, 1)
+    assert (result.proba.argmax(axis=1) == 1).all() and (result.explained == 1).all()
+    noise = rng.integers(40, 120, (1, BRIGHT_SIZE, BRIGHT_SIZE, 3)).astype(np.uint8)
+    assert model.predict(noise, verbose=0).argmax() == 0  # the square decides the class
+    heat = np.stack([upsample(m, BRIGHT_SIZE) for m in result.maps])
+    k = BRIGHT_SIDE * BRIGHT_SIDE
+    for h, box in zip(heat, boxes):
+        assert h.min() >= 0 and h.max() == pytest.approx(1.0)
+        assert h[box].mean() > 3 * h[~box].mean(), (method, h[box].mean(), h[~box].mean())
+        top = np.argsort(-h.ravel(), kind="stable")[:k]
+        assert box.ravel()[top].mean() >= 0.7, (method, box.ravel()[top].mean())
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ConfigError, match="Unknown explanation method 'limes'.*Did you mean 'lime'"):
+        get_method("limes")
+
+
+def test_bench_explain_with_lime_and_occlusion(final_run, tmp_path, capsys):
+    folder = class_folder(heldout_images(final_run, n_per_class=1), tmp_path / "images")
+    model = final_run / "models" / "simple_cnn.keras"
+    for method in ("lime", "occlusion"):
+        out = tmp_path / method
+        code, text, err = run_main(capsys, "explain", model, folder, "--out", out, "--method", method,
+                                   "--display-size", "96")
+        assert code == 0, err
+        index = pd.read_csv(out / f"{method}.csv")
+        assert len(index) == 2 and all(name.endswith(f".{method}.png") for name in index.overlay)
+        for name in index.overlay:
+            with Image.open(out / name) as im:
+                assert im.size == (96, 96)
+    code, _, err = run_main(capsys, "explain", model, folder, "--out", tmp_path / "x", "--method", "lime",
+                            "--block", "-2")
+    assert code == 2 and "--block chooses the layer Grad-CAM reads" in err
+
+
+def test_the_held_out_grid_with_another_method(final_run, tmp_path):
+    png = explanation_grid(final_run, tmp_path / "occlusion_simple_cnn.png", per_class=1, method="occlusion")
+    assert png is not None and png.is_file()
+    with Image.open(png) as im:
+        assert im.size[0] > 200

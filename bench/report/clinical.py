@@ -29,7 +29,7 @@ def _of(frame: pd.DataFrame, dataset: str, row: Any) -> pd.DataFrame:
     """``row``'s records (its study, backbone and trial) in a held-out table."""
     if frame.empty:
         return frame
-    sub = frame[(frame.dataset == dataset) & (frame.study == row.study) & (frame.backbone.astype(str) == row.backbone)]
+    sub = frame[(frame.dataset == dataset) & (frame.study == row.study) & (frame.backbone.astype(str) == row.key)]
     return sub[sub.trial == row.trial] if "trial" in sub else sub
 
 
@@ -70,7 +70,7 @@ def calibration_table(coll: Collection, dataset: str, row: Any) -> Table | None:
                f"log loss; lower is better. The temperature T was fitted on the out-of-fold CV predictions only "
                f"(so the CV row after scaling is in-sample) and applied unchanged to the held-out test set. "
                f"[95% CI] {phrases} ({count(data.n_boot.min())} resamples).")
-    return Table(slug("calibration", dataset, row.backbone), f"{row.backbone}: calibration", caption, data, display)
+    return Table(slug("calibration", dataset, row.key), f"{row.key}: calibration", caption, data, display)
 
 
 def _oof(coll: Collection, dataset: str, row: Any, classes: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -114,7 +114,7 @@ def reliability_figure(coll: Collection, dataset: str, row: Any, folder: Path, n
         ax.set_title(f"{title}, {count(len(y))} images")
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
-    return F.save(fig, folder, name, f"{row.backbone}: reliability diagram",
+    return F.save(fig, folder, name, f"{row.key}: reliability diagram",
                   f"Accuracy against mean top-class confidence in {M.ECE_BINS} equal-mass bins (a calibrated model "
                   f"lies on the diagonal). T was fitted on the out-of-fold CV predictions only; on the CV panel the "
                   f"scaled line is therefore in-sample.")
@@ -145,7 +145,7 @@ def operating_table(coll: Collection, dataset: str, row: Any) -> Table | None:
     caption = ("Each threshold (positive when the class's probability is >= it; multiclass: one-vs-rest) was chosen "
                "on the out-of-fold CV predictions to reach its target and applied unchanged to the held-out test "
                f"set. [95% CI] by bootstrap over the units in brackets; {sizes}.")
-    return Table(slug("operating_points", dataset, row.backbone), f"{row.backbone}: operating points", caption,
+    return Table(slug("operating_points", dataset, row.key), f"{row.key}: operating points", caption,
                  data, display)
 
 

@@ -400,10 +400,6 @@ def _in_flight(run: Run, trials: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _existing(path: Path) -> str | None:
-    return str(path) if path.is_file() else None
-
-
 def _concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -479,13 +475,16 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
             notes.append(Note(f"{run.label}: {FILES['final']} could not be read ({type(err).__name__}); "
                               f"held-out test results are left out for this run.", run.dataset))
             final = {}
-        for backbone, info in sorted((final.get("backbones") or {}).items()):
-            final_rows.append({"dataset": run.dataset, "study": run.study, "run": run.label, "backbone": backbone,
+        for key, info in sorted((final.get("backbones") or {}).items()):
+            # An entry of `bench final --by ...` is keyed by its combination and names its backbone.
+            final_rows.append({"dataset": run.dataset, "study": run.study, "run": run.label,
+                               "backbone": info.get("backbone", key), "key": key,
                                "trial": info.get("trial"), "refit_epochs": info.get("refit_epochs"),
                                "n_train": info.get("n_train"), "n_test": info.get("n_test"),
                                "seconds": info.get("seconds"), "model": info.get("model"),
                                "temperature": (info.get("calibration") or {}).get("temperature"),
-                               "gradcam": _existing(run.rundir.gradcam_path(backbone)), "_order": order[run.label]})
+                               "explanations": {m: str(p) for m, p in run.rundir.explanation_figures(key).items()},
+                               "_order": order[run.label]})
 
     trials = _concat(merged["trials"])
     if not trials.empty:
@@ -502,7 +501,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
     held_out = {key: _dedupe_by_trial(_concat(merged[key]), "backbone") for key in HELD_OUT_TABLES}
     finals = pd.DataFrame(final_rows)
     if not finals.empty:
-        finals = _dedupe_by_trial(finals, "backbone")
+        finals = _dedupe_by_trial(finals, "key")
 
     def tidy(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         if frame.empty:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from bench import __version__
 from bench import metrics as M
+from bench.grouping import DEFAULT_BY, Grouping
 from bench.report import clinical as RC
 from bench.report import figures as F
 from bench.report import tables as T
@@ -113,9 +114,19 @@ def load_stats() -> Any:
     return stats if all(hasattr(stats, n) for n in needed) else None
 
 
+# How the report names each explanation grid `bench final --explain METHOD` draws (figures/<method>_<entry>.png).
+EXPLANATION_CAPTIONS = {
+    "gradcam": ("Grad-CAM", "the Grad-CAM heat at the output of the backbone's last block"),
+    "lime": ("LIME", "the LIME weight of each superpixel (positive evidence only)"),
+    "occlusion": ("occlusion", "the drop in probability when a sliding patch of the image's mean colour covers "
+                  "each place"),
+}
+
+
 class Builder:
-    def __init__(self, coll: Collection, out: Path, stats: Any = None) -> None:
+    def __init__(self, coll: Collection, out: Path, stats: Any = None, by: tuple[str, ...] = DEFAULT_BY) -> None:
         self.coll = coll
+        self.by = by
         self.out = out
         self.figdir = out / "figures"
         self.stats = stats
@@ -182,7 +193,7 @@ class Builder:
         self.boards = {}
         for d in coll.datasets:
             try:
-                self.boards[d] = T.leaderboard(coll, d)
+                self.boards[d] = T.leaderboard(coll, d, self.by)
             except Exception as err:
                 if os.environ.get("BENCH_REPORT_STRICT"):
                     raise
@@ -194,6 +205,10 @@ class Builder:
                   f"({', '.join(f'`{r.label}`' for r in coll.runs[:12])}{' ...' if len(coll.runs) > 12 else ''}). "
                   f"Every table says which split and how many images it comes from; CSV files of every table are "
                   f"in `tables/`.")
+        if self.by != DEFAULT_BY:
+            self.para(f"Rows are grouped by {' and '.join(self.by)} (`bench report --by {','.join(self.by)}`): "
+                      f"each leaderboard row, significance test and cross-dataset row is one combination, "
+                      f"represented by its best complete trial by cross-validation.")
         self.notes([n for n in coll.notes if n.dataset is None])
         self.guard("The overview", self.overview)
         self.guard("The leaderboards", self.leaderboards)
@@ -233,10 +248,10 @@ class Builder:
                 self.problem(f"No completed trial on {d} ({what}), so there is no leaderboard. Runs: "
                              f"{', '.join(r.label + ' (' + r.status + ')' for r in coll.runs_of(d))}.")
                 continue
-            self.table(T.leaderboard_table(coll, d, board))
+            self.table(T.leaderboard_table(coll, d, board, self.by))
             self.notes(T.leaderboard_notes(coll, d, board))
             self.guard(f"{d}: the test table",
-                       lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board)))
+                       lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board, self.by)))
             self.guard(f"{d}: the published baselines", lambda d=d, board=board: self.literature(d, board))
 
     def literature(self, d: str, board: pd.DataFrame) -> None:
@@ -255,7 +270,7 @@ class Builder:
 
     def cross(self) -> None:
         self.heading(2, SECTIONS["cross"])
-        self.cross_table = T.cross_dataset(self.coll, self.boards)
+        self.cross_table = T.cross_dataset(self.coll, self.boards, self.by)
         if self.cross_table is None:
             self.problem("No dataset has a completed trial yet.")
             return
@@ -302,15 +317,15 @@ class Builder:
         for d in coll.datasets:
             board = self.boards.get(d, pd.DataFrame())
             for row in board.itertuples(index=False):
-                self.heading(3, f"{d}: {row.backbone} ({row.study} #{row.trial})")
-                self.guard(f"{d} / {row.backbone}", lambda d=d, row=row: self.model(d, row))
+                self.heading(3, f"{d}: {row.key} ({row.study} #{row.trial})")
+                self.guard(f"{d} / {row.key}", lambda d=d, row=row: self.model(d, row))
 
     def model(self, d: str, row: Any) -> None:
         coll = self.coll
         ev = T.model_eval(coll, d, row)
-        name = slug(d, row.backbone)
+        name = slug(d, row.key)  # the backbone when rows are by backbone: the figure names as always
         if isinstance(ev, str):
-            self.problem(f"No confusion matrix or ROC curve for {row.backbone}: {ev}.")
+            self.problem(f"No confusion matrix or ROC curve for {row.key}: {ev}.")
         else:
             self.para(f"Evaluated on: **{ev.phrase}**" + (" (the held-out test set)." if ev.source == "test" else
                       " (no held-out evaluation yet)."))
@@ -318,32 +333,32 @@ class Builder:
             self.table(conf)
             cm = M.confusion(ev.y, ev.proba, len(ev.classes))
             self.figure(F.confusion_figure(cm, M.normalize_rows(cm), ev.classes, self.figdir, f"confusion_{name}",
-                                           f"{row.backbone}: confusion matrix",
+                                           f"{row.key}: confusion matrix",
                                            f"Counts and row-normalised; {ev.phrase}."))
             self.table(T.per_class(ev))
             marks = RC.roc_marks(coll, d, row, "test" if ev.source == "test" else "cv")
             self.figure(F.roc_figure(ev.y, ev.proba, ev.classes, ev.positive, self.figdir, f"roc_{name}",
-                                     f"{row.backbone}: ROC",
+                                     f"{row.key}: ROC",
                                      f"ROC curve{'s (one-vs-rest)' if ev.positive is None else ''}; {ev.phrase}."
                                      + (" Open markers: the operating points (thresholds chosen on CV)." if marks else ""),
                                      marks=marks))
             if ev.source == "test":
                 self.gradcam(d, row, name)
-        self.guard(f"{d} / {row.backbone}: calibration and operating points",
+        self.guard(f"{d} / {row.key}: calibration and operating points",
                    lambda: self.clinical(d, row, name))
         hist = coll.history
         if not hist.empty:
             hist = hist[(hist.dataset == d) & (hist.study == row.study) & (hist.trial == row.trial)]
         fig = None
         if len(hist):
-            fig = F.training_curves_figure(hist, self.figdir, f"curves_{name}", f"{row.backbone}: training curves",
+            fig = F.training_curves_figure(hist, self.figdir, f"curves_{name}", f"{row.key}: training curves",
                                            f"Loss and accuracy per epoch of each cross-validation fold of trial "
                                            f"{row.trial}: training (solid) and the inner validation split that early "
                                            f"stopping and LR reduction read (dashed; the scored fold is predicted "
                                            f"once, after training); and the learning rate each epoch ran "
                                            f"at (the head's; the backbone's is backbone_lr_scale times it).")
         if fig is None:
-            self.problem(f"No training curves for {row.backbone}: history.csv has no rows for trial {row.trial} "
+            self.problem(f"No training curves for {row.key}: history.csv has no rows for trial {row.trial} "
                          f"of {row.study}.")
         self.figure(fig)
 
@@ -352,27 +367,30 @@ class Builder:
         operating points; both only once `bench final` has run."""
         table = RC.calibration_table(self.coll, d, row)
         if table is None:
-            self.note(f"No calibration for {row.backbone}: its run has no calibration.csv (written by `bench final`).")
+            self.note(f"No calibration for {row.key}: its run has no calibration.csv (written by `bench final`).")
         self.table(table)
         self.figure(RC.reliability_figure(self.coll, d, row, self.figdir, f"reliability_{name}"))
         self.table(RC.operating_table(self.coll, d, row))
 
     def gradcam(self, d: str, row: Any, name: str) -> None:
-        # `bench final` draws the grid (it has the model); the report only shows the file.
+        # `bench final` draws the grids (it has the model); the report only shows the files.
         finals = self.coll.finals
-        hit = finals[(finals.dataset == d) & (finals.study == row.study) & (finals.backbone == row.backbone)]
-        found = hit.gradcam.dropna() if "gradcam" in hit else hit.iloc[:0]
-        if found.empty:
-            self.problem(f"No Grad-CAM grid for {row.backbone}: its run directory has no figures/gradcam_"
-                         f"{row.backbone}.png (made by `bench final`; run it again to draw one).")
+        hit = finals[(finals.dataset == d) & (finals.study == row.study) & (finals.trial == row.trial)]
+        drawn = [f for f in hit.explanations if f] if "explanations" in hit else []
+        if not drawn:
+            self.problem(f"No Grad-CAM grid for {row.key}: its run directory has no figures/gradcam_"
+                         f"{hit.key.iloc[0] if len(hit) else row.backbone}.png (made by `bench final`; run it "
+                         f"again to draw one).")
             return
-        png = self.figdir / f"gradcam_{name}.png"
-        png.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(found.iloc[0], png)
-        self.figure(Figure(f"gradcam_{name}", f"{row.backbone}: Grad-CAM on held-out images",
-                           "Per true class (rows): the most confidently correct and the most confidently wrong "
-                           "held-out test predictions, each overlaid with the Grad-CAM heat of the class the model "
-                           "predicted at the output of the backbone's last block.", png, None))
+        for method, source in sorted(drawn[0].items()):
+            title, how = EXPLANATION_CAPTIONS.get(method, (method, f"the {method} attribution"))
+            png = self.figdir / f"{method}_{name}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, png)
+            self.figure(Figure(f"{method}_{name}", f"{row.key}: {title} on held-out images",
+                               "Per true class (rows): the most confidently correct and the most confidently wrong "
+                               f"held-out test predictions, each overlaid with {how} of the class the model "
+                               "predicted.", png, None))
 
     def searches(self) -> None:
         coll = self.coll
@@ -485,7 +503,7 @@ class Builder:
                              f"Complete trials only; {T.cv_phrase(coll, d)}.", data, display, bold))
 
     def reproduce(self) -> None:
-        table = T.reproduce_table(self.coll, self.boards)
+        table = T.reproduce_table(self.coll, self.boards, self.by)
         if table is None:
             return
         self.heading(2, SECTIONS["reproduce"])
@@ -679,19 +697,23 @@ def write_tables(tables: Sequence[Table], folder: Path) -> None:
 
 
 def write_report(paths: Sequence[Path] | None = None, out: Path = Path("reports"), *, runs_dir: Path | None = None,
-                 default_runs_dir: Path | None = None, root: Path | None = None) -> Report:
-    """Collect the runs and write ``out/index.md``, ``out/index.html``, ``tables/*.csv``, ``figures/*``."""
+                 default_runs_dir: Path | None = None, root: Path | None = None,
+                 by: tuple[str, ...] = DEFAULT_BY) -> Report:
+    """Collect the runs and write ``out/index.md``, ``out/index.html``, ``tables/*.csv``, ``figures/*``;
+    leaderboard rows per backbone, or per combination of the ``by`` parameters."""
     from bench import paths as bench_paths
 
     found, found_root = resolve_runs(paths, runs_dir, default_runs_dir or bench_paths.runs_dir())
     coll = collect(found, root or found_root)
+    if by != DEFAULT_BY:  # by backbone always works, even on runs with no finished trial
+        Grouping(by).check(T.searched_parameters(coll), ", ".join(str(p) for p in found))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out / "tables", (".csv",))
     _clean(out / "figures", (".png", ".svg"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # tight-layout and similar cosmetic matplotlib warnings
-        builder = Builder(coll, out, load_stats())
+        builder = Builder(coll, out, load_stats(), by)
         blocks = builder.build()
     write_tables(builder.tables, out / "tables")
     md = out / "index.md"
@@ -724,8 +746,9 @@ def print_report(console: Any, report: Report) -> None:
                   f"{len(report.figures)} figures in {report.out / 'figures'}); Markdown: {report.markdown}")
 
 
-def build_report(coll: Collection, out: Path) -> tuple[list[Block], list[Table], list[Figure]]:
+def build_report(coll: Collection, out: Path,
+                 by: tuple[str, ...] = DEFAULT_BY) -> tuple[list[Block], list[Table], list[Figure]]:
     """The blocks of a report on ``coll`` (figures are saved under ``out/figures``)."""
-    builder = Builder(coll, Path(out), load_stats())
+    builder = Builder(coll, Path(out), load_stats(), by)
     return builder.build(), builder.tables, builder.figures
 

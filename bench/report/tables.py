@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics as M
+from bench.grouping import DEFAULT_BY, Grouping
 from bench.report.collect import KEY_METRICS, Collection, Note, Run, load_study, proba_matrix
+from bench.results import entry_keys, trial_params
 
 LABELS = {
     "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "auc": "AUC",
@@ -204,14 +206,7 @@ def resampled(n_units: Iterable[Any], units: Iterable[Any], n_images: Iterable[A
 
 
 def params_of(row: Any) -> dict[str, Any]:
-    raw = row.get("params") if isinstance(row, dict | pd.Series) else getattr(row, "params", None)
-    if isinstance(raw, dict):
-        return raw
-    try:
-        value = json.loads(raw) if isinstance(raw, str) and raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return trial_params(row.get("params") if isinstance(row, dict | pd.Series) else getattr(row, "params", None))
 
 
 def trials_of(coll: Collection, dataset: str, study: str | None = None) -> pd.DataFrame:
@@ -352,12 +347,22 @@ def runs_overview(coll: Collection, dataset: str) -> Table:
 # ---- 2. leaderboard ----------------------------------------------------------------------------------------
 
 
-def leaderboard(coll: Collection, dataset: str) -> pd.DataFrame:
-    """One row per backbone: its best COMPLETE trial by the dataset's objective (CV mean), best first."""
+def searched_parameters(coll: Collection) -> set[str]:
+    """Every parameter named in the trials' configurations (what ``--by`` can group by)."""
+    trials = coll.trials
+    if trials.empty:
+        return set()
+    return {"backbone"} | {k for _, r in trials.iterrows() for k in params_of(r)}
+
+
+def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY) -> pd.DataFrame:
+    """One row per backbone (per combination of the ``by`` parameters): its best COMPLETE trial by
+    the dataset's objective (CV mean), best first. ``key`` names the row ("resnet50 · imagenet")."""
+    grouping = Grouping(by)
     objective = coll.objective(dataset)
     metric, maximize = objective["metric"], objective.get("direction", "maximize") == "maximize"
     trials = trials_of(coll, dataset)
-    cols = ["dataset", "rank", "backbone", "study", "run", "trial"]
+    cols = ["dataset", "rank", "key", "backbone", "study", "run", "trial"]
     if trials.empty:
         return pd.DataFrame(columns=cols)
     done = trials[trials.state == "COMPLETE"].copy()
@@ -367,8 +372,9 @@ def leaderboard(coll: Collection, dataset: str) -> pd.DataFrame:
     by_key = {(r.study, int(r.trial), r.metric): r for r in scores.itertuples(index=False)}
     rows = []
     for t in done.itertuples(index=False):
-        row: dict[str, Any] = {"dataset": dataset, "backbone": str(t.backbone), "study": t.study, "run": t.run,
-                               "trial": int(t.trial)}
+        config = {**params_of(t), "backbone": str(t.backbone)}
+        row: dict[str, Any] = {"dataset": dataset, "key": grouping.label(config), "backbone": str(t.backbone),
+                               "study": t.study, "run": t.run, "trial": int(t.trial)}
         for m in dict.fromkeys((metric, *KEY_METRICS)):
             s = by_key.get((t.study, int(t.trial), m))
             row[f"cv_{m}_mean"] = s.mean if s is not None else math.nan
@@ -390,7 +396,8 @@ def leaderboard(coll: Collection, dataset: str) -> pd.DataFrame:
     frame["_tested"] = [(r.study, r.backbone, r.trial) in tested for r in frame.itertuples(index=False)]
     frame = frame.sort_values(["objective_value", "_tested", "study", "trial"],
                               ascending=[not maximize, False, True, True], kind="stable").drop(columns="_tested")
-    best = frame.drop_duplicates("backbone", keep="first").reset_index(drop=True)
+    members = {k: set(zip(g.study, g.trial)) for k, g in frame.groupby("key")}
+    best = frame.drop_duplicates("key", keep="first").reset_index(drop=True)
     best.insert(1, "rank", np.arange(1, len(best) + 1))
 
     # Cost: parameters, seconds per epoch and images/s, averaged over the folds that finished.
@@ -406,23 +413,29 @@ def leaderboard(coll: Collection, dataset: str) -> pd.DataFrame:
             "trainable_params": num("trainable_params").iloc[0] if len(num("trainable_params")) else math.nan,
             "seconds_per_epoch": float(num("seconds_per_epoch").mean()) if len(num("seconds_per_epoch")) else math.nan,
             "images_per_second": float(num("images_per_second").mean()) if len(num("images_per_second")) else math.nan,
-            **_test_values(coll, dataset, r.study, r.backbone, r.trial, metric),
+            **_test_values(coll, dataset, r.study, r.backbone, r.trial, metric,
+                           None if grouping.is_default else members[r.key]),
         })
     best = pd.concat([best, pd.DataFrame(extra)], axis=1)
-    order = ["dataset", "rank", "backbone", "study", "run", "trial", "folds", "folds_scored", "cv_images",
+    order = ["dataset", "rank", "key", "backbone", "study", "run", "trial", "folds", "folds_scored", "cv_images",
              "objective_value"]
     order += [c for c in best.columns if c.startswith("cv_") and c not in order]
     order += [c for c in best.columns if c not in order]
     return best[order]
 
 
-def _test_values(coll: Collection, dataset: str, study: str, backbone: str, trial: int, metric: str) -> dict:
+def _test_values(coll: Collection, dataset: str, study: str, backbone: str, trial: int, metric: str,
+                 members: set[tuple[str, int]] | None = None) -> dict:
+    """The held-out result of this trial; ``members``: the (study, trial)s of the row's combination
+    (grouped by several factors), so a result of another combination is not named as this one's."""
     out = {"test_value": math.nan, "test_low": math.nan, "test_high": math.nan, "test_images": math.nan,
            "test_units": math.nan, "test_unit": None, "test_of": ""}
     tm = coll.test_metrics
     if tm.empty:
         return out
     rows = tm[(tm.dataset == dataset) & (tm.backbone.astype(str) == backbone)]
+    if members is not None:
+        rows = rows[[(s, int(t)) in members for s, t in zip(rows.study, rows.trial)]]
     if rows.empty:
         return out
     exact = rows[(rows.study == study) & (rows.trial == trial)]
@@ -449,14 +462,14 @@ def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> li
 
     for r in board.itertuples(index=False):
         if r.test_of:
-            add(f"{r.backbone}: the held-out result on record is of {r.test_of}, not of the leaderboard's "
+            add(f"{r.key}: the held-out result on record is of {r.test_of}, not of the leaderboard's "
                 f"best trial {r.study} #{r.trial} (the search went on after `bench final`, or another "
                 f"study did better); run `bench final --run {shlex.quote(str(_run_path(coll, r.run)))}` "
                 f"for a test value of this one.")
         elif isnan(r.test_value) and not board.test_value.isna().all():
-            add(f"{r.backbone}: no held-out result for trial {r.study} #{r.trial}.")
+            add(f"{r.key}: no held-out result for trial {r.study} #{r.trial}.")
         if r.folds_scored == 0 and not isnan(r.objective_value):
-            add(f"{r.backbone}: no per-fold metrics (metrics.csv) for trial {r.trial} of {r.study}: the "
+            add(f"{r.key}: no per-fold metrics (metrics.csv) for trial {r.trial} of {r.study}: the "
                 f"{metric} shown is the search's recorded value; the other metrics are not available.")
     if not board.empty and board.test_value.isna().all() and not any(board.test_of):
         add("No held-out test results yet: `bench final --run DIR` refits each backbone's best trial on "
@@ -475,7 +488,9 @@ def _run_path(coll: Collection, label: str) -> Any:
     return label
 
 
-def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table:
+def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
+                      by: tuple[str, ...] = DEFAULT_BY) -> Table:
+    grouping = Grouping(by)
     objective = coll.objective(dataset)
     metric = objective["metric"]
     maximize = objective.get("direction", "maximize") == "maximize"
@@ -484,7 +499,7 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Ta
     n_test = board.test_images.dropna().iloc[0] if "test_images" in board and board.test_images.notna().any() \
         else split_facts(coll, dataset)["test_images"]
     display = pd.DataFrame({
-        "#": board["rank"].astype(str), "backbone": board.backbone,
+        "#": board["rank"].astype(str), grouping.title: board.key,
         "trial": [f"{r.study} #{r.trial}" if board.study.nunique() > 1 else f"#{r.trial}"
                   for r in board.itertuples()],
         **{f"{LABELS.get(m, m)}{' (objective)' if m == metric else ''}":
@@ -506,11 +521,20 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Ta
     rules["images/s"] = ("images_per_second", "max")
     bold = best_mask(board, display, rules) if not board.empty else None
     caption = (f"Cross-validation: mean ± std over the validation folds ({cv_phrase(coll, dataset, images=n_cv)}), "
-               f"each backbone's best complete trial by {metric}. Test column: {test_phrase(n_test)}, 95% CI by "
+               f"{_rows_phrase(grouping)} best complete trial by {metric}. Test column: {test_phrase(n_test)}, "
+               f"95% CI by "
                f"{_board_resampled(board)}; the test set was used once, after the search. Best per column in bold. "
                f"s/epoch and images/s: training, mean over folds.")
     return Table(slug("leaderboard", dataset), f"{dataset}: leaderboard", caption, board, display, bold,
                  terminal=True)
+
+
+def _rows_phrase(grouping: Grouping) -> str:
+    """Which factor(s) the rows are grouped by, as the caption says it."""
+    if grouping.is_default:
+        return "each backbone's"
+    return (f"rows grouped by {', '.join(grouping.by)} (`--by {','.join(grouping.by)}`): each "
+            f"{grouping.noun}'s")
 
 
 def _board_resampled(board: pd.DataFrame) -> str:
@@ -522,11 +546,20 @@ def _board_resampled(board: pd.DataFrame) -> str:
 def held_out_rows(coll: Collection, dataset: str, r: Any) -> pd.DataFrame:
     """The held-out test metrics of one leaderboard row (its study, backbone and trial)."""
     tm = coll.test_metrics
-    return tm[(tm.dataset == dataset) & (tm.study == r.study) & (tm.backbone.astype(str) == r.backbone)
-              & (tm.trial == r.trial)]
+    return one_entry(tm[(tm.dataset == dataset) & (tm.study == r.study) & (tm.backbone.astype(str) == r.backbone)
+                        & (tm.trial == r.trial)])
 
 
-def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table | None:
+def one_entry(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one `bench final` entry: a trial refit both by backbone and by a combination has two."""
+    if rows.empty:
+        return rows
+    keys = entry_keys(rows)
+    return rows[keys == keys.iloc[0]]
+
+
+def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame,
+                       by: tuple[str, ...] = DEFAULT_BY) -> Table | None:
     """Every metric on the held-out test set, with its CI, for the leaderboard's models."""
     tm = coll.test_metrics
     if tm.empty or board.empty:
@@ -536,8 +569,8 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
         sub = held_out_rows(coll, dataset, r)
         if sub.empty:
             continue
-        row: dict[str, Any] = {"dataset": dataset, "rank": r.rank, "backbone": r.backbone, "study": r.study,
-                               "trial": r.trial}
+        row: dict[str, Any] = {"dataset": dataset, "rank": r.rank, "key": r.key, "backbone": r.backbone,
+                               "study": r.study, "trial": r.trial}
         for m in KEY_METRICS:
             x = sub[sub.metric == m]
             row[m] = float(x.value.iloc[0]) if len(x) else math.nan
@@ -551,7 +584,7 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
     if not rows:
         return None
     data = pd.DataFrame(rows)
-    display = pd.DataFrame({"#": data["rank"].astype(str), "backbone": data.backbone,
+    display = pd.DataFrame({"#": data["rank"].astype(str), Grouping(by).title: data.key,
                             **{LABELS[m]: [ci(a, b, c) for a, b, c in zip(data[m], data[f"{m}_low"],
                                                                          data[f"{m}_high"])] for m in KEY_METRICS}})
     bold = best_mask(data, display, {LABELS[m]: (m, "max" if higher_is_better(m) else "min") for m in KEY_METRICS})
@@ -567,17 +600,20 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame) -> T
 # ---- 3. across datasets ------------------------------------------------------------------------------------
 
 
-def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame]) -> Table | None:
-    """Backbones x datasets: the objective on test (CV where no test ran), mean rank per backbone."""
+def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame],
+                  by: tuple[str, ...] = DEFAULT_BY) -> Table | None:
+    """Backbones (combinations of ``by``) x datasets: the objective on test (CV where no test ran),
+    mean rank per row."""
+    grouping = Grouping(by)
     datasets = [d for d in sorted(boards) if not boards[d].empty]
     if not datasets:
         return None
-    backbones = sorted({b for d in datasets for b in boards[d].backbone})
+    backbones = sorted({b for d in datasets for b in boards[d].key})
     values = pd.DataFrame(index=backbones, columns=datasets, dtype=float)
     source = pd.DataFrame("", index=backbones, columns=datasets)
     ranks = pd.DataFrame(index=backbones, columns=datasets, dtype=float)
     for d in datasets:
-        b = boards[d].set_index("backbone")
+        b = boards[d].set_index("key")
         maximize = coll.objective(d).get("direction", "maximize") == "maximize"
         for name, r in b.iterrows():
             test = not isnan(r.test_value)
@@ -586,8 +622,8 @@ def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame]) -> Table | 
         ranks[d] = values[d].rank(ascending=not maximize, method="average")
     mean_rank = ranks.mean(axis=1)
     order = sorted(backbones, key=lambda b: (isnan(mean_rank[b]), mean_rank[b], b))
-    data = pd.DataFrame({"backbone": order})
-    display = pd.DataFrame({"backbone": order})
+    data = pd.DataFrame({grouping.title: order})
+    display = pd.DataFrame({grouping.title: order})
     rules = {}
     for d in datasets:
         metric = coll.objective(d)["metric"]
@@ -608,9 +644,10 @@ def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame]) -> Table | 
     sizes = "; ".join(f"{d}: {test_phrase(split_facts(coll, d)['test_images'])}, {cv_phrase(coll, d)}"
                       for d in datasets)
     caption = ("Each dataset's objective on its held-out test set; (CV) marks a cross-validation mean where no "
-               "held-out evaluation ran yet. Mean rank over the datasets a backbone was run on (1 = best). "
+               f"held-out evaluation ran yet. Mean rank over the datasets a {grouping.noun} was run on (1 = best). "
                f"Best per column in bold. Sizes: {sizes}.")
-    return Table("cross_dataset", "Backbones across datasets", caption, data, display, bold, terminal=True)
+    title = "Backbones across datasets" if grouping.is_default else f"{grouping.title} across datasets"
+    return Table("cross_dataset", title, caption, data, display, bold, terminal=True)
 
 
 # ---- 4. significance ---------------------------------------------------------------------------------------
@@ -627,7 +664,7 @@ def fold_scores(coll: Collection, dataset: str, board: pd.DataFrame, metric: str
         for f in rows.itertuples(index=False):
             if 0 <= int(f.fold) < folds:
                 a[int(f.fold)] = float(f.value)
-        out[r.backbone] = a
+        out[r.key] = a
     return out
 
 
@@ -692,7 +729,7 @@ def ttest_table(coll: Collection, dataset: str, board: pd.DataFrame, stats: Any,
 
 def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | None, Any, str]:
     """Friedman / Iman-Davenport / Nemenyi over the datasets; (table, result, message)."""
-    data = cross.data.set_index("backbone")
+    data = cross.data.set_index(cross.data.columns[0])  # the rows' names: backbone, or "backbone · weights"
     datasets = [c for c in data.columns if f"{c}_source" in data.columns]
     scores = data[datasets].T.astype(float)  # datasets x backbones
     complete = [b for b in scores.columns if scores[b].notna().all()]
@@ -730,7 +767,7 @@ class ModelEval:
     """The predictions a model section is drawn from: held-out test if present, else out-of-fold."""
 
     dataset: str
-    backbone: str
+    backbone: str  # the leaderboard row's name: the backbone, or its combination with --by
     study: str
     run: str
     trial: int
@@ -750,17 +787,17 @@ def model_eval(coll: Collection, dataset: str, row: Any) -> ModelEval | str:
     if not tp.empty:
         sub = tp[(tp.dataset == dataset) & (tp.study == row.study) & (tp.backbone.astype(str) == row.backbone)]
         if "trial" in sub:
-            sub = sub[sub.trial == row.trial]
+            sub = one_entry(sub[sub.trial == row.trial])
         if len(sub):
             y, p = proba_matrix(sub, classes)
-            return ModelEval(dataset, row.backbone, row.study, row.run, int(row.trial), "test",
+            return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "test",
                              test_phrase(len(sub)), y, p, classes, coll.positive_index(dataset))
     pr = _rows(coll.predictions, dataset, row.study, row.trial)
     if pr.empty:
         return "no predictions: neither test_predictions.csv nor predictions.csv holds this trial"
     y, p = proba_matrix(pr, classes)
     k = pr.fold.nunique()
-    return ModelEval(dataset, row.backbone, row.study, row.run, int(row.trial), "oof",
+    return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "oof",
                      f"out-of-fold predictions, {k} validation folds, {count(len(pr))} images", y, p, classes,
                      coll.positive_index(dataset))
 
@@ -851,14 +888,16 @@ def importances_table(dataset: str, study_name: str, importances: dict[str, floa
 # ---- 8. reproduce ------------------------------------------------------------------------------------------
 
 
-def reproduce_table(coll: Collection, boards: dict[str, pd.DataFrame]) -> Table | None:
+def reproduce_table(coll: Collection, boards: dict[str, pd.DataFrame],
+                    by: tuple[str, ...] = DEFAULT_BY) -> Table | None:
     rows = []
+    by_flag = "" if by == DEFAULT_BY else f" --by {','.join(by)}"
     for dataset in sorted(boards):
         for r in boards[dataset].itertuples(index=False):
             path = shlex.quote(str(_run_path(coll, r.run)))
             rows.append({"dataset": dataset, "backbone": r.backbone, "study": r.study, "trial": r.trial,
                          "run": r.run, "cv_command": f"bench cv --from-trial {r.trial} --run {path}",
-                         "test_command": f"bench final --run {path} --backbone {shlex.quote(r.backbone)}"})
+                         "test_command": f"bench final --run {path} --backbone {shlex.quote(r.backbone)}{by_flag}"})
     if not rows:
         return None
     data = pd.DataFrame(rows)

@@ -457,7 +457,8 @@ def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, 
 def _final_is_current(run: RunDir) -> bool:
     from bench.final import best_trials
 
-    done = {b: info.get("trial") for b, info in run.final().get("backbones", {}).items()}
+    # Entries of `bench final --by <factors>` (they record "by") are not what the search refits.
+    done = {b: info.get("trial") for b, info in run.final().get("backbones", {}).items() if "by" not in info}
     try:
         return bool(done) and done == best_trials(run)
     except BenchError:

@@ -1,0 +1,153 @@
+"""Rows by any factor: `bench report --by` and `bench final --by` on a real search with two kinds of weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.errors import ConfigError
+from bench.grouping import Grouping, entries, parse_by
+
+BY = ("backbone", "weights")
+
+
+def test_labels_and_file_names_of_an_entry():
+    default = Grouping()
+    assert default.is_default and default.slug({"backbone": "resnet50", "weights": "imagenet"}) == "resnet50"
+    g = Grouping(BY)
+    assert g.title == "backbone · weights" and g.noun == "backbone · weights combination"
+    assert g.label({"backbone": "resnet50", "weights": "imagenet"}) == "resnet50 · imagenet"
+    assert g.slug({"backbone": "resnet50", "weights": "imagenet"}) == "resnet50__weights-imagenet"
+    assert g.label({"backbone": "resnet50", "weights": None}) == "resnet50 · none"
+    # A weights file shows as its file name, in labels and file names alike.
+    config = {"backbone": "resnet50", "weights": "/data/my weights/rad.weights.h5"}
+    assert g.label(config) == "resnet50 · rad.weights.h5"
+    assert g.slug(config) == "resnet50__weights-rad.weights.h5"
+    assert Grouping(("backbone", "unfrozen")).slug({"backbone": "vgg16", "unfrozen": 2}) == "vgg16__unfrozen-2"
+    assert parse_by(" backbone , weights,backbone") == BY
+    with pytest.raises(ValueError, match="must name one or more parameters"):
+        parse_by(" , ")
+
+
+def test_best_trial_per_combination_and_clear_errors():
+    configs = [(7, {"backbone": "a", "weights": None}), (3, {"backbone": "a", "weights": "imagenet"}),
+               (1, {"backbone": "a", "weights": None}), (2, {"backbone": "b", "weights": None})]
+    assert entries(Grouping(BY), configs) == {"a__weights-none": 7, "a__weights-imagenet": 3, "b__weights-none": 2}
+    assert entries(Grouping(), configs) == {"a": 7, "b": 2}
+    with pytest.raises(ConfigError, match=r"--by colour: not a parameter .* are: backbone, lr, weights"):
+        Grouping(("backbone", "colour")).check(["weights", "backbone", "lr"], "runs/x")
+    # Two files of one name in different folders would overwrite each other's model: refused.
+    clash = [(1, {"backbone": "a", "weights": "/x/w.h5"}), (2, {"backbone": "a", "weights": "/y/w.h5"})]
+    with pytest.raises(ConfigError, match="share the name 'a__weights-w.h5'"):
+        entries(Grouping(BY), clash)
+
+
+def weights_space(weights_file: Path) -> str:
+    return f"""
+name = "weights"
+[objective]
+metric = "balanced_accuracy"
+[params]
+backbone = "simple_cnn"
+size = 32
+epochs = 1
+augment = "none"
+[params.weights]
+type = "categorical"
+choices = ["none", "{weights_file}"]
+[params.lr]
+type = "categorical"
+choices = [0.001, 0.003]
+"""
+
+
+@pytest.fixture(scope="module")
+def weights_search(tmp_path_factory) -> Path:
+    """A real grid search: simple_cnn from random init vs from a weights file, two learning rates each."""
+    from bench.models import build_classifier
+
+    home = tmp_path_factory.mktemp("weights-search")
+    weights_file = home / "pretrained" / "simple_cnn.weights.h5"
+    weights_file.parent.mkdir()
+    build_classifier("simple_cnn", 2, 32).base.save_weights(weights_file)
+    space = home / "weights.toml"
+    space.write_text(weights_space(weights_file))
+    out = home / "run"
+    code = main(["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", "4", "--folds", "2",
+                 "--sampler", "grid", "--pruner", "none", "--no-final", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def run_cli(capsys, *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+@pytest.mark.slow
+def test_report_and_final_by_backbone_and_weights(weights_search, tmp_path, capsys):
+    trials = pd.read_csv(weights_search / "trials.csv")
+    trials = trials[trials.state == "COMPLETE"]
+    assert len(trials) == 4
+    weights = [json.loads(p)["weights"] for p in trials.params]
+    trials["shown"] = ["none" if w is None else Path(w).name for w in weights]
+    # The right answer, from trials.csv alone: the best CV value within each kind of weights.
+    want = {w: int(rows.sort_values(["value", "number"], ascending=[False, True]).number.iloc[0])
+            for w, rows in trials.groupby("shown")}
+    assert set(want) == {"none", "simple_cnn.weights.h5"}
+
+    code, text, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "by", "--by",
+                              "backbone,weights")
+    assert code == 0, err
+    board = pd.read_csv(tmp_path / "by" / "tables" / "leaderboard_pneumonia-demo.csv")
+    assert len(board) == 2
+    assert dict(zip(board.key, board.trial)) == {f"simple_cnn · {w}": t for w, t in want.items()}
+    md = (tmp_path / "by" / "index.md").read_text()
+    assert "Rows are grouped by backbone and weights" in md and "backbone · weights" in text
+    ttest = pd.read_csv(tmp_path / "by" / "tables" / "ttest_pneumonia-demo.csv")
+    assert set(ttest.model_a) | set(ttest.model_b) == set(board.key)  # significance between the combinations
+    cross = pd.read_csv(tmp_path / "by" / "tables" / "cross_dataset.csv")
+    assert set(cross["backbone · weights"]) == set(board.key)
+
+    # By backbone (the default): one row, the best trial overall.
+    code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "default", "--quiet")
+    assert code == 0, err
+    default = pd.read_csv(tmp_path / "default" / "tables" / "leaderboard_pneumonia-demo.csv")
+    assert list(default.backbone) == ["simple_cnn"] and default.trial.iloc[0] in set(want.values())
+
+    # A parameter the trials do not have: a clear error naming those they do have.
+    code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "bad",
+                           "--by", "backbone,pool")
+    assert code == 2 and "--by pool: not a parameter" in err and "weights" in err and "lr" in err
+
+    code, _, err = run_cli(capsys, "final", "--run", weights_search, "--by", "backbone,weights", "--boot", "50")
+    assert code == 0, err
+    final = json.loads((weights_search / "final.json").read_text())["backbones"]
+    slugs = {f"simple_cnn__weights-{w}": t for w, t in want.items()}
+    assert {k: v["trial"] for k, v in final.items()} == slugs
+    for slug, info in final.items():
+        assert info["backbone"] == "simple_cnn" and info["by"] == list(BY)
+        assert (weights_search / "models" / f"{slug}.keras").is_file()
+        assert (weights_search / "figures" / f"gradcam_{slug}.png").is_file()
+    tm = pd.read_csv(weights_search / "test_metrics.csv")
+    assert set(tm.key) == set(slugs) and set(tm.trial) == set(slugs.values())
+
+    # The report now shows a held-out value on each combination's row.
+    code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "tested", "--quiet",
+                           "--by", "backbone,weights", "--strict")
+    assert code == 0, err
+    board = pd.read_csv(tmp_path / "tested" / "tables" / "leaderboard_pneumonia-demo.csv")
+    assert board.test_value.notna().all() and len(board) == 2
+
+    # A combination's model exports with a card naming its real backbone and its held-out metrics.
+    slug = next(iter(slugs))
+    code, _, err = run_cli(capsys, "export", "--run", weights_search, "--backbone", slug, "--out",
+                           tmp_path / "export" / "m.keras")
+    assert code == 0, err
+    card = json.loads((tmp_path / "export" / "m.card.json").read_text())
+    assert card["model"]["backbone"] == "simple_cnn" and card["evaluation"]["test"]["metrics"]
