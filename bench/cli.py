@@ -253,6 +253,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     g.add_argument("--official-test", choices=OFFICIAL_TEST_POLICIES, default="clean",
                    help="clean (default): images whose patient (or duplicate group) also has images in the official "
                         "test set leave the CV pool; as-published: keep them (the report warns)")
+    g.add_argument("--validation", default="kfold", metavar="PROTOCOL",
+                   help="kfold (default: --folds folds), holdout[:FRACTION] (one stratified, group-aware split of "
+                        "the CV pool, default 0.2) or official (the dataset's published validation split)")
     g.add_argument("--min-class-images", type=whole, default=0, metavar="N",
                    help="leave out classes with fewer than N images in the CV pool (their test images too)")
     g.add_argument("--strict", action="store_true",
@@ -268,7 +271,7 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
     return dict(dataset=args.dataset, folds=args.folds, seed=args.seed, resize=args.resize, strict=args.strict,
                 group_regex=args.group_regex, registry=str(args.registry) if args.registry else None,
                 test_fraction=args.test_fraction, official_test=args.official_test,
-                min_class_images=args.min_class_images)
+                min_class_images=args.min_class_images, validation=args.validation)
 
 
 @register_command

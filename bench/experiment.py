@@ -24,7 +24,7 @@ from bench.data import cache as image_cache
 from bench.data.conflicts import LabelConflict, label_conflicts
 from bench.data.index import DatasetIndex, build_index
 from bench.data.registry import binary_positive, resolve
-from bench.data.splits import EXCLUDED_BECAUSE, Splits, build_splits, classes_below, stratified_group_fraction
+from bench.data.splits import EXCLUDED_BECAUSE, EXCLUDED_FOR_VALIDATION, Protocol, Splits, build_splits, classes_below, stratified_group_fraction
 from bench.errors import DataError
 from bench.results import RunDir
 
@@ -53,6 +53,7 @@ class DataSettings:
     test_fraction: float | None = None
     official_test: str = "clean"  # OFFICIAL_TEST_POLICIES
     min_class_images: int = 0
+    validation: str = "kfold"  # str(Protocol): kfold, holdout:FRACTION or official
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class PreparedData:
         for path, split, fold in zip(self.index.paths, self.splits.split_names(), self.splits.fold):
             h.update(f"{path}\0{split}\0{int(fold)}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
+
+    @property
+    def group_word(self) -> str:
+        return "patient" if self.spec.groups.kind != "none" else "image group"
 
     @property
     def positive(self) -> int | None:
@@ -102,7 +107,8 @@ class PreparedData:
                 "baselines": asdict(self.spec.baselines) if self.spec.baselines is not None else None,
             },
             "split": {
-                "rule": s.rule, "folds": s.folds, "folds_from": self.folds_from, "seed": s.seed,
+                "rule": s.rule, "folds": s.folds, "protocol": s.protocol,
+                "protocol_label": s.describe(self.group_word), "folds_from": self.folds_from, "seed": s.seed,
                 "cv_images": int(cv.sum()), "test_images": int(s.test.sum()),
                 "cv_groups": int(len(np.unique(s.groups[cv]))),
                 "test_groups": int(len(np.unique(s.groups[s.test]))),
@@ -122,14 +128,17 @@ class PreparedData:
 
     def split_lines(self) -> list[str]:
         """What the split took out of the data, in words, for ``bench cv`` and ``bench run``."""
-        s, lines = self.splits, []
-        word = "patient" if self.spec.groups.kind != "none" else "image group"
-        if s.excluded.any():
-            lines.append(f"removed {int(s.excluded.sum())} images of {s.shared_groups} {word}s from the CV pool: "
-                         f"they also have images in the official test set")
+        s, lines, word = self.splits, [], self.group_word
+        because = s.excluded_because()
+        if (because == EXCLUDED_BECAUSE).any():
+            lines.append(f"removed {int((because == EXCLUDED_BECAUSE).sum())} images of {s.shared_groups} {word}s "
+                         f"from the CV pool: they also have images in the official test set")
         elif s.shared_groups:
             lines.append(f"warning: CV and test share {s.shared_groups} {word}s ({s.shared_images} CV images; "
                          f"--official-test {s.official_test}): held-out scores are optimistic")
+        if (because == EXCLUDED_FOR_VALIDATION).any():
+            lines.append(f"removed {int((because == EXCLUDED_FOR_VALIDATION).sum())} training images: their {word}s "
+                         f"also have images in the official validation split")
         for name, n in s.dropped_classes.items():
             lines.append(f"left out class '{name}' (--min-class-images {self.settings.min_class_images}): "
                          f"{n['cv_images']} CV and {n['test_images']} test images")
@@ -138,7 +147,7 @@ class PreparedData:
     def write_splits(self, run: RunDir) -> None:
         idx, s = self.index, self.splits
         run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], s.groups, s.split_names(), s.fold,
-                         np.where(s.excluded, EXCLUDED_BECAUSE, ""))
+                         s.excluded_because())
 
 
 def prepare_data(
@@ -155,11 +164,18 @@ def prepare_data(
     test_fraction: float | None = None,
     official_test: str = "clean",
     min_class_images: int = 0,
+    validation: str = "kfold",
 ) -> PreparedData:
     registry_path = Path(registry).expanduser().resolve() if registry else None
     spec, root = resolve(dataset, registry_path=registry_path, group_regex=group_regex)
     folds_from = FOLDS_FROM[0] if folds is not None else FOLDS_FROM[1] if spec.folds is not None else FOLDS_FROM[2]
     folds = folds if folds is not None else spec.folds or DEFAULT_FOLDS
+    protocol = Protocol.parse(validation)
+    if protocol.kind == "official" and spec.validation is None:
+        raise DataError(f"--validation official: the dataset entry '{spec.name}' names no published validation "
+                        f"split. Add one to its datasets.toml entry (e.g. validation = {{ kind = \"folder\", "
+                        f"folder = \"val\" }} or {{ kind = \"column\", column = \"split\", value = \"val\" }}), "
+                        f"or use --validation holdout or kfold.")
     test_fraction = test_fraction if test_fraction is not None else spec.test.fraction
     index = build_index(spec, root)
     size = size if size is not None else spec.image_size  # 0 is an error, never "the default"
@@ -204,13 +220,14 @@ def prepare_data(
         held_out["official_test"] = usable.official_test
     splits = build_splits(
         usable.labels, usable.groups, hashes, usable.classes, folds=folds, group_word=group_word,
-        policy=official_test, dropped_classes=dropped, **held_out,
+        policy=official_test, dropped_classes=dropped, protocol=protocol,
+        official_validation=usable.official_validation, **held_out,
     )
     images = np.asarray(cached.array[np.flatnonzero(keep)]) if not keep.all() else np.asarray(cached.array)
     settings = DataSettings(
         dataset=dataset, folds=folds, seed=seed, resize=resize, strict=strict, group_regex=group_regex,
         registry=str(registry_path) if registry_path else None, test_fraction=test_fraction,
-        official_test=official_test, min_class_images=min_class_images,
+        official_test=official_test, min_class_images=min_class_images, validation=str(protocol),
     )
     return PreparedData(spec, usable, images, splits, cached, skipped, size, resize, settings, folds_from,
                         conflicts)
