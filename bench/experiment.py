@@ -171,13 +171,13 @@ def prepare_data(
     folds_from = FOLDS_FROM[0] if folds is not None else FOLDS_FROM[1] if spec.folds is not None else FOLDS_FROM[2]
     folds = folds if folds is not None else spec.folds or DEFAULT_FOLDS
     protocol = Protocol.parse(validation)
-    if protocol.kind == "official" and spec.validation is None:
+    test_fraction = test_fraction if test_fraction is not None else spec.test.fraction
+    index = build_index(spec, root)
+    if protocol.kind == "official" and index.official_validation is None:
         raise DataError(f"--validation official: the dataset entry '{spec.name}' names no published validation "
                         f"split. Add one to its datasets.toml entry (e.g. validation = {{ kind = \"folder\", "
                         f"folder = \"val\" }} or {{ kind = \"column\", column = \"split\", value = \"val\" }}), "
                         f"or use --validation holdout or kfold.")
-    test_fraction = test_fraction if test_fraction is not None else spec.test.fraction
-    index = build_index(spec, root)
     size = size if size is not None else spec.image_size  # 0 is an error, never "the default"
     resize = resize or spec.resize
     for path, reason in index.passed_over[:_SHOWN]:
