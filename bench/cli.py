@@ -544,6 +544,34 @@ class StatusCommand(Command):
         return print_status(_console(), args.storage, args.runs_dir or paths.runs_dir())
 
 
+# ---- bench rescore --------------------------------------------------------------------------
+@register_command
+class RescoreCommand(Command):
+    name = "rescore"
+    help = "Re-score the N best trials of a search (e.g. a hold-out search) by full k-fold cross-validation."
+    native_log = True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--run", type=Path, required=True, help="the search's run directory")
+        parser.add_argument("--top", type=positive_int, default=3, help="how many of the best trials (default 3)")
+        parser.add_argument("--folds", type=at_least(2), default=5, help="k of the k-fold CV (default 5)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench.rescore import COMPARISON, rescore
+
+        console = _console()
+
+        def on_trial(row: dict[str, Any]) -> None:
+            kfold = "failed" if row["kfold_mean"] is None else f"{row['kfold_mean']:.3f} ± {row['kfold_std']:.3f}"
+            console.print(f"trial {row['trial']} ({row['backbone']}): {row['search_protocol']} {row['search_value']:.3f}"
+                          f" -> {args.folds}-fold CV {kfold}", highlight=False)
+
+        out = rescore(args.run, args.top, args.folds, on_trial=on_trial)
+        console.print(f"k-fold scores in {out.path} ({COMPARISON}); `bench report --run {out.path}` ranks on them")
+        return 0
+
+
 # ---- bench report ---------------------------------------------------------------------------
 @register_command
 class ReportCommand(Command):

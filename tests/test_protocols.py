@@ -100,3 +100,63 @@ def test_a_fold_score_pruner_is_refused_on_a_single_split():
     with pytest.raises(ConfigError, match="--pruner wilcoxon .* never prune"):
         make_pruner("wilcoxon", folds=1)
     make_pruner("median", folds=1)  # the epoch rules work on one split
+
+
+RESCORE_SPACE = """
+name = "tiny"
+[objective]
+metric = "balanced_accuracy"
+[params]
+backbone = "simple_cnn"
+weights = "none"
+size = 32
+epochs = 1
+augment = "none"
+[params.lr]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+"""
+
+
+@pytest.mark.slow  # a real hold-out search, then k-fold re-training and a report: about a minute on 2 cores
+def test_rescore_retrains_the_best_holdout_trials_by_kfold_and_the_report_ranks_on_them(tmp_path, capsys):
+    import pandas as pd
+
+    from bench.cli import main
+    from bench.results import RunDir
+
+    space = tmp_path / "tiny.toml"
+    space.write_text(RESCORE_SPACE)
+    out = tmp_path / "search"
+    code = main(["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", "3", "--validation",
+                 "holdout:0.25", "--out", str(out), "--pruner", "none", "--no-final"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-2000:]
+    assert "hold-out 25% (" in printed
+    search = RunDir.open(out)
+    assert search.manifest()["split"]["protocol"] == "holdout:0.25"
+    assert set(search.table("folds").fold) == {0}  # one scored split per trial
+    trials = search.table("trials")
+    best = trials.sort_values("value", ascending=False).number.head(2).tolist()
+
+    assert main(["rescore", "--run", str(out), "--top", "2", "--folds", "3"]) == 0
+    rescored = RunDir.open(out / "rescore-k3")
+    manifest = rescored.manifest()
+    assert manifest["split"]["protocol"] == "kfold" and manifest["split"]["folds"] == 3
+    assert manifest["rescore"]["search_protocol"] == "holdout:0.25"
+    folds = rescored.table("folds")
+    assert sorted(set(folds.trial)) == sorted(best) and set(folds.fold) == {0, 1, 2}
+    compared = pd.read_csv(rescored.path / "rescore.csv")
+    assert sorted(compared.trial) == sorted(best) and compared.kfold_mean.between(0, 1).all()
+    # The same held-out test set as the search's.
+    was, now = search.table("splits"), rescored.table("splits")
+    assert set(was.path[was.split == "test"]) == set(now.path[now.split == "test"])
+    # A second rescore at the same k refuses to overwrite.
+    assert main(["rescore", "--run", str(out), "--top", "2", "--folds", "3"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+    code = main(["report", "--run", str(rescored.path), "--out", str(tmp_path / "report"), "--quiet"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert "3-fold CV" in (tmp_path / "report" / "index.md").read_text()
