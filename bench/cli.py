@@ -373,7 +373,7 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
     )
     console.print(
         f"split: {sp['rule']}; held-out test {sp['test_images']} images (not used here); "
-        f"{sp['folds']}-fold CV ({sp['folds_from']}) on {sp['cv_images']} images; image cache "
+        f"{data.protocol_phrase} on {sp['cv_images']} images; image cache "
         f"{'built' if summary['cache']['built'] else 'reused'} ({summary['cache']['bytes'] / 2**20:.1f} MiB)"
     )
     for line in data.split_lines():
@@ -434,8 +434,8 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
 
     shown = ["accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc"]
     n_cv = int(data.splits.cv.sum())
-    table = Table(title=f"{config.backbone} on {data.spec.name}: {data.splits.folds}-fold CV, "
-                        f"validation folds of {n_cv} images (held-out test not used)")
+    table = Table(title=f"{config.backbone} on {data.spec.name}: {data.splits.describe(data.group_word)}, "
+                        f"scored within {n_cv} CV images (held-out test not used)")
     table.add_column("fold")
     table.add_column("images")
     for m in shown:
@@ -444,7 +444,7 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
         cells = [f"{s.metrics[m]:.3f}" for m in shown] if s.status == "ok" else ["-"] * len(shown)
         table.add_row(str(s.fold + 1), str(s.info["n_val"]), *cells)
     by_metric = summary_table.set_index("metric") if len(summary_table) else None
-    if by_metric is not None:
+    if by_metric is not None and len(scores) > 1:  # one scored split (hold-out) has no spread
         table.add_row("mean ± std", str(n_cv), *[
             f"{by_metric.loc[m, 'mean']:.3f} ± {by_metric.loc[m, 'std']:.3f}" if m in by_metric.index else "-"
             for m in shown

@@ -79,6 +79,12 @@ class PreparedData:
         return h.hexdigest()
 
     @property
+    def protocol_phrase(self) -> str:
+        """How the CV pool is scored, for what commands print: "5-fold CV (--folds)" or "hold-out 20% (...)"."""
+        s = self.splits
+        return s.describe(self.group_word) if s.single_split else f"{s.folds}-fold CV ({self.folds_from})"
+
+    @property
     def group_word(self) -> str:
         return "patient" if self.spec.groups.kind != "none" else "image group"
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from bench.cli import main
+from bench.data.splits import Protocol
 from bench.errors import ConfigError, DataError
 from bench.experiment import prepare_data, prepare_data_from_manifest
-from bench.data.splits import Protocol
+from bench.results import RunDir
 from bench.search.pruners import make_pruner
 from tests.conftest import write_image
+from tests.test_search import TINY_SPACE
 
 ENTRY = """
 [tiny]
@@ -102,33 +106,12 @@ def test_a_fold_score_pruner_is_refused_on_a_single_split():
     make_pruner("median", folds=1)  # the epoch rules work on one split
 
 
-RESCORE_SPACE = """
-name = "tiny"
-[objective]
-metric = "balanced_accuracy"
-[params]
-backbone = "simple_cnn"
-weights = "none"
-size = 32
-epochs = 1
-augment = "none"
-[params.lr]
-type = "float"
-low = 1e-3
-high = 1e-2
-log = true
-"""
 
 
 @pytest.mark.slow  # a real hold-out search, then k-fold re-training and a report: about a minute on 2 cores
 def test_rescore_retrains_the_best_holdout_trials_by_kfold_and_the_report_ranks_on_them(tmp_path, capsys):
-    import pandas as pd
-
-    from bench.cli import main
-    from bench.results import RunDir
-
     space = tmp_path / "tiny.toml"
-    space.write_text(RESCORE_SPACE)
+    space.write_text(TINY_SPACE)
     out = tmp_path / "search"
     code = main(["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", "3", "--validation",
                  "holdout:0.25", "--out", str(out), "--pruner", "none", "--no-final"])

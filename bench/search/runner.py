@@ -411,8 +411,7 @@ def search_data_kwargs(o: SearchOptions) -> dict[str, Any]:
 def print_split(console: Any, data: Any) -> None:
     """The split a search scores on, and what it took out of the data."""
     s = data.splits
-    scored = f"{s.folds}-fold CV ({data.folds_from})" if not s.single_split else s.describe(data.group_word)
-    console.print(f"{data.spec.name}: {scored} on {int(s.cv.sum())} images; held-out "
+    console.print(f"{data.spec.name}: {data.protocol_phrase} on {int(s.cv.sum())} images; held-out "
                   f"test {int(s.test.sum())} images ({s.rule}), never used by the search", highlight=False)
     for line in data.split_lines():
         console.print(line, highlight=False)
