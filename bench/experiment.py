@@ -24,7 +24,15 @@ from bench.data import cache as image_cache
 from bench.data.conflicts import LabelConflict, label_conflicts
 from bench.data.index import DatasetIndex, build_index
 from bench.data.registry import binary_positive, resolve
-from bench.data.splits import EXCLUDED_BECAUSE, EXCLUDED_FOR_VALIDATION, Protocol, Splits, build_splits, classes_below, stratified_group_fraction
+from bench.data.splits import (
+    EXCLUDED_BECAUSE,
+    EXCLUDED_FOR_VALIDATION,
+    Protocol,
+    Splits,
+    build_splits,
+    classes_below,
+    stratified_group_fraction,
+)
 from bench.errors import DataError
 from bench.results import RunDir
 
