@@ -253,6 +253,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     g.add_argument("--official-test", choices=OFFICIAL_TEST_POLICIES, default="clean",
                    help="clean (default): images whose patient (or duplicate group) also has images in the official "
                         "test set leave the CV pool; as-published: keep them (the report warns)")
+    g.add_argument("--validation", default="kfold", metavar="PROTOCOL",
+                   help="kfold (default: --folds folds), holdout[:FRACTION] (one stratified, group-aware split of "
+                        "the CV pool, default 0.2) or official (the dataset's published validation split)")
     g.add_argument("--min-class-images", type=whole, default=0, metavar="N",
                    help="leave out classes with fewer than N images in the CV pool (their test images too)")
     g.add_argument("--strict", action="store_true",
@@ -277,7 +280,7 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
                 group_regex=args.group_regex, registry=str(args.registry) if args.registry else None,
                 test_fraction=args.test_fraction, official_test=args.official_test,
                 min_class_images=args.min_class_images, dedupe=args.dedupe,
-                near_threshold=check_threshold(args.near_threshold))
+                near_threshold=check_threshold(args.near_threshold), validation=args.validation)
 
 
 @register_command
@@ -391,7 +394,7 @@ def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: fl
     )
     console.print(
         f"split: {sp['rule']}; held-out test {sp['test_images']} images (not used here); "
-        f"{sp['folds']}-fold CV ({sp['folds_from']}) on {sp['cv_images']} images; image cache "
+        f"{data.protocol_phrase} on {sp['cv_images']} images; image cache "
         f"{'built' if summary['cache']['built'] else 'reused'} ({summary['cache']['bytes'] / 2**20:.1f} MiB)"
     )
     for line in data.split_lines():
@@ -452,8 +455,8 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
 
     shown = ["accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc"]
     n_cv = int(data.splits.cv.sum())
-    table = Table(title=f"{config.backbone} on {data.spec.name}: {data.splits.folds}-fold CV, "
-                        f"validation folds of {n_cv} images (held-out test not used)")
+    table = Table(title=f"{config.backbone} on {data.spec.name}: {data.splits.describe(data.group_word)}, "
+                        f"scored within {n_cv} CV images (held-out test not used)")
     table.add_column("fold")
     table.add_column("images")
     for m in shown:
@@ -462,7 +465,7 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
         cells = [f"{s.metrics[m]:.3f}" for m in shown] if s.status == "ok" else ["-"] * len(shown)
         table.add_row(str(s.fold + 1), str(s.info["n_val"]), *cells)
     by_metric = summary_table.set_index("metric") if len(summary_table) else None
-    if by_metric is not None:
+    if by_metric is not None and len(scores) > 1:  # one scored split (hold-out) has no spread
         table.add_row("mean ± std", str(n_cv), *[
             f"{by_metric.loc[m, 'mean']:.3f} ± {by_metric.loc[m, 'std']:.3f}" if m in by_metric.index else "-"
             for m in shown
@@ -653,6 +656,34 @@ class StatusCommand(Command):
         from bench.search.status import print_status
 
         return print_status(_console(), args.storage, args.runs_dir or paths.runs_dir())
+
+
+# ---- bench rescore --------------------------------------------------------------------------
+@register_command
+class RescoreCommand(Command):
+    name = "rescore"
+    help = "Re-score the N best trials of a search (e.g. a hold-out search) by full k-fold cross-validation."
+    native_log = True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--run", type=Path, required=True, help="the search's run directory")
+        parser.add_argument("--top", type=positive_int, default=3, help="how many of the best trials (default 3)")
+        parser.add_argument("--folds", type=at_least(2), default=5, help="k of the k-fold CV (default 5)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench.rescore import COMPARISON, rescore
+
+        console = _console()
+
+        def on_trial(row: dict[str, Any]) -> None:
+            kfold = "failed" if row["kfold_mean"] is None else f"{row['kfold_mean']:.3f} ± {row['kfold_std']:.3f}"
+            console.print(f"trial {row['trial']} ({row['backbone']}): {row['search_protocol']} {row['search_value']:.3f}"
+                          f" -> {args.folds}-fold CV {kfold}", highlight=False)
+
+        out = rescore(args.run, args.top, args.folds, on_trial=on_trial)
+        console.print(f"k-fold scores in {out.path} ({COMPARISON}); `bench report --run {out.path}` ranks on them")
+        return 0
 
 
 # ---- bench report ---------------------------------------------------------------------------

@@ -152,12 +152,15 @@ class DatasetSpec:
     homepage: str = ""
     notes: str = ""
     baselines: BaselineSpec | None = None
+    # The published validation split (``--validation official``): the rules of ``test`` except
+    # ``fraction``, e.g. { kind = "folder", folder = "val" } or { kind = "column", ... }.
+    validation: TestSpec | None = None
 
 
 # Fields that hold a table ({ key = value, ... }) or a list of tables, per dataclass.
 _SUBTABLES: dict[type, dict[str, type]] = {
     DatasetSpec: {"source": SourceSpec, "layout": LayoutSpec, "groups": GroupSpec, "test": TestSpec,
-                  "baselines": BaselineSpec},
+                  "baselines": BaselineSpec, "validation": TestSpec},
 }
 _TABLE_LISTS: dict[type, dict[str, type]] = {
     SourceSpec: {"files": NpzFile},
@@ -226,6 +229,16 @@ def _one_of(where: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
         )
 
 
+def _check_split_rule(spec: DatasetSpec, rule: TestSpec, where: str) -> None:
+    """What a published split (test or validation) needs beyond its kind."""
+    if rule.kind == "column" and not (rule.column and rule.value is not None):
+        raise ConfigError(f"{where}: kind 'column' needs 'column' and 'value'.")
+    if rule.kind == "column" and spec.layout.kind != "manifest":
+        raise ConfigError(f"{where}: kind 'column' needs layout kind 'manifest'.")
+    if rule.kind == "file" and not rule.file:
+        raise ConfigError(f"{where}: kind 'file' needs 'file' (a CSV listing the images).")
+
+
 def validate(spec: DatasetSpec, where: str) -> DatasetSpec:
     """Cross-field checks that the types alone cannot express."""
     _one_of(where, "task", spec.task, TASKS)
@@ -263,12 +276,10 @@ def validate(spec: DatasetSpec, where: str) -> DatasetSpec:
     test = spec.test
     if test.kind == "fraction" and not 0.0 < test.fraction < 1.0:
         raise ConfigError(f"{where}.test: 'fraction' must be between 0 and 1, got {test.fraction}.")
-    if test.kind == "column" and not (test.column and test.value is not None):
-        raise ConfigError(f"{where}.test: kind 'column' needs 'column' and 'value'.")
-    if test.kind == "column" and spec.layout.kind != "manifest":
-        raise ConfigError(f"{where}.test: kind 'column' needs layout kind 'manifest'.")
-    if test.kind == "file" and not test.file:
-        raise ConfigError(f"{where}.test: kind 'file' needs 'file' (a CSV listing the test images).")
+    _check_split_rule(spec, test, where + ".test")
+    if spec.validation is not None:
+        _one_of(where + ".validation", "kind", spec.validation.kind, TEST_KINDS[1:])
+        _check_split_rule(spec, spec.validation, where + ".validation")
     if spec.folds is not None and spec.folds < 2:
         raise ConfigError(f"{where}: 'folds' (the default --folds) must be at least 2, got {spec.folds}.")
     if spec.image_size < 16:

@@ -26,7 +26,15 @@ from bench.data.index import DatasetIndex, build_index
 from bench.data.near import (DEFAULT_THRESHOLD, NearMerge, check_dedupe, check_threshold, merge_groups,
                              near_clusters)
 from bench.data.registry import binary_positive, resolve
-from bench.data.splits import EXCLUDED_BECAUSE, Splits, build_splits, classes_below, stratified_group_fraction
+from bench.data.splits import (
+    EXCLUDED_BECAUSE,
+    EXCLUDED_FOR_VALIDATION,
+    Protocol,
+    Splits,
+    build_splits,
+    classes_below,
+    stratified_group_fraction,
+)
 from bench.errors import DataError
 from bench.results import RunDir
 
@@ -57,6 +65,7 @@ class DataSettings:
     min_class_images: int = 0
     dedupe: str = "exact"  # bench.data.near.DEDUPE_MODES: "near" also keeps near-copies on one side
     near_threshold: int = DEFAULT_THRESHOLD  # pHash bits, with dedupe "near"
+    validation: str = "kfold"  # str(Protocol): kfold, holdout:FRACTION or official
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,16 @@ class PreparedData:
         return h.hexdigest()
 
     @property
+    def protocol_phrase(self) -> str:
+        """How the CV pool is scored, for what commands print: "5-fold CV (--folds)" or "hold-out 20% (...)"."""
+        s = self.splits
+        return s.describe(self.group_word) if s.single_split else f"{s.folds}-fold CV ({self.folds_from})"
+
+    @property
+    def group_word(self) -> str:
+        return "patient" if self.spec.groups.kind != "none" else "image group"
+
+    @property
     def positive(self) -> int | None:
         return binary_positive(self.spec, self.index.classes)
 
@@ -107,7 +126,8 @@ class PreparedData:
                 "baselines": asdict(self.spec.baselines) if self.spec.baselines is not None else None,
             },
             "split": {
-                "rule": s.rule, "folds": s.folds, "folds_from": self.folds_from, "seed": s.seed,
+                "rule": s.rule, "folds": s.folds, "protocol": s.protocol,
+                "protocol_label": s.describe(self.group_word), "folds_from": self.folds_from, "seed": s.seed,
                 "cv_images": int(cv.sum()), "test_images": int(s.test.sum()),
                 "cv_groups": int(len(np.unique(s.groups[cv]))),
                 "test_groups": int(len(np.unique(s.groups[s.test]))),
@@ -128,14 +148,17 @@ class PreparedData:
 
     def split_lines(self) -> list[str]:
         """What the split took out of the data, in words, for ``bench cv`` and ``bench run``."""
-        s, lines = self.splits, []
-        word = "patient" if self.spec.groups.kind != "none" else "image group"
-        if s.excluded.any():
-            lines.append(f"removed {int(s.excluded.sum())} images of {s.shared_groups} {word}s from the CV pool: "
-                         f"they also have images in the official test set")
+        s, lines, word = self.splits, [], self.group_word
+        because = s.excluded_because()
+        if (because == EXCLUDED_BECAUSE).any():
+            lines.append(f"removed {int((because == EXCLUDED_BECAUSE).sum())} images of {s.shared_groups} {word}s "
+                         f"from the CV pool: they also have images in the official test set")
         elif s.shared_groups:
             lines.append(f"warning: CV and test share {s.shared_groups} {word}s ({s.shared_images} CV images; "
                          f"--official-test {s.official_test}): held-out scores are optimistic")
+        if (because == EXCLUDED_FOR_VALIDATION).any():
+            lines.append(f"removed {int((because == EXCLUDED_FOR_VALIDATION).sum())} training images: their {word}s "
+                         f"also have images in the official validation split")
         for name, n in s.dropped_classes.items():
             lines.append(f"left out class '{name}' (--min-class-images {self.settings.min_class_images}): "
                          f"{n['cv_images']} CV and {n['test_images']} test images")
@@ -146,7 +169,7 @@ class PreparedData:
     def write_splits(self, run: RunDir) -> None:
         idx, s = self.index, self.splits
         run.write_splits(idx.paths, [idx.classes[i] for i in idx.labels], s.groups, s.split_names(), s.fold,
-                         np.where(s.excluded, EXCLUDED_BECAUSE, ""))
+                         s.excluded_because())
 
 
 def prepare_data(
@@ -165,6 +188,7 @@ def prepare_data(
     min_class_images: int = 0,
     dedupe: str = "exact",
     near_threshold: int = DEFAULT_THRESHOLD,
+    validation: str = "kfold",
 ) -> PreparedData:
     check_dedupe(dedupe)
     check_threshold(near_threshold)  # before anything is decoded
@@ -172,8 +196,14 @@ def prepare_data(
     spec, root = resolve(dataset, registry_path=registry_path, group_regex=group_regex)
     folds_from = FOLDS_FROM[0] if folds is not None else FOLDS_FROM[1] if spec.folds is not None else FOLDS_FROM[2]
     folds = folds if folds is not None else spec.folds or DEFAULT_FOLDS
+    protocol = Protocol.parse(validation)
     test_fraction = test_fraction if test_fraction is not None else spec.test.fraction
     index = build_index(spec, root)
+    if protocol.kind == "official" and index.official_validation is None:
+        raise DataError(f"--validation official: the dataset entry '{spec.name}' names no published validation "
+                        f"split. Add one to its datasets.toml entry (e.g. validation = {{ kind = \"folder\", "
+                        f"folder = \"val\" }} or {{ kind = \"column\", column = \"split\", value = \"val\" }}), "
+                        f"or use --validation holdout or kfold.")
     size = size if size is not None else spec.image_size  # 0 is an error, never "the default"
     resize = resize or spec.resize
     for path, reason in index.passed_over[:_SHOWN]:
@@ -222,14 +252,15 @@ def prepare_data(
         held_out["official_test"] = usable.official_test
     splits = build_splits(
         usable.labels, split_groups, hashes, usable.classes, folds=folds, group_word=group_word,
-        policy=official_test, dropped_classes=dropped, **held_out,
+        policy=official_test, dropped_classes=dropped, protocol=protocol,
+        official_validation=usable.official_validation, **held_out,
     )
     images = np.asarray(cached.array[np.flatnonzero(keep)]) if not keep.all() else np.asarray(cached.array)
     settings = DataSettings(
         dataset=dataset, folds=folds, seed=seed, resize=resize, strict=strict, group_regex=group_regex,
         registry=str(registry_path) if registry_path else None, test_fraction=test_fraction,
         official_test=official_test, min_class_images=min_class_images, dedupe=dedupe,
-        near_threshold=near_threshold,
+        near_threshold=near_threshold, validation=str(protocol),
     )
     return PreparedData(spec, usable, images, splits, cached, skipped, size, resize, settings, folds_from,
                         conflicts, near)

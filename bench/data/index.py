@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bench.config import DatasetSpec
+from bench.config import DatasetSpec, TestSpec
 from bench.data.images import is_image_file
 from bench.data.walk import walk_files
 from bench.errors import DataError
@@ -61,6 +61,8 @@ class DatasetIndex:
     # lead somewhere already listed, names that are not UTF-8 (see bench.data.walk)
     passed_over: tuple[tuple[str, str], ...] = field(default=())
     pixels: PixelSource | None = None  # None: the image files at root / path
+    # bool per image, when the registry names a published validation split (--validation official)
+    official_validation: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -83,6 +85,7 @@ class DatasetIndex:
             ignored=self.ignored,
             passed_over=self.passed_over,
             pixels=self.pixels,
+            official_validation=None if self.official_validation is None else self.official_validation[idx],
         )
 
     def without_classes(self, names: set[str] | list[str]) -> tuple[DatasetIndex, np.ndarray]:
@@ -118,11 +121,15 @@ def _walk_images(root: Path, ignore: tuple[str, ...]) -> _Walk:
 def _from_folders(spec: DatasetSpec, walk: _Walk) -> tuple[list[str], list[str], list[dict]]:
     images = walk.images
     test_folder = spec.test.folder if spec.test.kind == "folder" else None
+    if test_folder is None and spec.validation is not None and spec.validation.kind == "folder":
+        test_folder = spec.validation.folder  # only turns on reading the split folder
     paths, labels, rows = [], [], []
     level = spec.layout.class_level
     for rel in images:
         parts = PurePosixPath(rel).parts[:-1]
-        if test_folder is not None and parts and parts[0] in (test_folder, "train", "val", "valid", "validation"):
+        split_folders = (test_folder, spec.validation.folder if spec.validation else None,
+                         "train", "val", "valid", "validation")
+        if test_folder is not None and parts and parts[0] in split_folders:
             split, parts = parts[0], parts[1:]
         else:
             split = None
@@ -206,12 +213,19 @@ def _groups(spec: DatasetSpec, paths: list[str], rows: list[dict]) -> list[str]:
 
 
 def _official_test(spec: DatasetSpec, root: Path, paths: list[str], rows: list[dict]) -> np.ndarray | None:
-    t = spec.test
+    return _published_split(spec, spec.test, root, paths, rows)
+
+
+def _published_split(spec: DatasetSpec, t: TestSpec | None, root: Path, paths: list[str],
+                     rows: list[dict]) -> np.ndarray | None:
+    """bool per image: in the published split ``t`` (test or validation); None when not published."""
+    if t is None:
+        return None
     if t.kind == "folder":
         return np.array([row.get("split") == t.folder for row in rows], dtype=bool)
     if t.kind == "column":
         if t.column not in rows[0]:
-            raise DataError(f"{spec.name}: test column '{t.column}' is not in the manifest.")
+            raise DataError(f"{spec.name}: split column '{t.column}' is not in the manifest.")
         return np.array([str(row[t.column]).strip() == t.value for row in rows], dtype=bool)
     if t.kind == "file":
         split_file = (root / (t.file or "")).resolve()
@@ -285,6 +299,7 @@ def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
         spec=spec,
         ignored=tuple(walk.others),
         passed_over=tuple(walk.passed_over),
+        official_validation=_published_split(spec, spec.validation, root, paths, rows),
     )
 
 

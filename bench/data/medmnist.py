@@ -301,11 +301,12 @@ def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
                             f"{len(classes)} classes ({', '.join(classes)}): the file is not this dataset, or "
                             f"'classes' in datasets.toml is wrong.")
     width = max(6, len(str(max(first.counts))))
-    paths_, label_rows, test = [], [], []
+    paths_, label_rows, test, val = [], [], [], []
     for split in SPLITS:
         paths_ += [f"{split}/{i:0{width}d}.png" for i in range(len(labels[split]))]
         label_rows.append(labels[split])
         test += [split == "test"] * len(labels[split])
+        val += [split == "val"] * len(labels[split])
     label_array = np.concatenate(label_rows)
     present = set(np.unique(label_array).tolist())
     missing = [c for i, c in enumerate(classes) if i not in present]
@@ -319,6 +320,7 @@ def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
         classes=tuple(classes),
         groups=tuple(paths_),  # no patient ids; exact duplicates are merged later
         official_test=np.array(test, dtype=bool),
+        official_validation=np.array(val, dtype=bool),  # the npz's own val arrays: --validation official
         spec=spec,
         pixels=NpzPixels(files=tuple(files), labels_file=first.path),
     )

@@ -14,6 +14,7 @@ test set bench draws itself; there it never excludes anything, since it takes wh
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -21,9 +22,47 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from bench.config import OFFICIAL_TEST_POLICIES
-from bench.errors import DataError
+from bench.errors import ConfigError, DataError
 
 EXCLUDED_BECAUSE = "its group also has images in the test set"
+EXCLUDED_FOR_VALIDATION = "its group also has images in the official validation split"
+DEFAULT_HOLDOUT = 0.2
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the CV pool is scored: ``kfold`` (k folds), ``holdout`` (one stratified, group-aware
+    split of ``fraction``) or ``official`` (the dataset's published validation split).
+
+    The two single-split protocols give ``Splits`` one fold: fold 0 is the scored split, the rest
+    of the pool carries fold 1 and is never scored.
+    """
+
+    kind: str = "kfold"
+    fraction: float = DEFAULT_HOLDOUT  # holdout only
+
+    @classmethod
+    def parse(cls, text: str) -> Protocol:
+        kind, _, value = text.strip().partition(":")
+        if kind not in PROTOCOLS:
+            raise ConfigError(f"--validation must be one of kfold, holdout[:FRACTION], official; got {text!r}.")
+        if value and kind != "holdout":
+            raise ConfigError(f"--validation {kind} takes no value, got {text!r}.")
+        if not value:
+            return cls(kind)
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = math.nan
+        if not 0 < fraction < 1:
+            raise ConfigError(f"--validation holdout:FRACTION needs a fraction between 0 and 1, got {value!r}.")
+        return cls(kind, fraction)
+
+    def __str__(self) -> str:
+        return f"holdout:{self.fraction:g}" if self.kind == "holdout" else self.kind
+
+
+PROTOCOLS = ("kfold", "holdout", "official")
 
 
 @dataclass(frozen=True)
@@ -43,11 +82,32 @@ class Splits:
     shared_images: int = 0  # their images outside the test set (excluded under "clean")
     # classes left out by --min-class-images: name -> {"cv_images": n, "test_images": m}
     dropped_classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    protocol: str = "kfold"  # str(Protocol): how the pool is scored
 
     @property
     def cv(self) -> np.ndarray:
         """bool per image: in the cross-validation pool (the only images a search or refit trains on)."""
         return self.fold >= 0
+
+    @property
+    def single_split(self) -> bool:
+        """One scored split (holdout, official) instead of k folds."""
+        return self.protocol != "kfold"
+
+    def describe(self, group_word: str = "group") -> str:
+        """The protocol in words for tables, e.g. "5-fold CV" or "hold-out 20% (60 images, 20 patients)"."""
+        if not self.single_split:
+            return f"{self.folds}-fold CV"
+        val = self.fold == 0
+        size = f"{int(val.sum())} images, {len(np.unique(self.groups[val]))} {group_word}s"
+        if self.protocol == "official":
+            return f"official validation split ({size})"
+        return f"hold-out {float(self.protocol.partition(':')[2]):.0%} ({size})"
+
+    def excluded_because(self) -> np.ndarray:
+        """Why each excluded image is out of the pool ("" for the others)."""
+        with_test = np.isin(self.groups, np.unique(self.groups[self.test]))
+        return np.where(~self.excluded, "", np.where(with_test, EXCLUDED_BECAUSE, EXCLUDED_FOR_VALIDATION))
 
     def split_names(self) -> np.ndarray:
         """``cv``, ``test`` or ``excluded`` per image."""
@@ -227,6 +287,8 @@ def build_splits(
     group_word: str = "group",
     policy: str = "clean",
     dropped_classes: dict[str, dict[str, int]] | None = None,
+    protocol: Protocol = Protocol(),
+    official_validation: np.ndarray | None = None,
 ) -> Splits:
     """Merge exact duplicates into groups, choose the test set, exclude what it shares, then the folds.
 
@@ -234,10 +296,46 @@ def build_splits(
     """
     ids, duplicates, merged = merge_duplicates(groups, row_hashes)
     held = hold_out(labels, ids, official_test=official_test, test_fraction=test_fraction, seed=seed, policy=policy)
-    fold = assign_folds(labels, ids, held.pool, classes, folds=folds, seed=seed, group_word=group_word)
+    excluded = held.excluded
+    if protocol.kind == "kfold":
+        fold = assign_folds(labels, ids, held.pool, classes, folds=folds, seed=seed, group_word=group_word)
+    else:
+        fold, excluded = single_split(labels, ids, held.pool, classes, protocol, official_validation, seed,
+                                      excluded)
+        folds = 1
     return Splits(
         groups=ids, test=held.test, fold=fold, folds=folds, seed=seed, rule=held.rule,
-        duplicates=duplicates, duplicate_groups_merged=merged, excluded=held.excluded, official_test=policy,
+        duplicates=duplicates, duplicate_groups_merged=merged, excluded=excluded, official_test=policy,
         shared_groups=held.shared_groups, shared_images=held.shared_images,
-        dropped_classes=dict(dropped_classes or {}),
+        dropped_classes=dict(dropped_classes or {}), protocol=str(protocol),
     )
+
+
+def single_split(labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, classes: tuple[str, ...],
+                 protocol: Protocol, official_validation: np.ndarray | None, seed: int,
+                 excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fold, excluded)`` for a single scored split: fold 0 is scored, fold 1 trains.
+
+    ``holdout`` takes whole groups, so no group is on both sides. ``official`` keeps the published
+    validation split as it is; pool images whose group also has validation images are excluded
+    (as the "clean" test policy does), so again no group is on both sides.
+    """
+    rows = np.flatnonzero(pool)
+    if protocol.kind == "holdout":
+        val = np.zeros(len(labels), dtype=bool)
+        val[rows] = stratified_group_fraction(labels[rows], groups[rows], protocol.fraction, seed)
+    else:
+        if official_validation is None:
+            raise DataError("--validation official needs the dataset's published validation split.")
+        val = official_validation.astype(bool) & pool
+        shared = pool & ~val & np.isin(groups, np.unique(groups[val]))
+        excluded = excluded | shared
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    fold[pool & ~excluded] = 1
+    fold[val] = 0
+    for side, name in ((fold == 0, "validation"), (fold == 1, "training")):
+        missing = [c for i, c in enumerate(classes) if not (side & (labels == i)).any()]
+        if missing:
+            raise DataError(f"--validation {protocol}: the {name} side has no images of class(es) "
+                            f"{', '.join(repr(c) for c in missing)}; use a larger fraction or --validation kfold.")
+    return fold, excluded

@@ -156,7 +156,9 @@ def split_facts(coll: Collection, dataset: str) -> dict[str, Any]:
             "folds_from": split.get("folds_from"), "official_test": split.get("official_test"),
             "shared_groups": split.get("shared_groups"), "shared_images": split.get("shared_images"),
             "excluded_images": split.get("excluded_images"), "dropped_classes": split.get("dropped_classes") or {},
-            "min_class_images": split.get("min_class_images")}
+            "min_class_images": split.get("min_class_images"),
+            # e.g. "hold-out 20% (60 images, 20 patients)"; None for k-fold CV (and older runs)
+            "protocol_label": split.get("protocol_label") if split.get("protocol", "kfold") != "kfold" else None}
 
 
 def split_removals(sp: dict[str, Any]) -> str:
@@ -191,6 +193,8 @@ def cv_phrase(coll: Collection, dataset: str, folds: Any = None, images: Any = N
     facts = split_facts(coll, dataset)
     folds = folds if folds is not None else facts["folds"]
     images = images if images is not None else facts["cv_images"]
+    if facts.get("protocol_label") and folds == facts["folds"]:  # holdout / official: one scored split
+        return f"{facts['protocol_label']} of {count(images)} CV images"
     return f"{folds if folds is not None else '?'}-fold CV on {count(images)} images"
 
 

@@ -204,7 +204,16 @@ PRUNERS: dict[str, tuple[Callable[[], optuna.pruners.BasePruner], str]] = {
 }
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
+# Pruners that compare outer-fold scores only: with one scored split (--validation holdout or
+# official) they have nothing to compare (FoldWilcoxonPruner would never prune).
+FOLD_ONLY = ("wilcoxon",)
+
+
+def make_pruner(name: str, folds: int | None = None) -> optuna.pruners.BasePruner:
+    """The pruner ``name``; ``folds`` (when known) refuses a fold-score rule on a single split."""
     if name not in PRUNERS:
         raise ConfigError(f"Unknown pruner '{name}'.{close_matches(name, PRUNERS)} Allowed: {', '.join(PRUNERS)}.")
+    if folds == 1 and name in FOLD_ONLY:
+        raise ConfigError(f"--pruner {name} compares fold scores, and --validation holdout/official scores one split: "
+                          f"it would never prune. Use --pruner median or halving (they read the epochs).")
     return PRUNERS[name][0]()

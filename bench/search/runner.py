@@ -83,6 +83,7 @@ class SearchOptions:
     min_class_images: int = 0
     dedupe: str = "exact"
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
+    validation: str = "kfold"  # str(Protocol)
     storage: str | None = None
     study: str | None = None
     out: Path | None = None
@@ -144,7 +145,7 @@ class Supervisor:
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
         self.data = prepare_data(**search_data_kwargs(o), size=self.size)
         self.o = o = replace(o, folds=self.data.splits.folds)  # the dataset's default when --folds is not given
-        make_pruner(o.pruner)
+        make_pruner(o.pruner, folds=self.data.splits.folds)
         print_split(self.console, self.data)
         self.study_name = o.study or f"{self.data.spec.name}-{self.space.name}"
         parent = o.runs_dir or paths.runs_dir()
@@ -428,7 +429,7 @@ def search_data_kwargs(o: SearchOptions) -> dict[str, Any]:
 def print_split(console: Any, data: Any) -> None:
     """The split a search scores on, and what it took out of the data."""
     s = data.splits
-    console.print(f"{data.spec.name}: {s.folds}-fold CV ({data.folds_from}) on {int(s.cv.sum())} images; held-out "
+    console.print(f"{data.spec.name}: {data.protocol_phrase} on {int(s.cv.sum())} images; held-out "
                   f"test {int(s.test.sum())} images ({s.rule}), never used by the search", highlight=False)
     for line in data.split_lines():
         console.print(line, highlight=False)
