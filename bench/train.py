@@ -279,7 +279,7 @@ class FoldTrainer:
 
     def __init__(self, config: TrainConfig, n_classes: int, n_train_hint: int, *, on_features: bool = False) -> None:
         if on_features and not features.eligible(config):
-            raise ConfigError("Only a fully frozen backbone without augmentation can train on cached features.")
+            raise ValueError("Only a fully frozen backbone without augmentation can train on cached features.")
         self.config = config
         self.on_features = on_features
         self.n_classes = n_classes

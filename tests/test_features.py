@@ -73,7 +73,7 @@ def test_head_on_features_trains_like_the_backbone_every_epoch(tmp_path: Path) -
 def test_only_a_frozen_unaugmented_trial_trains_on_features() -> None:
     assert features.eligible(frozen())
     assert not features.eligible(frozen(unfrozen=1)) and not features.eligible(frozen(augment="light"))
-    with pytest.raises(features.ConfigError, match="fully frozen"):
+    with pytest.raises(ValueError, match="fully frozen"):
         FoldTrainer(frozen(augment="light"), 2, n_train_hint=32, on_features=True)
 
 
