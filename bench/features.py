@@ -229,6 +229,22 @@ def split_at_backbone(classifier: keras.Model, base: keras.Model) -> tuple[keras
 
 
 
+def predict_head(head: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The head's probabilities for feature maps ``x``, in fixed-size padded batches.
+
+    ``model.predict`` sets up a data pipeline per call (measured: 0.3 s of a 0.4 s epoch of a
+    head on 170 feature maps, most of it the inner split's per-epoch prediction); one traced call
+    per batch of a fixed shape costs milliseconds and never retraces. Rows are independent in
+    inference mode, so the padding changes no prediction."""
+    out = []
+    for start in range(0, len(x), _CHUNK):
+        chunk = np.asarray(x[start : start + _CHUNK])
+        padded = np.zeros((_CHUNK, *chunk.shape[1:]), chunk.dtype)
+        padded[: len(chunk)] = chunk
+        out.append(np.asarray(head.predict_on_batch(padded))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, head.output.shape[-1]))
+
+
 def images_id(data: Any) -> str:
     """Which images, decoded how: the image cache's key (fingerprint, size, resize, decoder) and
     the rows a prepared dataset kept of it (unreadable files and dropped classes left out)."""

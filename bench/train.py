@@ -437,4 +437,6 @@ class FoldTrainer:
         return history
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.on_features:
+            return features.predict_head(self.model, x).astype("float64")
         return np.asarray(self.model.predict(x, batch_size=max(self.config.batch_size, 64), verbose=0), dtype="float64")
