@@ -221,3 +221,16 @@ def test_cached_and_ordinary_frozen_trials_score_alike_on_the_demo(lite0_imagene
     assert ba["computed"].mean() > 0.75 and np.abs(ba["cached"] - ba["computed"]).max() <= 0.005, ba
     p = {k: r.table("predictions").filter(like="p_").to_numpy() for k, r in runs.items()}
     assert np.abs(p["cached"] - p["computed"]).max() < 5e-3
+
+
+def test_report_line_sums_the_cached_folds_time_saved() -> None:
+    import pandas as pd
+
+    from bench.report.feature_cache import saved_time_line
+
+    folds = pd.DataFrame({"features": ["cached", "cached", "computed"], "seconds_fit": [2.0, 1.0, 30.0],
+                          "seconds_features": [4.0, 0.0, 0.0], "seconds_saved_est": [20.0, 25.0, 0.0]})
+    line = saved_time_line(folds)
+    assert line is not None and "2 of 3 folds" in line and "in 7 s" in line and "45 s more" in line
+    assert saved_time_line(folds.assign(features="computed")) is None
+    assert saved_time_line(folds.drop(columns="features")) is None  # a run from before the cache
