@@ -390,20 +390,21 @@ def cross_validate(
     is predicted once, after training, and only that prediction is scored. ``on_epoch`` may
     return a reason to stop the fold (a pruned trial): the fold is recorded with that status.
     """
-    from bench.train import FoldTrainer  # imports keras: keep `bench datasets` fast
+    from bench import features  # imports keras: keep `bench datasets` fast
 
     s = data.splits
     labels = data.index.labels
     first_train, _ = s.fold_masks(0)
-    trainer = FoldTrainer(config, len(data.index.classes), n_train_hint=int(first_train.sum()))
+    # `inputs` are the images, or the frozen backbone's cached outputs for them (same rows).
+    trainer, inputs, cached = features.trainer_for(config, data, n_train_hint=int(first_train.sum()))
     scorer = epoch_scorer(data, epoch_metrics)
     scores: list[FoldScore] = []
     for k in range(s.folds):
         train, val = s.fold_masks(k)
         fit, stop = inner_split(data, train, config.inner_val, key=k)
         result = trainer.fit_fold(
-            k, data.images[fit], labels[fit], data.images[val], labels[val],
-            data.images[stop], labels[stop], scorer=scorer,
+            k, inputs[fit], labels[fit], inputs[val], labels[val],
+            inputs[stop], labels[stop], scorer=scorer,
             on_epoch=(lambda e, logs, k=k: on_epoch(k, e, logs)) if on_epoch else None,
         )
         n_epochs = max(result.epochs_run, 1)
@@ -420,6 +421,8 @@ def cross_validate(
             "learning_rate_final": trainer.learning_rate,
             "trainable_params": trainer.parts.trainable_params,
             "total_params": trainer.parts.total_params,
+            **features.fold_info(cached, k == 0, epochs_run=result.epochs_run, n_train=result.n_train,
+                                 n_stop=result.n_stop, n_val=result.n_val),
         }
         metric_values: dict[str, float] = {}
         predictions = None

@@ -101,7 +101,8 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
                  explain: str = "gradcam") -> dict[str, Any]:
     from bench.clinical import evaluate_clinical, require_oof
     from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data_from_manifest
-    from bench.train import FoldTrainer, TrainConfig
+    from bench.features import trainer_for
+    from bench.train import TrainConfig
 
     run = RunDir.open(run_dir)
     manifest = run.manifest()
@@ -139,12 +140,13 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
             f"images (up to {config.epochs} epochs; early stopping and LR reduction read the other "
             f"{int(stop.sum())}), then scoring {int(test.sum())} held-out test images")
         t0 = time.perf_counter()
-        trainer = FoldTrainer(config, len(data.index.classes), n_train_hint=int(fit.sum()))
+        # On cached features the refit trains the classifier's own head: the saved model is whole.
+        trainer, inputs, _ = trainer_for(config, data, n_train_hint=int(fit.sum()))
         labels = data.index.labels
-        history = trainer.fit_full(data.images[fit], labels[fit], data.images[stop], labels[stop],
+        history = trainer.fit_full(inputs[fit], labels[fit], inputs[stop], labels[stop],
                                    scorer=epoch_scorer(data, (objective,)))
         epochs = len(history.get("loss", []))
-        proba = trainer.predict(data.images[test])
+        proba = trainer.predict(inputs[test])
         seconds = time.perf_counter() - t0
         y = data.index.labels[test]
         # Resample whole patients (cluster bootstrap); without patient ids, images (exact duplicates together).

@@ -9,7 +9,10 @@ runs from several machines):
     config.json        the training configuration(s) scored (keyed by trial number)
     splits.csv         path, label, group, split (cv|test|excluded), fold (-1 outside CV), excluded_because
                        (why an image is in neither CV nor test: it shares a patient with the test set)
-    folds.csv          one row per trial x fold: status, epochs, timings, sizes
+    folds.csv          one row per trial x fold: status, epochs, timings, sizes; features (which
+                       path the fold took: ``cached`` = the head trained on cached frozen-backbone
+                       outputs, ``computed`` = the backbone ran every epoch), seconds_features and
+                       seconds_saved_est (what the cache cost the fold, and its estimated saving)
     metrics.csv        one row per trial x fold x metric: value (split = cv for validation folds)
     predictions.csv    one row per trial x validation image: path, group, fold, truth (class name),
                        target (class index), p_<class>...
@@ -70,6 +73,8 @@ from bench.atomic import write_atomic, write_text_atomic
 from bench.errors import BenchError, DataError
 
 SCHEMA_VERSION = 1
+# folds.csv's `features` values (see bench.features).
+FEATURES_CACHED, FEATURES_COMPUTED = "cached", "computed"
 
 FILES = {
     "manifest": "manifest.json",

@@ -40,6 +40,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from bench import features
 from bench.augment import policy_layers
 from bench.errors import ConfigError, close_matches
 from bench.finetune import Trainability, with_lr_scale
@@ -232,8 +233,8 @@ class _InnerValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None or not math.isfinite(float(logs.get("loss", 0.0))):
             return
-        if _batchnorms(self.trainer.classifier):
-            reestimate_batchnorm(self.trainer.classifier, self.x_train, seed=self.seed, limit=BN_REFRESH_IMAGES)
+        if _batchnorms(self.trainer.core):
+            reestimate_batchnorm(self.trainer.core, self.x_train, seed=self.seed, limit=BN_REFRESH_IMAGES)
         proba = self.trainer.predict(self.x_stop)
         if not np.all(np.isfinite(proba)):
             logs["val_loss"] = math.inf
@@ -326,10 +327,19 @@ class _Phase:
 
 
 class FoldTrainer:
-    """One configuration, built and compiled once, trained fresh on each fold."""
+    """One configuration, built and compiled once, trained fresh on each fold.
 
-    def __init__(self, config: TrainConfig, n_classes: int, n_train_hint: int) -> None:
+    With ``on_features`` (a frozen backbone, no augmentation: ``bench.features.eligible``) the
+    trainer's inputs are the backbone's cached feature maps instead of images: the model it fits
+    and predicts with is the classifier's own head, with the same loop and callbacks, and
+    ``classifier`` is still the whole image -> probabilities model, holding the trained head.
+    """
+
+    def __init__(self, config: TrainConfig, n_classes: int, n_train_hint: int, *, on_features: bool = False) -> None:
+        if on_features and not features.eligible(config):
+            raise ValueError("Only a fully frozen backbone without augmentation can train on cached features.")
         self.config = config
+        self.on_features = on_features
         self.n_classes = n_classes
         t0 = time.perf_counter()
         keras.utils.set_random_seed(config.seed)
@@ -345,17 +355,25 @@ class FoldTrainer:
             unfrozen=config.unfrozen, bn_momentum=bn_momentum, head=config.head(),
         )
         self.classifier: keras.Model = self.parts.model
-        inputs = keras.Input((config.size, config.size, 3), name="image")
-        x = inputs
-        for layer in policy_layers(config.augment, seed=config.seed):
-            x = layer(x)
-        # Augmentation wraps the classifier instead of living inside it: the classifier is what
-        # gets exported, and BN re-estimation runs on un-augmented images.
-        outputs = self.classifier(x)
-        self.model = keras.Model(inputs, outputs, name="train_model")
+        # What the inputs go through: the classifier, or its head on features. BN re-estimation runs on it.
+        self.core = self.classifier
+        self.extractor: keras.Model | None = None
+        if on_features:
+            self.extractor, self.core = features.split_at_backbone(self.classifier, self.parts.base)
+            self.model = self.core
+            outputs = None
+        else:
+            inputs = keras.Input((config.size, config.size, 3), name="image")
+            x = inputs
+            for layer in policy_layers(config.augment, seed=config.seed):
+                x = layer(x)
+            # Augmentation wraps the classifier instead of living inside it: the classifier is what
+            # gets exported, and BN re-estimation runs on un-augmented images.
+            outputs = self.classifier(x)
+            self.model = keras.Model(inputs, outputs, name="train_model")
         self.optimizer = self._compile(self.model, config.backbone_lr_scale)
         self.phases = [_Phase(self.model, self.optimizer, None, None)]
-        if config.head_epochs:
+        if config.head_epochs and outputs is not None:
             # Phase 1: a second model over the same layers, compiled while the backbone is frozen.
             trained = Trainability.of(self.parts.base)
             trained.frozen().apply()
@@ -506,7 +524,7 @@ class FoldTrainer:
         val_losses = history.get("val_loss", [])[first:]
         best_epoch = first + int(np.nanargmin(val_losses)) + 1 if c.early_stopping and val_losses else epochs_run
         t0 = time.perf_counter()
-        reestimate_batchnorm(self.classifier, x_train, c.batch_size, seed=c.seed + fold)
+        reestimate_batchnorm(self.core, x_train, c.batch_size, seed=c.seed + fold)
         seconds["bn_reestimate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         proba = self.predict(x_val)
@@ -526,8 +544,10 @@ class FoldTrainer:
                                     scorer=scorer)
         if log.nan_at:
             raise FloatingPointError(f"refit stopped: {log.nan_at}")
-        reestimate_batchnorm(self.classifier, x, c.batch_size, seed=c.seed + 999)
+        reestimate_batchnorm(self.core, x, c.batch_size, seed=c.seed + 999)
         return history
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.on_features:
+            return features.predict_head(self.model, x).astype("float64")
         return np.asarray(self.model.predict(x, batch_size=max(self.config.batch_size, 64), verbose=0), dtype="float64")

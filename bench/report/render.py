@@ -38,6 +38,7 @@ from bench.report import clinical as RC
 from bench.report import figures as F
 from bench.report import tables as T
 from bench.report.collect import Collection, Note, collect, resolve_runs
+from bench.report.feature_cache import saved_time_line
 from bench.report.figures import Figure
 from bench.report.tables import Table, slug
 
@@ -419,6 +420,10 @@ class Builder:
         studies = [(r, s) for r, s in studies if s is not None]
         labels = tuple(f"{r.label}:" for r in runs)
         self.notes([n for n in coll.notes_for(d, "search") if n.text.startswith(labels)])
+        if not coll.folds.empty:
+            cache_line = saved_time_line(coll.folds[(coll.folds.dataset == d) & (coll.folds.study == study_name)])
+            if cache_line:
+                self.para(cache_line)
         prefix = slug(d, study_name)
         objective = runs[0].objective
         if studies:

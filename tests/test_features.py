@@ -1,0 +1,236 @@
+"""The frozen-feature cache: the same scores as running the backbone every epoch, an entry built
+once (also by racing processes), keyed by what the features depend on, rebuilt when damaged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from bench import features
+from bench.experiment import cross_validate, prepare_data
+from bench.metrics import compute_metrics
+from bench.models import get_backbone, imagenet_path
+from bench.results import RunDir
+from bench.train import FoldTrainer, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_data(n: int = 96, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes told apart by brightness, unbalanced (class weights matter)."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 3 == 0).astype(int)
+    x = rng.integers(0, 90, (n, size, size, 3)) + 100 * y[:, None, None, None]
+    return x.astype(np.uint8), y
+
+
+def frozen(**kw) -> TrainConfig:
+    base = dict(backbone="simple_cnn", size=32, unfrozen=0, augment="none", epochs=6, lr=1e-2, batch_size=16,
+                dropout=0.3, label_smoothing=0.1, early_stopping=2, reduce_lr=1, seed=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def tiny_extractor(size: int = 8, seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    return keras.Model(inputs, keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs))
+
+
+def test_head_on_features_trains_like_the_backbone_every_epoch(tmp_path: Path) -> None:
+    """Same head, dropout, seeds, inner split, early stopping, LR plateau, class weights and label
+    smoothing: the per-image probabilities agree to float16 rounding, and the exported classifier
+    is the whole image -> probabilities model holding the head trained on features."""
+    x, y = toy_data()
+    fit, stop, val = slice(0, 56), slice(56, 72), slice(72, 96)
+    ordinary = FoldTrainer(frozen(), 2, n_train_hint=56)
+    cached = FoldTrainer(frozen(), 2, n_train_hint=56, on_features=True)
+    key = features.feature_key("toy", 32, "squash", "simple_cnn",
+                               features.weights_identity(None, cached.parts.base))
+    found = features.load_or_build(cached.extractor, x, key, cache_dir=tmp_path)
+    assert found is not None and found.built and found.array.dtype == np.float16
+    a = ordinary.fit_fold(0, x[fit], y[fit], x[val], y[val], x[stop], y[stop])
+    f = found.array
+    b = cached.fit_fold(0, f[fit], y[fit], f[val], y[val], f[stop], y[stop])
+    assert a.ok and b.ok and a.epochs_run == b.epochs_run
+    assert set(a.history) == set(b.history) and "learning_rate" in b.history
+    assert np.allclose(a.history["learning_rate"], b.history["learning_rate"])
+    assert np.allclose(a.history["val_loss"], b.history["val_loss"], atol=2e-3)
+    assert np.abs(a.proba - b.proba).max() < 2e-3
+    ba = [compute_metrics(y[val], p, names=("balanced_accuracy",))["balanced_accuracy"] for p in (a.proba, b.proba)]
+    assert ba[0] > 0.8 and abs(ba[0] - ba[1]) <= 0.005, ba
+    # The classifier on images predicts what the head on features predicted.
+    whole = np.asarray(cached.classifier.predict(x[val].astype("float32"), verbose=0))
+    assert np.abs(whole - b.proba).max() < 2e-3
+
+
+def test_only_a_frozen_unaugmented_trial_trains_on_features() -> None:
+    assert features.eligible(frozen())
+    assert not features.eligible(frozen(unfrozen=1)) and not features.eligible(frozen(augment="light"))
+    with pytest.raises(ValueError, match="fully frozen"):
+        FoldTrainer(frozen(augment="light"), 2, n_train_hint=32, on_features=True)
+
+
+def test_second_call_reuses_the_entry_without_computing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = np.random.default_rng(0).integers(0, 255, (40, 8, 8, 3)).astype(np.uint8)
+    extractor = tiny_extractor()
+    first = features.load_or_build(extractor, images, "k", cache_dir=tmp_path)
+    assert first is not None and first.built and first.array.shape == (40, 4, 4, 4)
+    monkeypatch.setattr(features, "_compute", lambda *a: pytest.fail("computed again"))
+    second = features.load_or_build(extractor, images, "k", cache_dir=tmp_path)
+    assert second is not None and not second.built
+    assert np.array_equal(first.array, second.array)
+    expected = extractor.predict(images.astype("float32"), verbose=0)
+    assert np.allclose(second.array, expected, atol=1e-2, rtol=1e-3)
+
+
+def test_key_changes_with_weights_file_size_and_random_init(tmp_path: Path) -> None:
+    one, two = tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"
+    one.write_bytes(b"weights one")
+    two.write_bytes(b"weights two")
+    ids = [features.weights_identity(str(p), tiny_extractor()) for p in (one, two)]
+    assert ids[0] != ids[1] and len(ids[0]) == 64
+    random_ids = [features.weights_identity(None, tiny_extractor(seed=s)) for s in (0, 0, 1)]
+    assert random_ids[0] == random_ids[1] != random_ids[2] and random_ids[0].startswith("random:")
+    key = features.feature_key("imgs", 64, "squash", "mobilenet_v2", ids[0])
+    assert key == features.feature_key("imgs", 64, "squash", "mobilenet_v2", ids[0])
+    others = {features.feature_key("imgs", 64, "squash", "mobilenet_v2", ids[1]),
+              features.feature_key("imgs", 96, "squash", "mobilenet_v2", ids[0]),
+              features.feature_key("imgs", 64, "pad", "mobilenet_v2", ids[0]),
+              features.feature_key("other", 64, "squash", "mobilenet_v2", ids[0])}
+    assert key not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_entry_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    images = np.random.default_rng(1).integers(0, 255, (30, 8, 8, 3)).astype(np.uint8)
+    extractor = tiny_extractor()
+    good = features.load_or_build(extractor, images, "k", cache_dir=tmp_path)
+    assert good is not None
+    reference = np.array(good.array)
+    del good
+    npy = tmp_path / "k.npy"
+    raw = bytearray(npy.read_bytes())
+    if damage == "truncate":
+        npy.write_bytes(bytes(raw[: len(raw) // 2]))
+    else:
+        raw[-100] ^= 0xFF
+        npy.write_bytes(bytes(raw))
+    again = features.load_or_build(extractor, images, "k", cache_dir=tmp_path)
+    assert again is not None and again.built
+    assert np.array_equal(np.asarray(again.array), reference)
+
+
+def test_entry_over_the_budget_is_not_cached_and_the_trial_runs_the_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(features.BUDGET_ENV, "0")
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    assert features.load_or_build(tiny_extractor(), images, "k") is None
+    monkeypatch.setenv(features.BUDGET_ENV, "lots")
+    with pytest.raises(features.ConfigError, match=features.BUDGET_ENV):
+        features.budget_bytes()
+
+
+def test_budget_evicts_the_least_recently_used_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = np.zeros((64, 8, 8, 3), np.uint8)  # 64 x 4x4x4 float16 = 8 KiB per entry
+    monkeypatch.setenv(features.BUDGET_ENV, str(20 * 1024 / 2**30))
+    extractor = tiny_extractor()
+    for key in ("old", "mid"):
+        features.load_or_build(extractor, images, key, cache_dir=tmp_path)
+        time.sleep(0.05)
+    features.load_or_build(extractor, images, "old", cache_dir=tmp_path)  # used again: "mid" is now oldest
+    features.load_or_build(extractor, images, "new", cache_dir=tmp_path)
+    assert sorted(p.stem for p in tmp_path.glob("*.npy")) == ["new", "old"]
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+import keras, numpy as np
+from bench import features
+root, go = Path(sys.argv[1]), Path(sys.argv[2])
+keras.utils.set_random_seed(0)
+inputs = keras.Input((8, 8, 3))
+extractor = keras.Model(inputs, keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs))
+compute = features._compute
+def slow(*a):  # widen the window in which the other process asks for the same entry
+    time.sleep(1.0)
+    return compute(*a)
+features._compute = slow
+images = np.random.default_rng(2).integers(0, 255, (50, 8, 8, 3)).astype(np.uint8)
+(root / f"ready-{sys.argv[3]}").touch()
+while not go.exists():
+    time.sleep(0.01)
+found = features.load_or_build(extractor, images, "raced", cache_dir=root)
+print("built" if found.built else "reused", float(np.asarray(found.array, dtype="float64").sum()))
+"""
+
+
+def test_two_processes_racing_build_the_entry_once(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), str(go), str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    words = sorted(out.split()[0] for out, _ in outs)
+    assert words == ["built", "reused"], outs
+    assert outs[0][0].split()[1] == outs[1][0].split()[1]  # both read the same array
+
+
+@pytest.fixture(scope="module")
+def lite0_imagenet(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """EfficientNet-Lite0's ImageNet file: the converted one on this machine, else converted here."""
+    found = imagenet_path(get_backbone("efficientnet_lite0"))
+    if found is not None:
+        return str(found)
+    from bench.models import convert_lite0
+
+    return str(convert_lite0.convert(tmp_path_factory.mktemp("weights")).path)
+
+
+@pytest.mark.slow
+def test_cached_and_ordinary_frozen_trials_score_alike_on_the_demo(lite0_imagenet: str) -> None:
+    """The issue's check: a frozen ImageNet Lite0 trial on the demo X-rays, by cross-validation
+    on cached features and with the backbone run every epoch: equal balanced accuracy within a
+    few thousandths per fold, per-image probabilities close, folds.csv naming the path taken."""
+    data = prepare_data("pneumonia-demo", folds=3, size=64)
+    config = TrainConfig(backbone="efficientnet_lite0", weights=lite0_imagenet, size=64, unfrozen=0,
+                         augment="none", epochs=6, dropout=0.3, seed=3)
+    runs = {}
+    for path, allowed in (("cached", features.eligible), ("computed", lambda c: False)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(features, "eligible", allowed)
+            runs[path] = RunDir.create(Path(os.environ["BENCH_RUNS"]), "demo", tag=path)
+            scores = cross_validate(data, config, runs[path])
+        assert all(s.status == "ok" for s in scores)
+    folds = {p: r.table("folds") for p, r in runs.items()}
+    assert list(folds["cached"].features) == ["cached"] * 3 and list(folds["computed"].features) == ["computed"] * 3
+    assert (folds["cached"].seconds_saved_est > 0).all()
+    ba = {p: r.table("metrics").query("metric == 'balanced_accuracy'").value.to_numpy() for p, r in runs.items()}
+    assert ba["computed"].mean() > 0.75 and np.abs(ba["cached"] - ba["computed"]).max() <= 0.005, ba
+    p = {k: r.table("predictions").filter(like="p_").to_numpy() for k, r in runs.items()}
+    assert np.abs(p["cached"] - p["computed"]).max() < 5e-3
+
+
+def test_report_line_sums_the_cached_folds_time_saved() -> None:
+    import pandas as pd
+
+    from bench.report.feature_cache import saved_time_line
+
+    folds = pd.DataFrame({"features": ["cached", "cached", "computed"], "seconds_fit": [2.0, 1.0, 30.0],
+                          "seconds_features": [4.0, 0.0, 0.0], "seconds_saved_est": [20.0, 25.0, 0.0]})
+    line = saved_time_line(folds)
+    assert line is not None and "2 of 3 folds" in line and "in 7 s" in line and "45 s more" in line
+    assert saved_time_line(folds.assign(features="computed")) is None
+    assert saved_time_line(folds.drop(columns="features")) is None  # a run from before the cache
