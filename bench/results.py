@@ -25,8 +25,17 @@ runs from several machines):
                        n_units (how many) (split = test); files written before unit existed read as
                        unit images, n_units = n_images, which is what they resampled
     test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
+    test_variants.csv  ``bench final --tta/--ensemble``: test_metrics.csv's columns plus variant
+                       (refit+tta, fold-ensemble, fold-ensemble+tta) and, for the objective, diff,
+                       diff_low, diff_high (the variant minus the refit, paired bootstrap 95% CI)
+    test_variant_predictions.csv  test_predictions.csv's columns plus variant
+    external/<slug>/   ``bench evaluate``: the final models scored on a dataset outside the search;
+                       test_metrics.csv and test_predictions.csv in the held-out files' schema
+                       (split = external), confusion_<backbone>.csv, summary.json (source, sizes,
+                       overlap with the run's data)
     study.db           the Optuna study (default SQLite storage)
-    models/            the final models, <backbone>.keras (written by ``bench final``)
+    models/            the final models, <backbone>.keras (written by ``bench final``); with
+                       ``--ensemble folds`` also <backbone>.fold<k>.keras, each CV fold's model
     figures/           gradcam_<backbone>.png: Grad-CAM of correct and wrong held-out predictions
                        per class (``bench final``; the report shows it, it never loads a model)
     export/            models exported by ``bench export``, each with its model card
@@ -71,7 +80,11 @@ FILES = {
     "test_metrics": "test_metrics.csv",
     "test_predictions": "test_predictions.csv",
     "study": "study.db",
+    "test_variants": "test_variants.csv",
+    "test_variant_predictions": "test_variant_predictions.csv",
 }
+EXTERNAL_DIR = "external"
+EXTERNAL_FILES = {"metrics": "test_metrics.csv", "predictions": "test_predictions.csv", "summary": "summary.json"}
 
 
 def new_run_id(tag: str = "") -> str:
@@ -240,15 +253,62 @@ class RunDir:
             final = self.final()
             final.setdefault("backbones", {})[backbone] = info
             _atomic_json(self.file("final"), final)
-            for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
-                path = self.file(key)
-                old = self.table(key) if path.exists() else None
-                if old is not None and len(old):
-                    frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
-                _atomic_csv(path, frame)
+            self._replace_rows("test_metrics", backbone, pd.DataFrame(metrics))
+            self._replace_rows("test_predictions", backbone, predictions)
+            for key in ("test_variants", "test_variant_predictions"):  # they were of the model just replaced
+                if self.file(key).exists():
+                    self._replace_rows(key, backbone, pd.DataFrame())
+
+    def _replace_rows(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
+        path = self.file(key)
+        old = self.table(key) if path.exists() else None
+        if old is not None and len(old):
+            frame = pd.concat([old[old.backbone != backbone], frame], ignore_index=True)
+        _atomic_csv(path, frame)
+
+    def write_final_variants(self, backbone: str, entries: list[dict[str, Any]], metrics: list[dict[str, Any]],
+                             predictions: pd.DataFrame) -> None:
+        """The variants ``bench final`` scored beside ``backbone``'s refit; a re-run replaces its rows."""
+        with self.lock():
+            final = self.final()
+            info = final.setdefault("backbones", {}).setdefault(backbone, {})
+            info["variants"] = entries
+            _atomic_json(self.file("final"), final)
+            self._replace_rows("test_variants", backbone, pd.DataFrame(metrics))
+            self._replace_rows("test_variant_predictions", backbone, predictions)
 
     def model_path(self, backbone: str) -> Path:
         return self.path / "models" / f"{backbone}.keras"
+
+    def member_path(self, backbone: str, fold: int) -> Path:
+        """One CV fold's model of the best trial, kept by ``bench final --ensemble folds``."""
+        return self.path / "models" / f"{backbone}.fold{fold}.keras"
+
+    def external_dir(self, slug: str) -> Path:
+        return self.path / EXTERNAL_DIR / slug
+
+    def write_external(self, slug: str, summary: dict[str, Any], metrics: pd.DataFrame, predictions: pd.DataFrame,
+                       confusions: dict[str, pd.DataFrame]) -> Path:
+        """``bench evaluate``'s result on one external dataset; a re-run replaces the whole folder's files."""
+        folder = self.external_dir(slug)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            _atomic_csv(folder / EXTERNAL_FILES["metrics"], metrics)
+            _atomic_csv(folder / EXTERNAL_FILES["predictions"], predictions)
+            for backbone, frame in confusions.items():
+                write_atomic(folder / f"confusion_{backbone}.csv", lambda f, frame=frame: frame.to_csv(f))
+            _atomic_json(folder / EXTERNAL_FILES["summary"], summary)
+        return folder
+
+    def externals(self) -> dict[str, tuple[dict[str, Any], pd.DataFrame]]:
+        """Each external evaluation: slug -> (summary, metrics)."""
+        root = self.path / EXTERNAL_DIR
+        out = {}
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            summary, metrics = folder / EXTERNAL_FILES["summary"], folder / EXTERNAL_FILES["metrics"]
+            if summary.is_file() and metrics.is_file():
+                out[folder.name] = (json.loads(summary.read_text()), pd.read_csv(metrics, dtype={"backbone": str}))
+        return out
 
     def gradcam_path(self, backbone: str) -> Path:
         """Grid of Grad-CAM overlays of the final model's held-out predictions (``bench final``)."""
