@@ -201,7 +201,7 @@ def score_variants(plan: VariantPlan, *, data: Any, config: Any, run: RunDir, ba
         entry = {"variant": name, "tta": tta, "tta_transforms": list(TTA_SETS[tta]), **facts,
                  "seconds": round(seconds, 1), "n_test": int(test.sum()),
                  "metrics": {k: v.value for k, v in cis.items()}}
-        rows = [{"backbone": backbone, "trial": trial, "variant": name, "split": "test", "metric": m,
+        rows = [{"backbone": backbone, "trial": trial, "variant": name, "tta": tta, "split": "test", "metric": m,
                  "value": ci.value, "low": ci.low, "high": ci.high, "n_images": ci.n, "n_boot": ci.n_boot,
                  "unit": ci.unit, "n_units": ci.n_units, **diffs.get(m, {})}
                 for m, ci in cis.items()]

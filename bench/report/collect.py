@@ -101,6 +101,8 @@ class Collection:
     notes: list[Note] = field(default_factory=list)
     root: Path | None = None
     study_cache: dict[str, Any] = field(default_factory=dict)  # run label -> Optuna study or None
+    variants: pd.DataFrame = field(default_factory=pd.DataFrame)  # test_variants.csv rows (bench final --tta ...)
+    externals: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench evaluate: metric rows + summary facts
 
     @property
     def datasets(self) -> list[str]:
@@ -424,7 +426,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
     configs_of: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:
         tables = {key: _read_table(run, key, notes) if key in run.present else pd.DataFrame()
-                  for key in (*TRIAL_TABLES, "trials", "test_metrics", "test_predictions")}
+                  for key in (*TRIAL_TABLES, "trials", "test_metrics", "test_predictions", "test_variants")}
         try:
             configs_of[run.label] = run.rundir.configs()
         except (OSError, ValueError) as err:
@@ -463,12 +465,14 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
 
     order = {run.label: i for i, run in enumerate(runs)}
     merged: dict[str, list[pd.DataFrame]] = {k: [] for k in (*TRIAL_TABLES, "trials", "test_metrics",
-                                                              "test_predictions")}
+                                                              "test_predictions", "test_variants")}
+    external_frames: list[pd.DataFrame] = []
     final_rows: list[dict[str, Any]] = []
     configs: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in runs:
         for key, frame in raw[run.label].items():
             merged[key].append(_tag(frame, run, order[run.label]))
+        external_frames.append(_tag(_externals(run, notes), run, order[run.label]))
         for number, config in sorted(configs_of[run.label].items()):
             configs.setdefault((run.dataset, run.study, int(number)), config)
         try:
@@ -498,6 +502,8 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
     # Held-out results: one per (study, backbone), from the first run that has it.
     test_metrics = _dedupe_by_trial(_concat(merged["test_metrics"]), "backbone")
     test_predictions = _dedupe_by_trial(_concat(merged["test_predictions"]), "backbone")
+    variants = _dedupe_by_trial(_concat(merged["test_variants"]), "backbone")
+    externals = _dedupe_by_trial(_concat(external_frames), "backbone")
     finals = pd.DataFrame(final_rows)
     if not finals.empty:
         finals = _dedupe_by_trial(finals, "backbone")
@@ -523,7 +529,29 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
         notes=notes,
         root=root,
         study_cache=study_cache,
+        variants=tidy(variants, ["dataset", "study", "backbone", "variant", "metric"]),
+        externals=tidy(externals, ["dataset", "study", "external", "backbone", "metric"]),
     )
+
+
+def _externals(run: Run, notes: list[Note]) -> pd.DataFrame:
+    """``bench evaluate``'s results of one run: its metric rows, each with its external set's facts."""
+    try:
+        found = run.rundir.externals()
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        notes.append(Note(f"{run.label}: an external evaluation could not be read ({type(err).__name__}); "
+                          f"external results are left out for this run.", run.dataset))
+        return pd.DataFrame()
+    frames = []
+    for slug, (summary, metrics) in found.items():
+        overlap = summary.get("overlap") or {}
+        frames.append(metrics.assign(external=slug, external_dataset=summary.get("dataset"),
+                                     external_images=summary.get("n_images"),
+                                     external_patients=summary.get("n_patients"),
+                                     shared_images=overlap.get("shared_images"),
+                                     shared_patients=overlap.get("shared_patients"),
+                                     overlap_dropped=overlap.get("dropped")))
+    return _concat(frames)
 
 
 # ---- small helpers shared by tables and figures ---------------------------------------------------------
