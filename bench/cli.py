@@ -645,12 +645,16 @@ class ExportCommand(Command):
         parser.add_argument("--out", type=Path, metavar="FILE.keras",
                             help="where to write the model; FILE.card.json and FILE.card.md go beside it "
                                  "(default <run>/export/<dataset>-<backbone>.keras)")
+        parser.add_argument("--ensemble", default="none", choices=list(ENSEMBLES),
+                            help="folds: export the fold ensemble of `bench final --ensemble folds` as one model")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.export import export_model, resampled
+        from bench.variants import export_ensemble
 
-        result = export_model(args.run, backbone=args.backbone, out=args.out)
+        export = export_ensemble if args.ensemble == "folds" else export_model
+        result = export(args.run, backbone=args.backbone, out=args.out)
         console = _console()
         ev = result.card["evaluation"]
         metric = ev["objective"]["metric"]

@@ -121,14 +121,15 @@ def cv_summary(run: RunDir, trial: int) -> dict[str, Any]:
     return out
 
 
-def heldout_summary(run: RunDir, backbone: str) -> dict[str, Any]:
+def heldout_summary(run: RunDir, backbone: str, variant: str | None = None) -> dict[str, Any]:
     """The held-out test metrics of ``backbone`` with their bootstrap 95% CIs and what the bootstrap
-    resampled (``unit``, patients or images, and ``n_units``, how many)."""
-    table = run.table("test_metrics")
+    resampled (``unit``, patients or images, and ``n_units``, how many); of the refit, or of a
+    ``variant`` of it (``bench final --ensemble/--tta``)."""
+    table = run.table("test_variants" if variant else "test_metrics")
     out: dict[str, Any] = {"n_images": None, "n_boot": None, "unit": None, "n_units": None, "metrics": {}}
     if table.empty:
         return out
-    rows = table[table.backbone == backbone]
+    rows = table[(table.backbone == backbone) & ((table.variant == variant) if variant else True)]
     for r in rows.itertuples():
         out["metrics"][str(r.metric)] = {"value": r.value, "low": r.low, "high": r.high}
         out["n_images"], out["n_boot"] = int(r.n_images), int(r.n_boot)
@@ -315,6 +316,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     m, pre, ds, tr, ev = card["model"], card["preprocessing"], card["dataset"], card["training"], card["evaluation"]
     split = ds.get("split") or {}
     objective = ev["objective"]["metric"]
+    ensemble = m.get("ensemble")
     lines = [
         f"# Model card: {m['backbone_title']} on {ds.get('title') or ds.get('name')}",
         "",
@@ -322,6 +324,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"({', '.join(card['classes'])}), exported by {card['provenance']['exported_by']} on "
         f"{card['provenance']['exported']}.",
         "",
+        *([f"**An ensemble of {ensemble['members']} models**: {ensemble['description']}", ""] if ensemble else []),
         "## Intended use",
         "",
         card["intended_use"],

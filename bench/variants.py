@@ -227,3 +227,49 @@ def predictions_frame(base: pd.DataFrame, scored: Sequence[Scored], classes: Seq
             frame[f"p_{name}"] = s.proba[:, c]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else base.iloc[:0]
+
+
+def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | None = None) -> Any:
+    """``bench export --ensemble folds``: the fold models of ``bench final --ensemble folds`` joined
+    into one Keras model (``ensemble_model``) with a card that says so and gives its held-out numbers."""
+    import os
+    import tempfile
+
+    from bench.export import ExportResult, build_card, heldout_summary, select_backbone, write_card
+    from bench.results import RunDir
+
+    run = RunDir.open(Path(run_dir))
+    chosen = select_backbone(run, backbone)
+    entries = (run.final().get("backbones") or {}).get(chosen, {}).get("variants") or []
+    entry = next((e for e in entries if e.get("variant") == FOLD_ENSEMBLE), None)
+    if entry is None:
+        raise DataError(f"{run.path}: {chosen} has no fold ensemble. Run `bench final --run {run.path} --backbone "
+                        f"{chosen} --ensemble folds` first.")
+    paths = [run.path / p for p in entry["member_models"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"Fold models {missing} are missing although final.json lists them: run `bench final --run "
+                        f"{run.path} --backbone {chosen} --ensemble folds` again.")
+    if out is None:
+        dataset = (run.manifest().get("dataset") or {}).get("name", "model")
+        out = run.export_dir() / f"{dataset}-{chosen}-{FOLD_ENSEMBLE}.keras"
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = ensemble_model(load_members(paths), name=f"{chosen}_classifier")
+    # Keras saves only to a name ending in .keras: write in a scratch folder beside it, then rename.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        tmp = Path(scratch) / out.name
+        model.save(tmp)
+        os.replace(tmp, out)
+    card = build_card(run, chosen, out, model)
+    card["model"]["ensemble"] = {
+        "kind": "folds", "members": len(paths), "member_models": entry["member_models"],
+        "description": f"the mean of the class probabilities of the {len(paths)} cross-validation fold models of "
+                       f"trial {card['training']['trial']}, each trained as cross-validation trained it",
+    }
+    card["training"]["refit"] = f"no refit: the {len(paths)} fold models, averaged"
+    card["evaluation"]["test"] = heldout_summary(run, chosen, FOLD_ENSEMBLE)
+    json_path, md_path = write_card(card, out)
+    return ExportResult(chosen, out, json_path, md_path, card)
