@@ -414,6 +414,18 @@ class ExportResult:
     card: dict[str, Any]
 
 
+def export_path(run: RunDir, name: str, out: Path | None) -> Path:
+    """``out`` (checked to be a .keras file), by default ``<run>/export/<dataset>-<name>.keras``; its folder made."""
+    if out is None:
+        dataset = (run.manifest().get("dataset") or {}).get("name", "model")
+        out = run.export_dir() / f"{dataset}-{name}.keras"
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None = None) -> ExportResult:
     """Copy a run's final model to ``out`` (default ``<run>/export/<dataset>-<backbone>.keras``) with its card."""
     run = RunDir.open(Path(run_dir))
@@ -422,13 +434,7 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
     if not source.is_file():
         raise DataError(f"{source} is missing although final.json lists it: run `bench final --run {run.path} "
                         f"--backbone {chosen}` again.")
-    if out is None:
-        dataset = (run.manifest().get("dataset") or {}).get("name", "model")
-        out = run.export_dir() / f"{dataset}-{chosen}.keras"
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = export_path(run, chosen, out)
     if not (out.exists() and out.resolve() == source.resolve()):
         with atomic_path(out) as tmp:
             shutil.copyfile(source, tmp)

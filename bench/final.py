@@ -23,7 +23,7 @@ import pandas as pd
 from bench import metrics as M
 from bench.errors import DataError
 from bench.results import RunDir
-from bench.variants import VariantPlan
+from bench.variants import VariantPlan, record_variants
 
 
 def best_trials(run: RunDir) -> dict[str, int]:
@@ -106,8 +106,8 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         model_path = run.model_path(backbone)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         trainer.classifier.save(model_path)
-        info = {"variant": "refit", "trial": trial, "refit_epochs": epochs, "n_train": int(fit.sum()), "n_inner_val": int(stop.sum()),
-                "n_test": n_test,
+        info = {"variant": "refit", "trial": trial, "refit_epochs": epochs, "n_train": int(fit.sum()),
+                "n_inner_val": int(stop.sum()), "n_test": n_test,
                 "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
                 "config": config.to_dict(), "history": history, "classes": list(idx.classes),
                 "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
@@ -118,25 +118,12 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
             say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images, "
                 f"{M.bootstrap_phrase(ci.n_units, ci.unit, n_test)})")
         results[backbone] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
-        if variants is not None and variants.any:
-            results[backbone]["variants"] = _score_variants(
-                variants, run, backbone, predictions, data=data, config=config, trial=trial, test=test,
-                refit_predict=trainer.predict, refit_proba=proba, score=score, objective=objective, n_boot=n_boot,
-                say=say)
+        if variants is not None and variants.any:  # TTA and fold ensembles beside the refit (bench.variants)
+            results[backbone]["variants"] = record_variants(
+                variants, run=run, backbone=backbone, refit_predictions=predictions, data=data, config=config,
+                trial=trial, test=test, refit_predict=trainer.predict, refit_proba=proba, score=score,
+                objective=objective, n_boot=n_boot, say=say)
     return results
-
-
-def _score_variants(plan: VariantPlan, run: RunDir, backbone: str, refit_predictions: pd.DataFrame,
-                    **kw: Any) -> dict[str, dict[str, float]]:
-    """TTA and fold ensembles beside the refit (bench.variants), written to the run directory."""
-    from bench.variants import predictions_frame, score_variants
-
-    scored = score_variants(plan, run=run, backbone=backbone, **kw)
-    classes = kw["data"].index.classes
-    run.write_final_variants(backbone, [s.entry for s in scored], [r for s in scored for r in s.metrics],
-                             predictions_frame(refit_predictions[[c for c in refit_predictions
-                                                                  if not c.startswith("p_")]], scored, classes))
-    return {s.entry["variant"]: s.entry["metrics"] for s in scored}
 
 
 def _draw_gradcam(run: RunDir, backbone: str, images: dict[str, np.ndarray], say: Any) -> None:

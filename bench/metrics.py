@@ -580,10 +580,7 @@ def _bootstrap(
     k = proba.shape[1]
     pos = _resolve_positive(positive, k)
     y_pred = proba.argmax(axis=1)
-    units: _Images | _Clusters = (
-        _Images(y_true, y_pred, k) if groups is None
-        else _Clusters(y_true, y_pred, k, groups, unit or "groups")
-    )
+    units = _units(y_true, y_pred, k, groups, unit)
     fast = [m for m in metrics if m.batched is not None]
     slow = [m for m in metrics if m.batched is None]
     values = {m.name: np.empty(n_boot) for m in metrics}
@@ -605,15 +602,21 @@ def _bootstrap(
                 values[m.name][start:stop] = [m.fn(y_true[r], proba[r], pos) for r in rows]
             start = stop
 
-    out = {}
-    for m in metrics:
-        v = values[m.name]
-        v = v[np.isfinite(v)]
-        low, high = np.quantile(v, [alpha / 2, 1 - alpha / 2]) if v.size else (np.nan, np.nan)
-        point = float(m.fn(y_true, proba, pos))
-        out[m.name] = CI(point, float(low), float(high), int(y_true.shape[0]), int(v.size),
-                         int(units.n_units), units.unit)
-    return out
+    return {m.name: _percentile_ci(float(m.fn(y_true, proba, pos)), values[m.name], alpha, units, len(y_true))
+            for m in metrics}
+
+
+def _units(y_true: np.ndarray, y_pred: np.ndarray, k: int, groups: object | None,
+           unit: str | None) -> _Images | _Clusters:
+    return _Images(y_true, y_pred, k) if groups is None else _Clusters(y_true, y_pred, k, groups, unit or "groups")
+
+
+def _percentile_ci(point: float, values: np.ndarray, alpha: float, units: _Images | _Clusters, n: int) -> CI:
+    """The percentile interval of the finite resampled ``values`` around ``point`` (``n`` images)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    low, high = np.quantile(v, [alpha / 2, 1 - alpha / 2]) if v.size else (np.nan, np.nan)
+    return CI(point, float(low), float(high), n, int(v.size), int(units.n_units), units.unit)
 
 
 def bootstrap_ci(
@@ -702,9 +705,7 @@ def bootstrap_paired_difference(
     k = proba.shape[1]
     pos = _resolve_positive(positive, k)
     y_pred = proba.argmax(axis=1)
-    units: _Images | _Clusters = (
-        _Images(y_true, y_pred, k) if groups is None else _Clusters(y_true, y_pred, k, groups, unit or "groups")
-    )
+    units = _units(y_true, y_pred, k, groups, unit)
     values = {m.name: [] for m in metrics}
     rng = np.random.default_rng(seed)
     with warnings.catch_warnings():
@@ -714,12 +715,5 @@ def bootstrap_paired_difference(
                 r = units.images(row)
                 for m in metrics:
                     values[m.name].append(m.fn(y_true[r], proba[r], pos) - m.fn(y_true[r], reference[r], pos))
-    out = {}
-    for m in metrics:
-        v = np.asarray(values[m.name], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        low, high = np.quantile(v, [alpha / 2, 1 - alpha / 2]) if v.size else (np.nan, np.nan)
-        point = float(m.fn(y_true, proba, pos) - m.fn(y_true, reference, pos))
-        out[m.name] = CI(point, float(low), float(high), int(y_true.shape[0]), int(v.size),
-                         int(units.n_units), units.unit)
-    return out
+    return {m.name: _percentile_ci(float(m.fn(y_true, proba, pos) - m.fn(y_true, reference, pos)),
+                                   values[m.name], alpha, units, len(y_true)) for m in metrics}

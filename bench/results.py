@@ -26,8 +26,9 @@ runs from several machines):
                        unit images, n_units = n_images, which is what they resampled
     test_predictions.csv  one row per backbone x test image: path, group, truth, target, p_<class>...
     test_variants.csv  ``bench final --tta/--ensemble``: test_metrics.csv's columns plus variant
-                       (refit+tta, fold-ensemble, fold-ensemble+tta) and, for the objective, diff,
-                       diff_low, diff_high (the variant minus the refit, paired bootstrap 95% CI)
+                       (refit+tta, fold-ensemble, fold-ensemble+tta), tta (the TTA set) and, for the
+                       objective, vs_refit, vs_refit_low, vs_refit_high (the variant minus the
+                       refit, paired bootstrap 95% CI)
     test_variant_predictions.csv  test_predictions.csv's columns plus variant
     external/<slug>/   ``bench evaluate``: the final models scored on a dataset outside the search;
                        test_metrics.csv and test_predictions.csv in the held-out files' schema

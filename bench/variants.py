@@ -102,7 +102,7 @@ def paired_rows(y: np.ndarray, proba: np.ndarray, reference: np.ndarray, names: 
     out = {}
     for name, ci in bootstrap_paired_difference(y, proba, reference, names, n_boot=n_boot, seed=seed,
                                                    positive=positive, groups=groups, unit=unit).items():
-        out[name] = {"diff": ci.value, "diff_low": ci.low, "diff_high": ci.high}
+        out[name] = {"vs_refit": ci.value, "vs_refit_low": ci.low, "vs_refit_high": ci.high}
     return out
 
 
@@ -209,10 +209,21 @@ def score_variants(plan: VariantPlan, *, data: Any, config: Any, run: RunDir, ba
         if ci is not None:
             d = diffs.get(objective, {})
             say(f"  {name}: held-out {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}); "
-                f"vs refit {d.get('diff', float('nan')):+.3f} ({d.get('diff_low', float('nan')):+.3f} to "
-                f"{d.get('diff_high', float('nan')):+.3f}, paired)")
+                f"vs refit {d.get('vs_refit', float('nan')):+.3f} ({d.get('vs_refit_low', float('nan')):+.3f} to "
+                f"{d.get('vs_refit_high', float('nan')):+.3f}, paired)")
         out.append(Scored(entry, rows, proba))
     return out
+
+
+def record_variants(plan: VariantPlan, *, run: RunDir, backbone: str, refit_predictions: pd.DataFrame,
+                    **kw: Any) -> dict[str, dict[str, float]]:
+    """``score_variants``, written to the run directory; ``refit_predictions`` are the refit's
+    test_predictions.csv rows, whose columns the variants' rows repeat."""
+    scored = score_variants(plan, run=run, backbone=backbone, **kw)
+    base = refit_predictions[[c for c in refit_predictions if not c.startswith("p_")]]
+    run.write_final_variants(backbone, [s.entry for s in scored], [r for s in scored for r in s.metrics],
+                             predictions_frame(base, scored, kw["data"].index.classes))
+    return {s.entry["variant"]: s.entry["metrics"] for s in scored}
 
 
 def predictions_frame(base: pd.DataFrame, scored: Sequence[Scored], classes: Sequence[str]) -> pd.DataFrame:
@@ -235,7 +246,7 @@ def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | N
     import os
     import tempfile
 
-    from bench.export import ExportResult, build_card, heldout_summary, select_backbone, write_card
+    from bench.export import ExportResult, build_card, export_path, heldout_summary, select_backbone, write_card
     from bench.results import RunDir
 
     run = RunDir.open(Path(run_dir))
@@ -250,13 +261,7 @@ def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | N
     if missing:
         raise DataError(f"Fold models {missing} are missing although final.json lists them: run `bench final --run "
                         f"{run.path} --backbone {chosen} --ensemble folds` again.")
-    if out is None:
-        dataset = (run.manifest().get("dataset") or {}).get("name", "model")
-        out = run.export_dir() / f"{dataset}-{chosen}-{FOLD_ENSEMBLE}.keras"
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = export_path(run, f"{chosen}-{FOLD_ENSEMBLE}", out)
     model = ensemble_model(load_members(paths), name=f"{chosen}_classifier")
     # Keras saves only to a name ending in .keras: write in a scratch folder beside it, then rename.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:

@@ -141,7 +141,7 @@ def test_variants_external_and_the_report_on_a_real_run(demo_search, tmp_path):
     assert variants["refit+tta"]["tta_transforms"] == ["identity", "hflip"]
     assert variants["fold-ensemble"]["members"] == 2
     table = run.table("test_variants")
-    assert set(table.variant) == set(variants) and table.diff.notna().any()
+    assert set(table.variant) == set(variants) and table.vs_refit.notna().any()
 
     # The fold ensemble's probabilities are the mean of its members' on the held-out images.
     data = prepare_data_from_manifest(run.manifest(), size=32)

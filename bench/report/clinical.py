@@ -48,7 +48,7 @@ def variants_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table
                     (float(x.value.iloc[0]), float(x.low.iloc[0]), float(x.high.iloc[0])) if len(x)
                     else (math.nan, math.nan, math.nan))
             x = sub[sub.metric == metric]
-            for c in ("diff", "diff_low", "diff_high"):
+            for c in ("vs_refit", "vs_refit_low", "vs_refit_high"):
                 row[c] = float(x[c].iloc[0]) if c in x and len(x) else math.nan
             row["n_images"], row["n_units"], row["unit"] = sub.n_images.iloc[0], sub.n_units.iloc[0], sub.unit.iloc[0]
             rows.append(row)
@@ -61,7 +61,7 @@ def variants_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table
            [ci(a, b, c) for a, b, c in zip(data[m], data[f"{m}_low"], data[f"{m}_high"])] for m in shown},
         f"{LABELS.get(metric, metric)} vs refit [paired 95% CI]":
             ["-" if pd.isna(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-             for d, lo, hi in zip(data["diff"], data.diff_low, data.diff_high)],
+             for d, lo, hi in zip(data.vs_refit, data.vs_refit_low, data.vs_refit_high)],
     })
     tta = sorted({t for t in data.tta if t not in ("none", "nan")})
     first = data.iloc[0]
