@@ -33,9 +33,9 @@ import pandas as pd
 
 from bench import __version__
 from bench import metrics as M
-from bench.report import clinical as C
 from bench.report import figures as F
 from bench.report import tables as T
+from bench.report import transfer as X
 from bench.report.collect import Collection, Note, collect, resolve_runs
 from bench.report.figures import Figure
 from bench.report.tables import Table, slug
@@ -238,13 +238,13 @@ class Builder:
             self.guard(f"{d}: the test table",
                        lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board)))
             self.guard(f"{d}: the variants table",
-                       lambda d=d, board=board: self.table(C.variants_table(coll, d, board)))
+                       lambda d=d, board=board: self.table(X.variants_table(coll, d, board)))
             self.guard(f"{d}: the external validation", lambda d=d, board=board: self.external(d, board))
             self.guard(f"{d}: the published baselines", lambda d=d, board=board: self.literature(d, board))
 
     def external(self, d: str, board: pd.DataFrame) -> None:
         """`bench evaluate`'s results beside the CV and held-out numbers of the same models."""
-        tables = C.external_tables(self.coll, d, board)
+        tables = X.external_tables(self.coll, d, board)
         if tables:
             self.heading(4, f"{d}: External validation")
             for table in tables:

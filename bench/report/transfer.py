@@ -1,5 +1,5 @@
-"""The report's tables of what a model does beyond its held-out score: its variants (TTA, fold
-ensembles; ``bench final --tta/--ensemble``) and its external validation (``bench evaluate``)."""
+"""The report's tables of how a model's held-out score carries over: to its variants (TTA, fold
+ensembles; ``bench final --tta/--ensemble``) and to external data (``bench evaluate``)."""
 
 from __future__ import annotations
 
