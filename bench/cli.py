@@ -20,6 +20,7 @@ from bench import __version__, paths
 from bench.argtypes import at_least, below_one, factors, fraction, operating_point, positive_float, positive_int, whole
 from bench.config import DEDUPE_MODES, DEFAULT_NEAR_THRESHOLD, OFFICIAL_TEST_POLICIES
 from bench.errors import BenchError, ConfigError, DataError
+from bench.variants import ENSEMBLES, TTA_SETS
 
 COMMANDS: dict[str, type[Command]] = {}
 
@@ -631,14 +632,50 @@ class FinalCommand(Command):
                             help="a threshold reaching this sensitivity or specificity, chosen on the out-of-fold "
                                  "CV predictions and applied unchanged to the test set (repeatable; multiclass: "
                                  "one per class, one-vs-rest)")
+        v = parser.add_argument_group("variants scored beside the refit")
+        v.add_argument("--tta", default="none", choices=list(TTA_SETS),
+                       help="test-time augmentation: flip = identity + horizontal flip; flip-hv adds the vertical "
+                            "and both flips (images without an up)")
+        v.add_argument("--ensemble", default="none", choices=list(ENSEMBLES),
+                       help="folds: also train the best trial on every CV fold as CV did and average the fold models")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.final import evaluate_run
+        from bench.variants import VariantPlan
 
         evaluate_run(args.run, backbones=args.backbone, n_boot=args.boot, console=_console(),
                      registry=args.registry, storage=args.storage, operating_points=args.operating_point,
-                     by=args.by, explain=args.explain)
+                     by=args.by, explain=args.explain, variants=VariantPlan(tta=args.tta, ensemble=args.ensemble))
+        return 0
+
+
+# ---- bench evaluate -------------------------------------------------------------------------
+@register_command
+class EvaluateCommand(Command):
+    name = "evaluate"
+    help = "Score a run's final models on an external labelled dataset that took no part in the search."
+    native_log = True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--run", type=Path, required=True, help="a run directory after `bench final`")
+        parser.add_argument("--dataset", required=True,
+                            help="registry name or class-per-folder path with the run's classes (by name)")
+        parser.add_argument("--group-regex", help="regex on file names whose first group is the patient id")
+        parser.add_argument("--registry", type=Path, help="another datasets.toml")
+        parser.add_argument("--backbone", action="append", help="only this backbone's model (repeatable)")
+        parser.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% CIs")
+        parser.add_argument("--drop-overlap", action="store_true",
+                            help="leave out images identical to the run's and images of the run's patients "
+                                 "(default: score them, warn and record it)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        _quiet_frameworks()
+        from bench.external import evaluate_external
+
+        evaluate_external(args.run, args.dataset, group_regex=args.group_regex, registry=args.registry,
+                          backbones=args.backbone, n_boot=args.boot, drop_overlap=args.drop_overlap,
+                          console=_console())
         return 0
 
 
@@ -755,12 +792,16 @@ class ExportCommand(Command):
         parser.add_argument("--out", type=Path, metavar="FILE.keras",
                             help="where to write the model; FILE.card.json and FILE.card.md go beside it "
                                  "(default <run>/export/<dataset>-<backbone>.keras)")
+        parser.add_argument("--ensemble", default="none", choices=list(ENSEMBLES),
+                            help="folds: export the fold ensemble of `bench final --ensemble folds` as one model")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.export import export_model, resampled
+        from bench.variants import export_ensemble
 
-        result = export_model(args.run, backbone=args.backbone, out=args.out)
+        export = export_ensemble if args.ensemble == "folds" else export_model
+        result = export(args.run, backbone=args.backbone, out=args.out)
         console = _console()
         ev = result.card["evaluation"]
         metric = ev["objective"]["metric"]

@@ -121,14 +121,15 @@ def cv_summary(run: RunDir, trial: int) -> dict[str, Any]:
     return out
 
 
-def heldout_summary(run: RunDir, backbone: str) -> dict[str, Any]:
+def heldout_summary(run: RunDir, backbone: str, variant: str | None = None) -> dict[str, Any]:
     """The held-out test metrics of ``backbone`` with their bootstrap 95% CIs and what the bootstrap
-    resampled (``unit``, patients or images, and ``n_units``, how many)."""
-    table = run.table("test_metrics")
+    resampled (``unit``, patients or images, and ``n_units``, how many); of the refit, or of a
+    ``variant`` of it (``bench final --ensemble/--tta``)."""
+    table = run.table("test_variants" if variant else "test_metrics")
     out: dict[str, Any] = {"n_images": None, "n_boot": None, "unit": None, "n_units": None, "metrics": {}}
     if table.empty:
         return out
-    rows = table[entry_keys(table) == backbone]
+    rows = table[(entry_keys(table) == backbone) & ((table.variant == variant) if variant else True)]
     for r in rows.itertuples():
         out["metrics"][str(r.metric)] = {"value": r.value, "low": r.low, "high": r.high}
         out["n_images"], out["n_boot"] = int(r.n_images), int(r.n_boot)
@@ -330,6 +331,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     m, pre, ds, tr, ev = card["model"], card["preprocessing"], card["dataset"], card["training"], card["evaluation"]
     split = ds.get("split") or {}
     objective = ev["objective"]["metric"]
+    ensemble = m.get("ensemble")
     lines = [
         f"# Model card: {m['backbone_title']} on {ds.get('title') or ds.get('name')}",
         "",
@@ -337,6 +339,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"({', '.join(card['classes'])}), exported by {card['provenance']['exported_by']} on "
         f"{card['provenance']['exported']}.",
         "",
+        *([f"**An ensemble of {ensemble['members']} models**: {ensemble['description']}", ""] if ensemble else []),
         "## Intended use",
         "",
         card["intended_use"],
@@ -451,6 +454,18 @@ class ExportResult:
     card: dict[str, Any]
 
 
+def export_path(run: RunDir, name: str, out: Path | None) -> Path:
+    """``out`` (checked to be a .keras file), by default ``<run>/export/<dataset>-<name>.keras``; its folder made."""
+    if out is None:
+        dataset = (run.manifest().get("dataset") or {}).get("name", "model")
+        out = run.export_dir() / f"{dataset}-{name}.keras"
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None = None) -> ExportResult:
     """Copy a run's final model to ``out`` (default ``<run>/export/<dataset>-<backbone>.keras``) with its card."""
     run = RunDir.open(Path(run_dir))
@@ -459,13 +474,7 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
     if not source.is_file():
         raise DataError(f"{source} is missing although final.json lists it: run `bench final --run {run.path} "
                         f"--backbone {chosen}` again.")
-    if out is None:
-        dataset = (run.manifest().get("dataset") or {}).get("name", "model")
-        out = run.export_dir() / f"{dataset}-{chosen}.keras"
-    out = Path(out)
-    if out.suffix != ".keras":
-        raise ConfigError(f"--out must end in .keras (the Keras 3 format), got {out}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = export_path(run, chosen, out)
     if not (out.exists() and out.resolve() == source.resolve()):
         with atomic_path(out) as tmp:
             shutil.copyfile(source, tmp)

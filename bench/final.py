@@ -26,6 +26,7 @@ from bench.errors import DataError
 from bench.grouping import DEFAULT_BY, Grouping, entries
 from bench.operating import OperatingPoint
 from bench.results import RunDir, trial_params
+from bench.variants import VariantPlan, record_variants
 
 
 def shared_study(run: RunDir, storage: str | None = None) -> Any:
@@ -98,7 +99,7 @@ def best_trials(run: RunDir, by: tuple[str, ...] = DEFAULT_BY, study: Any = None
 def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: int = 1000,
                  console: Any = None, registry: Path | None = None, storage: str | None = None,
                  operating_points: Sequence[OperatingPoint] = (), by: tuple[str, ...] = DEFAULT_BY,
-                 explain: str = "gradcam") -> dict[str, Any]:
+                 explain: str = "gradcam", variants: VariantPlan | None = None) -> dict[str, Any]:
     from bench.clinical import evaluate_clinical, require_oof
     from bench.experiment import REFIT_SPLIT, epoch_scorer, inner_split, prepare_data_from_manifest
     from bench.features import trainer_for
@@ -151,8 +152,11 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         y = data.index.labels[test]
         # Resample whole patients (cluster bootstrap); without patient ids, images (exact duplicates together).
         unit = "patients" if data.spec.groups.kind != "none" else "images"
-        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=config.seed, positive=data.positive,
-                              groups=data.splits.groups[test], unit=unit)
+        def score(p: np.ndarray) -> dict[str, M.CI]:
+            return M.bootstrap_all(y, p, n_boot=n_boot, seed=config.seed, positive=data.positive,
+                                   groups=data.splits.groups[test], unit=unit)
+
+        cis = score(proba)
         n_test = int(test.sum())
         metric_rows = [{"backbone": backbone, **entry, "trial": trial, "split": "test", "metric": name,
                         "value": ci.value, "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
@@ -170,8 +174,8 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         model_path = run.model_path(key)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         trainer.classifier.save(model_path)
-        info = {"trial": trial, "refit_epochs": epochs, "n_train": int(fit.sum()), "n_inner_val": int(stop.sum()),
-                "n_test": n_test,
+        info = {"variant": "refit", "trial": trial, "refit_epochs": epochs, "n_train": int(fit.sum()),
+                "n_inner_val": int(stop.sum()), "n_test": n_test,
                 "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
                 "config": config.to_dict(), "history": history, "classes": list(idx.classes),
                 "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
@@ -187,6 +191,11 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
             say(f"  held-out test {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {n_test} images, "
                 f"{M.bootstrap_phrase(ci.n_units, ci.unit, n_test)})")
         results[key] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
+        if variants is not None and variants.any:  # TTA and fold ensembles beside the refit (bench.variants)
+            results[key]["variants"] = record_variants(
+                variants, run=run, backbone=key, refit_predictions=predictions, data=data, config=config,
+                trial=trial, test=test, refit_predict=trainer.predict_images, refit_proba=proba, score=score,
+                objective=objective, n_boot=n_boot, say=say)
     return results
 
 

@@ -39,8 +39,18 @@ runs from several machines):
                        (``bench final --operating-point``)
                        (both test files: with ``--by`` other than backbone each row also has the
                        entry's ``key``; ``entry_keys`` reads either)
+    test_variants.csv  ``bench final --tta/--ensemble``: test_metrics.csv's columns plus variant
+                       (refit+tta, fold-ensemble, fold-ensemble+tta), tta (the TTA set) and, for the
+                       objective, vs_refit, vs_refit_low, vs_refit_high (the variant minus the
+                       refit, paired bootstrap 95% CI)
+    test_variant_predictions.csv  test_predictions.csv's columns plus variant
+    external/<slug>/   ``bench evaluate``: the final models scored on a dataset outside the search;
+                       test_metrics.csv and test_predictions.csv in the held-out files' schema
+                       (split = external), confusion_<backbone>.csv, summary.json (source, sizes,
+                       overlap with the run's data)
     study.db           the Optuna study (default SQLite storage)
-    models/            the final models, <backbone>.keras (written by ``bench final``)
+    models/            the final models, <backbone>.keras (written by ``bench final``); with
+                       ``--ensemble folds`` also <backbone>.fold<k>.keras, each CV fold's model
     figures/           <method>_<entry>.png (gradcam_<backbone>.png by default): Grad-CAM, LIME or
                        occlusion of correct and wrong held-out predictions per class (``bench
                        final``; the report shows it, it never loads a model)
@@ -91,7 +101,11 @@ FILES = {
     "calibration": "calibration.csv",
     "operating_points": "operating_points.csv",
     "study": "study.db",
+    "test_variants": "test_variants.csv",
+    "test_variant_predictions": "test_variant_predictions.csv",
 }
+EXTERNAL_DIR = "external"
+EXTERNAL_FILES = {"metrics": "test_metrics.csv", "predictions": "test_predictions.csv", "summary": "summary.json"}
 
 
 def entry_keys(frame: pd.DataFrame) -> pd.Series:
@@ -280,6 +294,9 @@ class RunDir:
             _atomic_json(self.file("final"), final)
             for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
                 self._replace_backbone_rows(key, backbone, frame)
+            for key in ("test_variants", "test_variant_predictions"):  # they were of the model just replaced
+                if self.file(key).exists():
+                    self._replace_backbone_rows(key, backbone, pd.DataFrame())
 
     def write_backbone_table(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
         """One entry's rows of a held-out table (calibration, operating points); replaces earlier ones."""
@@ -293,8 +310,49 @@ class RunDir:
             frame = pd.concat([old[entry_keys(old) != backbone], frame], ignore_index=True)
         _atomic_csv(path, frame)
 
+    def write_final_variants(self, backbone: str, entries: list[dict[str, Any]], metrics: list[dict[str, Any]],
+                             predictions: pd.DataFrame) -> None:
+        """The variants ``bench final`` scored beside ``backbone``'s refit; a re-run replaces its rows."""
+        with self.lock():
+            final = self.final()
+            info = final.setdefault("backbones", {}).setdefault(backbone, {})
+            info["variants"] = entries
+            _atomic_json(self.file("final"), final)
+            self._replace_backbone_rows("test_variants", backbone, pd.DataFrame(metrics))
+            self._replace_backbone_rows("test_variant_predictions", backbone, predictions)
+
     def model_path(self, backbone: str) -> Path:
         return self.path / "models" / f"{backbone}.keras"
+
+    def member_path(self, backbone: str, fold: int) -> Path:
+        """One CV fold's model of the best trial, kept by ``bench final --ensemble folds``."""
+        return self.path / "models" / f"{backbone}.fold{fold}.keras"
+
+    def external_dir(self, slug: str) -> Path:
+        return self.path / EXTERNAL_DIR / slug
+
+    def write_external(self, slug: str, summary: dict[str, Any], metrics: pd.DataFrame, predictions: pd.DataFrame,
+                       confusions: dict[str, pd.DataFrame]) -> Path:
+        """``bench evaluate``'s result on one external dataset; a re-run replaces the whole folder's files."""
+        folder = self.external_dir(slug)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            _atomic_csv(folder / EXTERNAL_FILES["metrics"], metrics)
+            _atomic_csv(folder / EXTERNAL_FILES["predictions"], predictions)
+            for backbone, frame in confusions.items():
+                write_atomic(folder / f"confusion_{backbone}.csv", lambda f, frame=frame: frame.to_csv(f))
+            _atomic_json(folder / EXTERNAL_FILES["summary"], summary)
+        return folder
+
+    def externals(self) -> dict[str, tuple[dict[str, Any], pd.DataFrame]]:
+        """Each external evaluation: slug -> (summary, metrics)."""
+        root = self.path / EXTERNAL_DIR
+        out = {}
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            summary, metrics = folder / EXTERNAL_FILES["summary"], folder / EXTERNAL_FILES["metrics"]
+            if summary.is_file() and metrics.is_file():
+                out[folder.name] = (json.loads(summary.read_text()), pd.read_csv(metrics, dtype={"backbone": str}))
+        return out
 
     def gradcam_path(self, backbone: str) -> Path:
         """Grid of Grad-CAM overlays of the final model's held-out predictions (``bench final``)."""

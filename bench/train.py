@@ -547,6 +547,14 @@ class FoldTrainer:
         reestimate_batchnorm(self.core, x, c.batch_size, seed=c.seed + 999)
         return history
 
+    def predict_images(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for images, whether this trainer trains on images or on cached features
+        (test-time augmentation transforms images, so it needs this one)."""
+        if self.on_features:
+            return np.asarray(self.classifier.predict(x, batch_size=max(self.config.batch_size, 64), verbose=0),
+                              dtype="float64")
+        return self.predict(x)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self.on_features:
             return features.predict_head(self.model, x).astype("float64")

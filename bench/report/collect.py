@@ -48,7 +48,7 @@ EXPECTED = {
     "cv": ("config", "splits", "folds", "metrics", "predictions", "history"),
 }
 TRIAL_TABLES = ("folds", "metrics", "predictions", "history")
-HELD_OUT_TABLES = ("test_metrics", "test_predictions", "calibration", "operating_points")  # per backbone (bench final)
+HELD_OUT_TABLES = ("test_metrics", "test_predictions", "test_variants", "calibration", "operating_points")  # per backbone (bench final)
 FINISHED_STATUSES = ("complete", "complete_with_failures", "stopped", "incomplete")
 
 
@@ -104,6 +104,8 @@ class Collection:
     study_cache: dict[str, Any] = field(default_factory=dict)  # run label -> Optuna study or None
     calibration: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench final: ECE/Brier before and after T
     operating_points: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench final --operating-point
+    variants: pd.DataFrame = field(default_factory=pd.DataFrame)  # test_variants.csv rows (bench final --tta ...)
+    externals: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench evaluate: metric rows + summary facts
 
     @property
     def datasets(self) -> list[str]:
@@ -462,11 +464,13 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
 
     order = {run.label: i for i, run in enumerate(runs)}
     merged: dict[str, list[pd.DataFrame]] = {k: [] for k in (*TRIAL_TABLES, "trials", *HELD_OUT_TABLES)}
+    external_frames: list[pd.DataFrame] = []
     final_rows: list[dict[str, Any]] = []
     configs: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in runs:
         for key, frame in raw[run.label].items():
             merged[key].append(_tag(frame, run, order[run.label]))
+        external_frames.append(_tag(_externals(run, notes), run, order[run.label]))
         for number, config in sorted(configs_of[run.label].items()):
             configs.setdefault((run.dataset, run.study, int(number)), config)
         try:
@@ -499,6 +503,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
     frames = {key: _dedupe_by_trial(_concat(merged[key]), owners=owners) for key in TRIAL_TABLES}
     # Held-out results: one per (study, backbone), from the first run that has it.
     held_out = {key: _dedupe_by_trial(_concat(merged[key]), "backbone") for key in HELD_OUT_TABLES}
+    externals = _dedupe_by_trial(_concat(external_frames), "backbone")
     finals = pd.DataFrame(final_rows)
     if not finals.empty:
         finals = _dedupe_by_trial(finals, "key")
@@ -526,7 +531,29 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
         notes=notes,
         root=root,
         study_cache=study_cache,
+        variants=tidy(held_out["test_variants"], ["dataset", "study", "backbone", "variant", "metric"]),
+        externals=tidy(externals, ["dataset", "study", "external", "backbone", "metric"]),
     )
+
+
+def _externals(run: Run, notes: list[Note]) -> pd.DataFrame:
+    """``bench evaluate``'s results of one run: its metric rows, each with its external set's facts."""
+    try:
+        found = run.rundir.externals()
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        notes.append(Note(f"{run.label}: an external evaluation could not be read ({type(err).__name__}); "
+                          f"external results are left out for this run.", run.dataset))
+        return pd.DataFrame()
+    frames = []
+    for slug, (summary, metrics) in found.items():
+        overlap = summary.get("overlap") or {}
+        frames.append(metrics.assign(external=slug, external_dataset=summary.get("dataset"),
+                                     external_images=summary.get("n_images"),
+                                     external_patients=summary.get("n_patients"),
+                                     shared_images=overlap.get("shared_images"),
+                                     shared_patients=overlap.get("shared_patients"),
+                                     overlap_dropped=overlap.get("dropped")))
+    return _concat(frames)
 
 
 # ---- small helpers shared by tables and figures ---------------------------------------------------------

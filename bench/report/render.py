@@ -37,6 +37,7 @@ from bench.grouping import DEFAULT_BY, Grouping
 from bench.report import clinical as RC
 from bench.report import figures as F
 from bench.report import tables as T
+from bench.report import transfer as X
 from bench.report.collect import Collection, Note, collect, resolve_runs
 from bench.report.feature_cache import saved_time_line
 from bench.report.figures import Figure
@@ -253,7 +254,18 @@ class Builder:
             self.notes(T.leaderboard_notes(coll, d, board))
             self.guard(f"{d}: the test table",
                        lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board, self.by)))
+            self.guard(f"{d}: the variants table",
+                       lambda d=d, board=board: self.table(X.variants_table(coll, d, board)))
+            self.guard(f"{d}: the external validation", lambda d=d, board=board: self.external(d, board))
             self.guard(f"{d}: the published baselines", lambda d=d, board=board: self.literature(d, board))
+
+    def external(self, d: str, board: pd.DataFrame) -> None:
+        """`bench evaluate`'s results beside the CV and held-out numbers of the same models."""
+        tables = X.external_tables(self.coll, d, board)
+        if tables:
+            self.heading(4, f"{d}: External validation")
+            for table in tables:
+                self.table(table)
 
     def literature(self, d: str, board: pd.DataFrame) -> None:
         """Published results beside bench's held-out ones, for a dataset whose entry names a baseline table."""
