@@ -5,6 +5,9 @@ fold nothing should be traced again: each later fold's first epoch should cost a
 later epochs cost. The row compares the two (issue target: within 1.3x) and gives the fixed
 seconds per fold (first epoch minus a later epoch). It runs ``cross_validate``, the path every
 search trial takes, so it measures whatever that path does today.
+
+``scripts/bench_fold_overhead.py`` answers the question before this one (a model rebuilt per fold
+vs one compiled model reused); smoke_search's naive side rebuilds per fold too.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ def fold_overhead(options: PerfOptions) -> list[PerfRow]:
     from bench.train import TrainConfig
 
     # Quick: the same path with a backbone that traces in seconds, not the issue's figure.
-    backbone, folds, epochs = ("simple_cnn", 2, 2) if options.quick else ("mobilenet_v2", 3, 3)
-    size = 64
+    backbone, size, folds, epochs = ("simple_cnn", 32, 2, 2) if options.quick else ("mobilenet_v2", 64, 3, 3)
     data = prepare_data(options.dataset, folds=folds, seed=options.seed, size=size)
     # No early stopping: every fold must run its later epochs to compare against.
     config = TrainConfig(backbone=backbone, size=size, epochs=epochs, augment="light", early_stopping=0,

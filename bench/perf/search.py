@@ -46,7 +46,9 @@ log = true
 """
 
 
-def _dataset(paths: list[str], labels: np.ndarray, n_classes: int, size: int, batch: int, shuffle: bool, seed: int) -> Any:
+def _dataset(paths: list[str], labels: np.ndarray, n_classes: int, size: int, batch: int, shuffle: bool,
+             seed: int) -> Any:
+    """Decoded from disk every time it is iterated: no ``cache()``, as in the notebooks."""
     import tensorflow as tf
 
     def load(path: Any, target: Any) -> tuple[Any, Any]:
