@@ -38,7 +38,7 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
-# Speed ratios measured side by side on this machine (README, "Speed: bench perf"); takes about N minutes.
+# Speed ratios measured side by side on this machine (README, "Speed: bench perf"); about 45 minutes here.
 perf: $(STAMP)
 	$(BIN)/bench perf --out scripts/results/bench_perf.csv
 
