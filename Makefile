@@ -1,6 +1,7 @@
 # The two commands of the README. Both set everything up on a fresh machine (a venv in .venv).
 #   make demo   the main job on the embedded demo dataset, offline (a search over three backbones),
 #               then its report (REPORT=DIR, default reports/; REPORT_FLAGS=--strict as CI runs it)
+#   make perf   `bench perf`: speed ratios measured side by side (scripts/results/bench_perf.csv)
 #   make test   the default test suite (about 7.5 minutes on 2 cores); `make test-slow` runs the slow end-to-end suite (about 13)
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 REPORT ?= reports
 REPORT_FLAGS ?=
 
-.PHONY: demo test test-slow test-all install clean
+.PHONY: demo test test-slow test-all perf install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
+
+# Speed ratios measured side by side on this machine (README, "Speed: bench perf"); about 45 minutes here.
+perf: $(STAMP)
+	$(BIN)/bench perf --out scripts/results/bench_perf.csv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
