@@ -38,7 +38,8 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
-# Speed ratios measured side by side on this machine (README, "Speed: bench perf"); about 45 minutes here.
+# Speed ratios measured side by side on this machine (README, "Speed: bench perf"); about 45 minutes
+# on the 2 shared cores under load (the peak-memory row, over 8,000 generated images, is most of it).
 perf: $(STAMP)
 	$(BIN)/bench perf --out scripts/results/bench_perf.csv
 

@@ -165,6 +165,7 @@ def test_audit_features_without_lite0_weights_says_so_and_uses_hashes(tmp_path, 
     assert len(rows) == 4 * BASES and all(r["cosine"] == "" for r in rows)
 
 
+@pytest.mark.slow  # Lite0 features of 60 images at 64 px: about 13 s
 def test_audit_features_link_copies_by_lite0_cosine(tmp_path, monkeypatch):
     from bench.models import convert_lite0
 
