@@ -1,8 +1,10 @@
 """Headless Chromium for tests: screenshot a page, dump its rendered DOM, collect its console errors.
 
-Uses Debian's ``chromium`` package. If ``/usr/bin/chromium`` is missing it is installed with
-``apt-get update && apt-get install -y chromium``; if that is impossible the helper FAILS the
-test with a message saying what to install (a browser test that silently skips checks nothing).
+Uses the browser named by ``BENCH_CHROMIUM``, else the system's Chromium or Chrome (Debian's
+``/usr/bin/chromium``, or ``chromium``, ``chromium-browser``, ``google-chrome`` on PATH). When there
+is none, as root it installs Debian's package (``apt-get update && apt-get install -y chromium``);
+otherwise, or if that is impossible, the helper FAILS the test with the command that fixes it (a
+browser test that silently skips checks nothing).
 The browser runs with networking features off and a throw-away profile, so the only thing it
 can load is the file it is given.
 """
@@ -23,16 +25,32 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio")
 INSTALL_HINT = "apt-get update && apt-get install -y chromium"
+BROWSER_ENV = "BENCH_CHROMIUM"  # a Chromium or Chrome binary to use instead of looking for one
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_browser() -> Path | None:
+    """``BENCH_CHROMIUM``, else the system's Chromium or Chrome, or None."""
+    named = os.environ.get(BROWSER_ENV)
+    if named:
+        return Path(named)
+    if CHROMIUM.exists():
+        return CHROMIUM
+    found = next((p for name in BROWSER_NAMES if (p := shutil.which(name))), None)
+    return Path(found) if found else None
 
 
 def chromium() -> Path:
-    """The Chromium binary, installing Debian's package if needed; fails the test if it cannot."""
-    found = CHROMIUM if CHROMIUM.exists() else (Path(p) if (p := shutil.which("chromium")) else None)
+    """The browser binary, installing Debian's Chromium as root if needed; fails the test if it cannot."""
+    found = find_browser()
     if found is not None:
+        if not found.is_file():
+            pytest.fail(f"{BROWSER_ENV}={found} is not a file: point it at a Chromium or Chrome binary.", pytrace=False)
         return found
-    if shutil.which("apt-get") is None:
-        pytest.fail(f"Chromium is not installed ({CHROMIUM} missing) and there is no apt-get to install it: "
-                    f"install Debian's chromium package ({INSTALL_HINT}).", pytrace=False)
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.fail(f"No Chromium or Chrome found ({CHROMIUM}, {', '.join(BROWSER_NAMES)} on PATH). Install one "
+                    f"(Debian: sudo {INSTALL_HINT}) or set {BROWSER_ENV} to a Chromium or Chrome binary.",
+                    pytrace=False)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     steps = (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"])
     for cmd in steps:

@@ -4,16 +4,19 @@ Use it from a test module with ``pytest_plugins = ["tests.postgres"]`` (pytest r
 plugin once however many modules name it) and a ``postgres_url`` argument. Importing the fixture
 instead also works: the server is a module-level singleton, so two modules never start two.
 
-The server runs from Debian's binaries (``/usr/lib/postgresql/<version>/bin``). When they are
-missing, ``ensure_postgres_binaries`` installs the ``postgresql`` package (CI runs as root on
-Debian); ``.ci/run`` can call it ahead of the tests with ``python -m tests.postgres``. Anything
-missing makes the tests FAIL with the fix, never skip: a skipped database test hides a broken
-storage. PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user.
+The server runs from Debian's binaries (``/usr/lib/postgresql/<version>/bin``) or any on PATH;
+when there are none, as root (CI on Debian) ``ensure_postgres_binaries`` installs Debian's
+``postgresql`` package, and as any other user it uses the self-contained server of the ``pgserver``
+wheel (the dev extra installs it), so ``make test`` needs no root. ``.ci/run`` can call it ahead of
+the tests with ``python -m tests.postgres``. Anything missing makes the tests FAIL with the fix,
+never skip: a skipped database test hides a broken storage. PostgreSQL refuses to run as root, so
+as root it runs as the ``postgres`` user (which Debian's package creates).
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import pwd
 import re
@@ -65,15 +68,30 @@ def find_postgres_bin() -> Path | None:
     return None
 
 
+def pgserver_bin() -> Path | None:
+    """The server binaries bundled in the ``pgserver`` wheel (found without importing it), or None."""
+    spec = importlib.util.find_spec("pgserver")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        bin_dir = Path(folder) / "pginstall" / "bin"
+        if (bin_dir / "initdb").is_file() and (bin_dir / "pg_ctl").is_file():
+            return bin_dir
+    return None
+
+
 def ensure_postgres_binaries() -> Path:
-    """The PostgreSQL bin directory, installing Debian's ``postgresql`` package if needed."""
+    """The PostgreSQL bin directory: the system's; else, as root, Debian's package installed now;
+    else the ``pgserver`` wheel's (no root needed)."""
     found = find_postgres_bin()
     if found:
         return found
+    # As root the server must run as another user, which Debian's package creates: install it.
     if os.geteuid() != 0 or not shutil.which("apt-get"):
+        bundled = pgserver_bin()
+        if bundled is not None and os.geteuid() != 0:
+            return bundled
         raise PostgresUnavailable(
-            "PostgreSQL server binaries (initdb, pg_ctl) are not installed and cannot be installed "
-            "from here (needs root and apt-get). Install them: sudo apt-get install postgresql"
+            "PostgreSQL server binaries (initdb, pg_ctl) are not installed. Without root: pip install "
+            "pgserver (make test's dev extra does); with root: sudo apt-get install postgresql"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]):
@@ -177,6 +195,8 @@ class PostgresServer:
     def stop(self) -> None:
         self._pg_ctl_stop()
         shutil.rmtree(self.base, ignore_errors=True)
+        if self in _started:
+            _started.remove(self)
 
 
 def _give_to_owner(path: Path) -> None:
@@ -197,9 +217,12 @@ _users = 0
 _started: list[PostgresServer] = []  # every server this process started, stopped at exit at the latest
 
 
-def start_server() -> PostgresServer:
+def start_server(bin_dir: Path | None = None) -> PostgresServer:
+    """A new server from ``bin_dir`` (default: ``ensure_postgres_binaries``); ``stop`` it when done."""
     require_psycopg2()
-    bin_dir = ensure_postgres_binaries()
+    if os.geteuid() == 0:
+        ensure_postgres_binaries()  # as root, whichever binaries: Debian's package makes the user to run them as
+    bin_dir = bin_dir or ensure_postgres_binaries()
     # Not under pytest's tmp dir: that is 0700 root's, which the postgres user cannot enter.
     base = Path(tempfile.mkdtemp(prefix="bench-postgres-", dir="/tmp" if os.geteuid() == 0 else None))
     server = PostgresServer(bin_dir, base)
@@ -210,7 +233,6 @@ def start_server() -> PostgresServer:
         server.start()
     except BaseException:
         server.stop()
-        _started.remove(server)
         raise
     return server
 
@@ -237,7 +259,6 @@ def _stop_locked() -> None:
     global _server, _users
     if _server is not None:
         _server.stop()
-        _started.remove(_server)
     _server, _users = None, 0
 
 

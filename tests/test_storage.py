@@ -556,3 +556,22 @@ def test_a_study_whose_setup_another_machine_is_still_writing_is_waited_for(tmp_
     empty = optuna.create_study(study_name="new", storage=url)
     t0 = time.monotonic()
     assert recorded_identity(empty, wait=30) == {} and time.monotonic() - t0 < 5
+
+
+def test_the_pip_installed_server_serves_a_study(tmp_path):
+    """`make test` without root: the dev extra's pgserver wheel brings a PostgreSQL server that
+    tests/postgres.py falls back to. Here it is started from that wheel whatever else is installed
+    (as root it runs as the postgres user, as any PostgreSQL must)."""
+    from tests.postgres import pgserver_bin, start_server
+
+    bin_dir = pgserver_bin()
+    assert bin_dir is not None, "the pgserver wheel is missing: pip install -e '.[dev]'"
+    server = start_server(bin_dir)
+    try:
+        storage = open_storage(server.url, tmp_path)
+        study = optuna.create_study(study_name="pip-server", storage=storage)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        again = optuna.load_study(study_name="pip-server", storage=open_storage(server.url, tmp_path))
+        assert [t.value for t in again.trials] == [t.value for t in study.trials] and len(again.trials) == 3
+    finally:
+        server.stop()
