@@ -754,10 +754,11 @@ class ReportCommand(Command):
             print_report(console, report)
         if args.strict and report.problems:
             err = _err_console()
+            # soft_wrap: no line breaks inserted, so a long path stays whole for the terminal to wrap
             err.print(f"[red]bench report --strict: {len(report.problems)} problem(s) in {report.html}:[/]",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
             for text in report.problems:
-                err.print(f"  - {text}", markup=False, highlight=False)
+                err.print(f"  - {text}", markup=False, highlight=False, soft_wrap=True)
             return 1
         return 0
 

@@ -171,6 +171,7 @@ print("built" if found.built else "reused", float(np.asarray(found.array, dtype=
 """
 
 
+@pytest.mark.slow  # 20-30 s of real searches or processes: CI runs it with the slow suite
 def test_two_processes_racing_build_the_entry_once(tmp_path: Path) -> None:
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -216,7 +217,11 @@ def test_cached_and_ordinary_frozen_trials_score_alike_on_the_demo(lite0_imagene
         assert all(s.status == "ok" for s in scores)
     folds = {p: r.table("folds") for p, r in runs.items()}
     assert list(folds["cached"].features) == ["cached"] * 3 and list(folds["computed"].features) == ["computed"] * 3
-    assert (folds["cached"].seconds_saved_est > 0).all()
+    cached = folds["cached"]
+    # The first fold pays for building (or loading) the entry, so its net saving may be negative;
+    # the folds after it only read the cache and save their backbone passes.
+    assert cached.seconds_features.iloc[0] > 0 and (cached.seconds_features.iloc[1:] == 0).all()
+    assert (cached.seconds_saved_est.iloc[1:] > 0).all()
     ba = {p: r.table("metrics").query("metric == 'balanced_accuracy'").value.to_numpy() for p, r in runs.items()}
     assert ba["computed"].mean() > 0.75 and np.abs(ba["cached"] - ba["computed"]).max() <= 0.005, ba
     p = {k: r.table("predictions").filter(like="p_").to_numpy() for k, r in runs.items()}

@@ -57,6 +57,7 @@ def trials_table(out: Path) -> pd.DataFrame:
 # ---- real training ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 20-30 s of real searches or processes: CI runs it with the slow suite
 def test_random_search_writes_the_optuna_records_on_the_same_folds_and_resumes(tmp_path, capsys):
     space, out = space_file(tmp_path), tmp_path / "run"
     assert main(kt_args(space, out, 3)) == 0
@@ -140,6 +141,7 @@ def test_hyperband_trains_tuner_epochs_and_stops_at_the_budget(tmp_path, capsys)
     assert out.name == "hb" and "KerasTuner hyperband" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 20-30 s of real searches or processes: CI runs it with the slow suite
 def test_default_run_directory_is_named_after_the_tuner_and_ends_with_the_test_set(tmp_path, isolated_dirs, capsys):
     space = space_file(tmp_path)
     code = main(["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", "1", "--folds", "2",

@@ -510,6 +510,7 @@ def _open_at_once(path: str, barrier, results) -> None:
         results.put(f"{type(err).__name__}: {err}")
 
 
+@pytest.mark.slow  # 20-30 s of real searches or processes: CI runs it with the slow suite
 def test_processes_creating_one_new_sqlite_study_at_once_all_open_it(tmp_path):
     """Two `bench run` started together on a new SQLite file race to create Optuna's tables; the
     loser saw "UNIQUE constraint failed: alembic_version.version_num" and exited 2 (found by CI)."""

@@ -380,7 +380,8 @@ class Builder:
         operating points; both only once `bench final` has run."""
         table = RC.calibration_table(self.coll, d, row)
         if table is None:
-            self.note(f"No calibration for {row.key}: its run has no calibration.csv (written by `bench final`).")
+            self.note(f"No calibration for {row.key}: calibration.csv has no rows for it (`bench final` writes them, "
+                      f"per entry of its own --by).")
         self.table(table)
         self.figure(RC.reliability_figure(self.coll, d, row, self.figdir, f"reliability_{name}"))
         self.table(RC.operating_table(self.coll, d, row))

@@ -595,8 +595,9 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame,
     n = data.n_images.dropna()
     n_cv = count(split_facts(coll, dataset)["cv_images"])
     over = resampled(data.n_units, data.unit, data.n_images)
-    caption = (f"{test_phrase(n.iloc[0] if len(n) else None)}: each model refit on all {n_cv} "
-               f"CV images and scored once; [95% CI] from a stratified {over} "
+    caption = (f"{test_phrase(n.iloc[0] if len(n) else None)}: each model refit on the {n_cv} "
+               f"CV images (less the inner split its early stopping and LR reduction read, as in CV) and "
+               f"scored once; [95% CI] from a stratified {over} "
                f"({count(data.n_boot.min())} resamples). Best per column in bold.")
     return Table(slug("test", dataset), f"{dataset}: held-out test, all metrics", caption, data, display, bold)
 
