@@ -263,7 +263,9 @@ def trainer_for(config: Any, data: Any, n_train_hint: int, *, cache_dir: Path | 
     from bench.train import FoldTrainer
 
     n_classes = len(data.index.classes)
-    if eligible(config):
+    # With the cache turned off (a budget of 0) nothing could be cached: do not build the
+    # on-features trainer only to build the ordinary one after it.
+    if eligible(config) and budget_bytes() > 0:
         trainer = FoldTrainer(config, n_classes, n_train_hint, on_features=True)
         weights_file = resolve_weights(get_backbone(config.backbone), config.weights)
         key = feature_key(images_id(data), config.size, data.resize, config.backbone,
