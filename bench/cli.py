@@ -475,6 +475,23 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
 
 
 # ---- bench run ------------------------------------------------------------------------------
+def _add_mlflow(parser: Any, what: str) -> None:
+    from bench.tracking import ENV, INSTALL
+
+    parser.add_argument("--mlflow", metavar="URI",
+                        help=f"log {what} to this MLflow tracking store: file:///path/mlruns (or a folder), "
+                             f"sqlite:///mlflow.db, http://host:5000 (default: {ENV}; needs `{INSTALL}`)")
+
+
+def _mlflow_uri(args: argparse.Namespace) -> str | None:
+    """``--mlflow`` (or BENCH_MLFLOW_URI), checked now: mlflow installed, the store writable or the
+    server answering; a ConfigError naming the fix otherwise, before any training."""
+    from bench import tracking
+
+    uri = tracking.resolve_uri(args.mlflow)
+    return tracking.check(uri) if uri else None
+
+
 @register_command
 class RunCommand(Command):
     name = "run"
@@ -504,6 +521,8 @@ class RunCommand(Command):
         g.add_argument("--heartbeat", type=positive_int, default=30, help="seconds between a worker's heartbeats")
         g.add_argument("--no-final", action="store_true",
                        help="skip the held-out evaluation when the search ends (run `bench final` later)")
+        _add_mlflow(g, "each trial (an MLflow run in the experiment named after the study) and the held-out "
+                       "evaluation that follows the search")
         out = parser.add_argument_group("output")
         out.add_argument("--out", type=Path, help="run directory (default runs/<dataset>/<study>)")
         out.add_argument("--runs-dir", type=Path, help="parent of run directories (default BENCH_RUNS or ./runs)")
@@ -519,6 +538,11 @@ class RunCommand(Command):
         from bench.search.storage import redact_command
 
         options["command"] = redact_command(sys.argv)
+        options["mlflow"] = _mlflow_uri(args)
+        if options["mlflow"] and args.engine == "kerastuner":
+            raise ConfigError("--mlflow logs trials through Optuna's MLflow callback, which --engine kerastuner does "
+                              "not use. Drop --mlflow (and log the held-out evaluation afterwards with `bench final "
+                              "--run DIR --mlflow URI`), or use --engine optuna.")
         if args.engine == "kerastuner":
             from bench.search.kerastuner import run_kerastuner
 
@@ -638,15 +662,30 @@ class FinalCommand(Command):
                             "and both flips (images without an up)")
         v.add_argument("--ensemble", default="none", choices=list(ENSEMBLES),
                        help="folds: also train the best trial on every CV fold as CV did and average the fold models")
+        _add_mlflow(parser, "each refitted model's held-out metrics, model card and model file (MLflow run "
+                            "final/<backbone> in the study's experiment)")
 
     def run(self, args: argparse.Namespace) -> int:
         _quiet_frameworks()
         from bench.final import evaluate_run
         from bench.variants import VariantPlan
 
-        evaluate_run(args.run, backbones=args.backbone, n_boot=args.boot, console=_console(),
-                     registry=args.registry, storage=args.storage, operating_points=args.operating_point,
-                     by=args.by, explain=args.explain, variants=VariantPlan(tta=args.tta, ensemble=args.ensemble))
+        mlflow = _mlflow_uri(args)
+        if mlflow:  # the experiment too, before the refit: a store that refuses it fails now, not after
+            from bench import tracking
+            from bench.results import RunDir
+
+            run = RunDir.open(args.run)
+            tracking.ensure_experiment(mlflow, tracking.experiment_name(run.manifest(), run.path))
+        console = _console()
+        results = evaluate_run(args.run, backbones=args.backbone, n_boot=args.boot, console=console,
+                               registry=args.registry, storage=args.storage, operating_points=args.operating_point,
+                               by=args.by, explain=args.explain,
+                               variants=VariantPlan(tta=args.tta, ensemble=args.ensemble))
+        if mlflow:
+            from bench.tracking import log_final
+
+            log_final(mlflow, args.run, results, say=console.print)
         return 0
 
 

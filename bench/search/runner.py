@@ -36,7 +36,7 @@ from bench.search.progress import Progress
 from bench.search.pruners import make_pruner
 from bench.search.samplers import make_sampler
 from bench.search.space import load_space, resolve_space
-from bench.search.storage import describe_storage, open_storage
+from bench.search.storage import describe_storage, open_storage, redact
 from bench.search.worker import (
     EXIT_BUDGET_DONE,
     EXIT_SETUP_FAILED,
@@ -101,6 +101,7 @@ class SearchOptions:
     final: bool = True  # held-out evaluation of the best trial per backbone when the budget is met
     fixed: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    mlflow: str | None = None  # MLflow tracking URI (bench.tracking), already checked by the CLI
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Supervisor:
         self.o = options
         self.console = console
         self.failures: list[str] = []
+        self.tracking_errors: list[str] = []
         self.stop_reason: str | None = None
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -148,6 +150,12 @@ class Supervisor:
         make_pruner(o.pruner, folds=self.data.splits.folds)
         print_split(self.console, self.data)
         self.study_name = o.study or f"{self.data.spec.name}-{self.space.name}"
+        if o.mlflow:
+            from bench import tracking
+
+            # Made here, once, before any training: a URI that cannot take it fails now, and the
+            # workers do not race to create it.
+            tracking.ensure_experiment(o.mlflow, self.study_name)
         parent = o.runs_dir or paths.runs_dir()
         self.run = RunDir.open_or_create(o.out or parent / self.data.spec.name / self.study_name)
         self.storage = open_storage(o.storage, self.run.path, heartbeat_interval=o.heartbeat, grace_period=o.grace)
@@ -215,7 +223,8 @@ class Supervisor:
         write_search_manifest(
             self.run, self.o, self.data, self.space, self.space_path, engine="optuna",
             fields={"study": self.study_name, "storage": describe_storage(self.storage)},
-            session={"jobs": self.o.jobs, "sampler": self.o.sampler, "pruner": self.o.pruner},
+            session={"jobs": self.o.jobs, "sampler": self.o.sampler, "pruner": self.o.pruner,
+                     **({"mlflow": redact(self.o.mlflow)} if self.o.mlflow else {})},
         )
 
     # ---- trials ---------------------------------------------------------------------------
@@ -245,7 +254,7 @@ class Supervisor:
             space_path=str(self.space_path), fixed=self.fixed, storage=o.storage,
             study_name=self.study_name, run_dir=str(self.run.path), sampler=o.sampler, pruner=o.pruner,
             trials=o.trials, max_trials=o.max_trials_per_worker, heartbeat=o.heartbeat, grace=o.grace,
-            splits_digest=self.data.splits_digest, precision=o.precision, env=env,
+            splits_digest=self.data.splits_digest, precision=o.precision, env=env, mlflow=o.mlflow,
         )
 
     def _start(self, index: int) -> _Slot:
@@ -348,6 +357,8 @@ class Supervisor:
                 self.setup_error = payload["error"]
             elif kind == "trial_start" and slot is not None:
                 slot.trial, slot.trial_started = payload["number"], time.monotonic()
+            elif kind == "tracking_failed":
+                self.tracking_errors.append(f"trial {payload['number']}: {payload['error']}")
             elif kind == "trial_end":
                 if slot is not None:
                     slot.trial = None
@@ -377,6 +388,11 @@ class Supervisor:
             self.console.print(f"{len(self.failures)} failed trial(s) in this session:")
             for line in self.failures[-10:]:
                 self.console.print(f"  {line}")
+        if self.tracking_errors:  # the trials themselves are in the study; only their MLflow runs are missing
+            self.console.print(f"[yellow]MLflow: {len(self.tracking_errors)} trial(s) of this session not logged to "
+                               f"{redact(self.o.mlflow or '')}:[/]")
+            for line in self.tracking_errors[-10:]:
+                self.console.print(f"  {line}", markup=False, highlight=False)
         # Whatever ended the search (its budget, --timeout, --max-failures), its best trials get their
         # held-out numbers: a user who budgets by time is owed them too. Only Ctrl-C (code 130,
         # returned before this) skips it.
@@ -388,11 +404,12 @@ class Supervisor:
             if self.o.storage is not None:
                 # A shared study: this machine's run directory holds only its own trials.
                 self.console.print("Shared storage: when every machine has finished, run the held-out evaluation "
-                                   f"once, on any machine: `bench final --run {self.run.path}` (it reads every "
+                                   f"once, on any machine: `bench final --run {self.run.path}"
+                                   f"{' --mlflow ' + redact(self.o.mlflow) if self.o.mlflow else ''}` (it reads every "
                                    "machine's trials from the study).")
             elif self._final_is_stale():
                 code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
-                                               self.run.path, self.o.registry, self.console)
+                                               self.run.path, self.o.registry, self.console, mlflow=self.o.mlflow)
         if self.stop_reason and self.stop_reason.startswith("--max-failures"):
             return 1
         return code
@@ -466,7 +483,7 @@ def _final_is_current(run: RunDir) -> bool:
         return False
 
 
-def _final_main(run_dir: str, registry: str | None) -> None:
+def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.console import Console
@@ -477,23 +494,30 @@ def _final_main(run_dir: str, registry: str | None) -> None:
     console = Console()
     try:
         with native_stderr_to_log():
-            evaluate_run(Path(run_dir), console=console if console.is_terminal else Console(width=160),
-                         registry=Path(registry) if registry else None)
+            console = console if console.is_terminal else Console(width=160)
+            results = evaluate_run(Path(run_dir), console=console, registry=Path(registry) if registry else None)
+            if mlflow:
+                from bench.tracking import log_final
+
+                log_final(mlflow, Path(run_dir), results, say=console.print)
     except BenchError as err:
         # stdout: under `bench run` this process's descriptor 2 is TensorFlow's log file (bench.quiet)
         print(f"error: {err}", file=sys.stdout)
         sys.exit(2)
 
 
-def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, console: Any) -> int:
-    """The held-out evaluation, in its own process: the supervisor never imports the framework."""
+def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, console: Any,
+                            mlflow: str | None = None) -> int:
+    """The held-out evaluation, in its own process: the supervisor never imports the framework.
+    With ``mlflow`` (a tracking URI) it is logged there as ``bench final --mlflow`` does."""
     console.print("Held-out evaluation (bench final): best trial per backbone, refit on all training images")
-    process = ctx.Process(target=_final_main, args=(str(run_dir), registry), name="bench-final")
+    process = ctx.Process(target=_final_main, args=(str(run_dir), registry, mlflow), name="bench-final")
     process.start()
     process.join()
     if process.exitcode != 0:
+        again = f" --mlflow {redact(mlflow)}" if mlflow else ""
         console.print(f"[red]The held-out evaluation failed (exit code {process.exitcode}); the search results "
-                      f"are kept. Run `bench final --run {run_dir}` to retry.[/]")
+                      f"are kept. Run `bench final --run {run_dir}{again}` to retry.[/]")
         return 1
     return 0
 

@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class WorkerSpec:
     splits_digest: str = ""
     precision: str = "float32"
     env: dict[str, str] = field(default_factory=dict)
+    mlflow: str | None = None  # tracking URI: each worker logs the trials it ran (bench.tracking)
 
 
 def _die_with_parent() -> None:
@@ -88,10 +90,10 @@ def worker_main(spec: WorkerSpec, queue: Any, stop: Any) -> None:
         # An error outside a trial (a full disk, a storage that refuses writes) would come back in
         # a replacement worker: reported as fatal, so the supervisor stops instead of looping.
         try:
-            study, objective = _setup(spec, send)
+            study, objective, callbacks = _setup(spec, send)
             from bench.results import RunDir
 
-            code = _loop(spec, study, objective, send, stop, RunDir.open(Path(spec.run_dir)))
+            code = _loop(spec, study, objective, send, stop, RunDir.open(Path(spec.run_dir)), callbacks)
         except Exception as err:  # noqa: BLE001 - reported to the supervisor, which prints it
             send("setup_failed", {"error": describe_error(err)})
             sys.exit(EXIT_SETUP_FAILED)
@@ -117,7 +119,7 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
+def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
     from bench.search.devices import apply_precision, apply_thread_limits
 
     apply_thread_limits()
@@ -148,11 +150,21 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any]:
     )
     objective = make_objective(DataBySize(data), space, run, study_seed=spec.seed, fixed=spec.fixed,
                                on_event=lambda kind, payload: send(kind, payload), budget=spec.trials)
+    callbacks: list[Any] = []
+    if spec.mlflow:
+        # Optuna runs callbacks in the process that ran the trial: every worker logs its own.
+        from bench.tracking import trial_logger
+
+        callbacks.append(trial_logger(
+            spec.mlflow, metric=space.metric, dataset=str(data.spec.name), study=spec.study_name,
+            run_dir=str(run.path.resolve()),
+            on_error=lambda number, error: send("tracking_failed", {"number": number, "error": error})))
     send("ready", {"environment": environment.describe(), "host": socket.gethostname()})
-    return study, objective
+    return study, objective, callbacks
 
 
-def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, run: Any) -> int:
+def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, run: Any,
+          callbacks: Sequence[Any] = ()) -> int:
     import optuna
     from optuna.trial import TrialState
 
@@ -171,7 +183,7 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
         # Enqueued trials (one per backbone in a new study) exist, WAITING, before they run: only
         # trials that had started before this call are not this call's.
         before = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=list(callbacks))
         done_here += 1
         mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
                 and (t.user_attrs.get("worker") or {}).get("pid") == os.getpid()]
