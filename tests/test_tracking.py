@@ -151,7 +151,7 @@ def test_bench_final_logs_held_out_metrics_card_and_model(tracked_search, monkey
     assert "MLflow: final/simple_cnn logged to experiment 'tracked'" in " ".join(capsys.readouterr().out.split())
 
 
-@pytest.mark.slow  # a second refit in a child process (about 20 s on 2 cores)
+@pytest.mark.slow  # a second refit in a child process that imports TensorFlow again (20-30 s on 2 busy cores)
 def test_the_evaluation_that_ends_a_search_is_logged(tracked_search, capfd, tmp_path):
     out, uri, space = tracked_search
     for name in ("final.json", "test_metrics.csv", "test_predictions.csv"):  # as if the search had just ended
