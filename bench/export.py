@@ -504,7 +504,7 @@ def load_model(path: Path) -> Any:
     if _uses_keras_hub(path):  # a ViT: its layers are bench's subclasses of keras-hub's
         from bench.models.hub import keras_hub_layers
 
-        keras_hub_layers(f"in {path.name}")
+        keras_hub_layers("vit", what=f"The model {path}")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for a bad file

@@ -148,6 +148,14 @@ def test_imagenet_resolves_to_a_local_preset_folder_with_its_weights(
     with pytest.raises(ConfigError, match=r"vit_tiny_test_preset\) are for 32x32 px.*Use size 32"):
         build_classifier(TINY, 2, 64, weights="imagenet")
 
+    # The feature cache keys frozen features by the weights: for a preset, by its folder's files.
+    from bench.features import weights_identity
+
+    folder_id = weights_identity(str(weights_dir / TINY_PRESET), clf.base)
+    assert len(folder_id) == 64 and folder_id == weights_identity(str(weights_dir / TINY_PRESET), clf.base)
+    keras_hub_vit().save_to_preset(str(weights_dir / "other"))  # same config, other random weights
+    assert weights_identity(str(weights_dir / "other"), clf.base) != folder_id
+
     [info] = store.inspect([TINY])
     assert info.present and info.path == weights_dir / TINY_PRESET and info.check == "keras-hub preset"
     assert info.size and info.size > 4 * reference.count_params()  # float32 weights in the folder

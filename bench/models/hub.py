@@ -61,15 +61,18 @@ class ViTArch:
         }  # fmt: skip
 
 
-def keras_hub_layers(backbone: str) -> ModuleType:
-    """``bench.models.hub_layers`` (which imports keras-hub), or a ConfigError naming the extra."""
+def keras_hub_layers(backbone: str, *, what: str | None = None) -> ModuleType:
+    """``bench.models.hub_layers`` (which imports keras-hub), or a ConfigError naming the extra.
+
+    ``what`` replaces "Backbone '<backbone>'" at the start of the message (e.g. a model file).
+    """
     try:
         return importlib.import_module("bench.models.hub_layers")
     except ImportError as err:
         if not (err.name or "").startswith("keras_hub"):
             raise
         raise ConfigError(
-            f"Backbone {backbone!r} is built from keras-hub, which is not installed: run "
+            f"{what or f'Backbone {backbone!r}'} is built from keras-hub, which is not installed: run "
             f"`{HUB_INSTALL}` (or `pip install 'keras-hub>=0.22'`), or choose another backbone."
         ) from None
 
