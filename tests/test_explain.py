@@ -19,7 +19,9 @@ from bench.models import backbone_names, block_outputs, build_classifier, get_ba
 from tests.test_export import class_folder, final_run, heldout_images, run_main  # noqa: F401  (final_run: a session fixture)
 
 
-@pytest.mark.parametrize("name", backbone_names())
+# ViT-L/16's 300M random weights take ~10 s to initialise: in the slow suite.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "vit_l16" else n
+                                  for n in backbone_names()])
 def test_target_is_the_last_block_of_every_backbone(name):
     size = max(get_backbone(name).min_size, 32)
     parts = build_classifier(name, 3, size)

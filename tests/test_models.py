@@ -119,6 +119,10 @@ EXPECTED = {
     "convnext_tiny": (133, 24, 19),
     "efficientnet_lite0": (141, 68, 10),
     "simple_cnn": (17, 16, 4),
+    # keras-hub ViTs (tests/test_hub.py): patch embedding + one block per transformer layer.
+    "vit_b16": (16, 15, 13),
+    "vit_b32": (16, 15, 13),
+    "vit_l16": (28, 27, 25),
 }
 
 
@@ -127,7 +131,8 @@ def test_registry_lists_the_builtin_backbones() -> None:
 
 
 # Building (no forward pass) takes 0.1-1.5 s per backbone here, so all of them run by default.
-@pytest.mark.parametrize("name", list(EXPECTED))
+# ViT-L/16's 300M random weights take ~10 s to initialise: in the slow suite.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "vit_l16" else n for n in EXPECTED])
 def test_backbone_builds_and_splits_into_blocks(name: str) -> None:
     size = small_size(name)
     model = get_backbone(name).build((size, size, 3), None)

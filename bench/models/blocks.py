@@ -134,6 +134,9 @@ BLOCK_END_RULES: dict[str, Callable[[keras.Operation, int], bool]] = {
     "merge": lambda op, n_in: n_in >= 2 and type(op).__name__ in _MERGE_CLASSES,
     "pool": lambda op, n_in: isinstance(op, _POOL_TYPES),
     "stage name": lambda op, n_in: bool(_STAGE_NAME.search(op.name)),
+    # Layers that say so themselves, an attribute saved with them: a ViT's patch embedding and
+    # transformer layers (bench.models.hub_layers), whose names and classes say nothing general.
+    "declared": lambda op, n_in: getattr(op, "ends_block", False) is True,
 }
 
 

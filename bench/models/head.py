@@ -105,6 +105,13 @@ def check_size(backbone: Backbone, size: int) -> int:
             f"Image size {size!r} is too small for backbone {backbone.name!r}, which needs at "
             f"least {backbone.min_size} px; use a size of {backbone.min_size} or more."
         )
+    m = backbone.size_multiple
+    if size % m:
+        raise ConfigError(
+            f"Image size {size} does not suit backbone {backbone.name!r}: it cuts the image into "
+            f"{m}x{m} px patches, so the size must be a multiple of {m} (e.g. {size // m * m} or "
+            f"{(size // m + 1) * m})."
+        )
     return size
 
 
@@ -187,6 +194,8 @@ def describe_backbone(name: str, size: int | None = None) -> dict[str, Any]:
         "default_size": spec.default_size,
         "preprocess": spec.preprocess,
         "preprocessing": spec.preprocess,  # alias: the same value under its descriptive name
-        "imagenet": spec.imagenet_file is not None,
+        "imagenet": spec.has_imagenet,
         "imagenet_file": spec.imagenet_file,
+        "imagenet_preset": spec.imagenet_preset,
+        "size_multiple": spec.size_multiple,
     }

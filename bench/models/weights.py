@@ -40,7 +40,16 @@ def weights_dirs() -> list[Path]:
 
 
 def imagenet_path(backbone: Backbone) -> Path | None:
-    """The local ImageNet weights file for ``backbone``, or None if it is not on this machine."""
+    """The local ImageNet weights for ``backbone``, or None if they are not on this machine.
+
+    A weights file, or for a keras-hub backbone its preset folder ``<weights folder>/<preset>/``
+    (one holding the preset's config.json: a half-copied folder without it does not count).
+    """
+    if backbone.imagenet_preset is not None:
+        for folder in weights_dirs():
+            if (folder / backbone.imagenet_preset / "config.json").is_file():
+                return folder / backbone.imagenet_preset
+        return None
     if backbone.imagenet_file is None:
         return None
     for folder in weights_dirs():
@@ -65,8 +74,9 @@ def download_imagenet(backbone: Backbone) -> Path:
 def resolve_weights(backbone: Backbone, weights: str | Path | None) -> str | None:
     """What to build ``backbone`` with: None (random init) or the path of a local weights file.
 
-    ``'imagenet'`` becomes the local copy of the Keras ImageNet file (downloaded if missing);
-    any other string or path must name an existing file.
+    ``'imagenet'`` becomes the local copy of the Keras ImageNet file (downloaded if missing), or
+    for a keras-hub backbone its local preset folder (likewise); any other string or path must
+    name an existing file (or, for a keras-hub backbone, a preset folder).
     """
     if weights is None or (isinstance(weights, str) and weights.strip().lower() in NO_WEIGHTS):
         return None
@@ -79,6 +89,8 @@ def resolve_weights(backbone: Backbone, weights: str | Path | None) -> str | Non
         local = imagenet_path(backbone)
         return str(local if local is not None else download_imagenet(backbone))
     path = Path(weights).expanduser()
+    if backbone.imagenet_preset is not None and (path / "config.json").is_file():
+        return str(path)
     if not path.is_file():
         raise ConfigError(
             f"Weights file {str(path)!r} for backbone {backbone.name!r} does not exist. "

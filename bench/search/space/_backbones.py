@@ -20,6 +20,13 @@ def _check_sizes(where: str, backbones: list[str], sizes: list[int]) -> None:
                 f"{where}: size {smallest} is too small for backbone '{name}', which needs at least "
                 f"{spec.min_size} px; use a size of {spec.min_size} or more, or drop '{name}'."
             )
+        odd = [s for s in sizes if s % spec.size_multiple]
+        if odd:
+            raise ConfigError(
+                f"{where}: size {odd[0]} does not suit backbone '{name}', which cuts images into "
+                f"{spec.size_multiple}x{spec.size_multiple} px patches: use multiples of "
+                f"{spec.size_multiple}, or drop '{name}'."
+            )
 
 
 def _check_imagenet(where: str, backbones: list[str]) -> None:
