@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REPORT ?= reports
 REPORT_FLAGS ?=
+# Two test processes (pytest-xdist): one keeps only one of 2 cores busy. TEST_WORKERS=1 runs one.
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo test test-slow test-all perf install clean
 
@@ -30,13 +33,13 @@ demo: $(STAMP)
 	@echo "make demo: the report is $(abspath $(REPORT))/index.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_WORKERS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'slow or not slow'
+	$(BIN)/python -m pytest -q -m 'slow or not slow' $(PYTEST_WORKERS)
 
 # Speed ratios measured side by side on this machine (README, "Speed: bench perf"); about 45 minutes
 # on the 2 shared cores under load (the peak-memory row, over 8,000 generated images, is most of it).

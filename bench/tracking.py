@@ -272,7 +272,7 @@ def log_final(uri: str, run_dir: Path, keys: Iterable[str], say: Callable[[str],
 
 
 def _log_final_entry(client: Any, experiment_id: str, run: Any, manifest: dict[str, Any], key: str) -> str:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from bench.export import build_card, card_paths, render_markdown
     from bench.results import entry_keys

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.apt import apt_install
+
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -51,19 +53,10 @@ def chromium() -> Path:
         pytest.fail(f"No Chromium or Chrome found ({CHROMIUM}, {', '.join(BROWSER_NAMES)} on PATH). Install one "
                     f"(Debian: sudo {INSTALL_HINT}) or set {BROWSER_ENV} to a Chromium or Chrome binary.",
                     pytrace=False)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    steps = (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"])
-    for cmd in steps:
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            pytest.fail(f"Installing Chromium failed at `{' '.join(cmd)}`: {err}. Install it by hand: {INSTALL_HINT}",
-                        pytrace=False)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            pytest.fail(f"Installing Chromium failed at `{' '.join(cmd)}` (exit {done.returncode}): "
-                        f"{' | '.join(tail)}. Install it by hand (as root): {INSTALL_HINT}", pytrace=False)
-    if not CHROMIUM.exists():
+    installed, problem = apt_install("chromium", lambda: CHROMIUM if CHROMIUM.exists() else None)
+    if problem:
+        pytest.fail(f"Installing Chromium failed: {problem}. Install it by hand (as root): {INSTALL_HINT}", pytrace=False)
+    if installed is None:
         pytest.fail(f"apt-get installed chromium but {CHROMIUM} is still missing.", pytrace=False)
     return CHROMIUM
 

@@ -105,3 +105,53 @@ def demo_search(tmp_path_factory) -> tuple[Path, str]:
                      "--out", str(out), "--pruner", "none"])
     assert code == 0, printed.getvalue()[-3000:]
     return out, printed.getvalue()
+
+
+# ---- two test workers (pytest-xdist) -------------------------------------------------------------
+# `make test` runs the suite on two worker processes (`-n 2 --dist loadgroup`): one process keeps
+# only one of the two cores busy (TensorFlow's tracing, Python and the child processes' start-ups
+# are serial; measured: 99% CPU of 200% over the default suite). A session or module fixture is
+# made once per *worker*, so every test that reads one goes to the same worker: the shared real
+# search runs once, not twice. Cheap ones (a path check, a server start) need no grouping.
+UNGROUPED_FIXTURES = {"shared_pneumonia", "postgres_url"}
+
+
+def _shared_fixtures(item: pytest.Item) -> set[str]:
+    """The project's session/module fixtures ``item`` reads, named by fixture and defining module
+    (a fixture imported into another module is still the one fixture) and by parameter (each
+    parameter of a parametrized one is its own value)."""
+    info = getattr(item, "_fixtureinfo", None)
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    shared = {
+        name: defs[-1].func.__module__
+        for name, defs in (info.name2fixturedefs.items() if info is not None else ())
+        if defs and defs[-1].scope in ("session", "module", "package") and name not in UNGROUPED_FIXTURES
+        and defs[-1].func.__module__.startswith("tests")  # the project's, not pytest's or a plugin's
+    }
+    # A parametrized shared fixture makes one value per parameter, and so does every fixture that
+    # reads it (test_report's `reported` per `run_dir`): the item's parameters name the values.
+    which = ",".join(f"{k}={params[k]}" for k in sorted(params) if k in shared)
+    names = {f"{name}@{module}" + (f"[{which}]" if which else "") for name, module in shared.items()}
+    # test_report's run_dir[cli] reads demo_search by name (request.getfixturevalue), outside the
+    # static closure: its parameter says so.
+    if params.get("run_dir") == "cli":
+        names.add("demo_search@tests.conftest")
+    return names
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests that share any fixture share a worker: the groups are the connected components.
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shared = {item.nodeid: sorted(_shared_fixtures(item)) for item in items}
+    for keys in shared.values():
+        for other in keys[1:]:
+            parent[root(other)] = root(keys[0])
+    for item in items:
+        if shared[item.nodeid]:
+            item.add_marker(pytest.mark.xdist_group(root(shared[item.nodeid][0])))

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.apt import apt_install
+
 USER = "bench"
 PASSWORD = "secret"
 DATABASE = "bench"
@@ -93,13 +95,9 @@ def ensure_postgres_binaries() -> Path:
             "PostgreSQL server binaries (initdb, pg_ctl) are not installed. Without root: pip install "
             "pgserver (make test's dev extra does); with root: sudo apt-get install postgresql"
         )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]):
-        done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-            raise PostgresUnavailable(f"`{' '.join(command)}` failed ({done.returncode}):\n{tail}")
-    found = find_postgres_bin()
+    found, problem = apt_install("postgresql", find_postgres_bin)
+    if problem:
+        raise PostgresUnavailable(problem)
     if not found:
         raise PostgresUnavailable("apt-get installed postgresql but no initdb/pg_ctl is under /usr/lib/postgresql")
     return found

@@ -11,15 +11,15 @@ import pytest
 
 from bench.calibration import fit_temperature
 from bench.cli import main
-from tests.test_export import make_final_run, run_main
+from tests.test_export import final_run, run_main  # noqa: F401 (fixture)
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
 
 @pytest.mark.slow
-def test_bench_final_calibrates_and_sets_operating_points_on_cv_only(tmp_path_factory, tmp_path, capsys):
+def test_bench_final_calibrates_and_sets_operating_points_on_cv_only(final_run, tmp_path, capsys):
     run = tmp_path / "run"
-    shutil.copytree(make_final_run(tmp_path_factory), run)  # the shared run stays as other tests expect it
+    shutil.copytree(final_run, run)  # the shared run stays as other tests expect it
     code, out, err = run_main(capsys, "final", "--run", run, "--operating-point", "sens=0.9",
                               "--operating-point", "spec=0.80", "--boot", "200")
     assert code == 0, err

@@ -56,7 +56,6 @@ def _predictions(paths: list[str], y: np.ndarray, proba: np.ndarray) -> pd.DataF
 def make_synthetic_run(out: Path, *, study_name: str = "synthetic-tpe", sampler: str = "tpe",
                        dataset: str = "synthetic-xray", skill_shift: float = 0.0) -> Path:
     """A search run directory with 5 trials (3 complete, 1 pruned, 1 failed) and held-out results."""
-    rng = np.random.default_rng(0)
     n, folds = 100, 3
     labels = np.array([0, 1] * (n // 2))
     paths = [f"{CLASSES[y]}/IM-{i:04d}-0001.jpeg" for i, y in enumerate(labels)]
