@@ -2,7 +2,8 @@
 #   make demo   the main job on the embedded demo dataset, offline (a search over three backbones),
 #               then its report (REPORT=DIR, default reports/; REPORT_FLAGS=--strict as CI runs it)
 #   make perf   `bench perf`: speed ratios measured side by side (scripts/results/bench_perf.csv)
-#   make test   the default test suite (about 7.5 minutes on 2 cores); `make test-slow` runs the slow end-to-end suite (about 13)
+#   make test   the default test suite on two test workers (about 6 minutes on 2 cores); `make test-slow` runs the
+#               slow end-to-end suite (about 13)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -118,23 +118,21 @@ UNGROUPED_FIXTURES = {"shared_pneumonia", "postgres_url"}
 
 def _shared_fixtures(item: pytest.Item) -> set[str]:
     """The project's session/module fixtures ``item`` reads, named by fixture and defining module
-    (a fixture imported into another module is still the one fixture) and by parameter (each
-    parameter of a parametrized one is its own value)."""
+    (a fixture imported into another module is still the one fixture).
+
+    All values of a parametrized one (test_report's ``run_dir``: synthetic, cli) count as one: on
+    one worker pytest runs them value by value, while values interleaved with other groups' tests
+    made a worker switch back and forth, and each switch tore down what the fixture had read by
+    name (the shared search, re-run: measured, 85 s twice)."""
     info = getattr(item, "_fixtureinfo", None)
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    shared = {
-        name: defs[-1].func.__module__
+    names = {
+        f"{name}@{defs[-1].func.__module__}"
         for name, defs in (info.name2fixturedefs.items() if info is not None else ())
         if defs and defs[-1].scope in ("session", "module", "package") and name not in UNGROUPED_FIXTURES
         and defs[-1].func.__module__.startswith("tests")  # the project's, not pytest's or a plugin's
     }
-    # A parametrized shared fixture makes one value per parameter, and so does every fixture that
-    # reads it (test_report's `reported` per `run_dir`): the item's parameters name the values.
-    which = ",".join(f"{k}={params[k]}" for k in sorted(params) if k in shared)
-    names = {f"{name}@{module}" + (f"[{which}]" if which else "") for name, module in shared.items()}
-    # test_report's run_dir[cli] reads demo_search by name (request.getfixturevalue), outside the
-    # static closure: its parameter says so.
-    if params.get("run_dir") == "cli":
+    # run_dir[cli] reads demo_search by name (request.getfixturevalue), outside the static closure.
+    if getattr(getattr(item, "callspec", None), "params", {}).get("run_dir") == "cli":
         names.add("demo_search@tests.conftest")
     return names
 

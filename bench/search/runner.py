@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -280,9 +281,23 @@ class Supervisor:
         t_start = time.monotonic()
         slots = {i: self._start(i) for i in range(o.jobs)}
         setup_error: str | None = None
+        # Ctrl-C is also remembered, not only raised: a KeyboardInterrupt raised inside a library
+        # call (SQLAlchemy, a queue) can be lost there, and then the search ran on to its end (seen
+        # once in the Ctrl-C test, under load). The loop re-raises it at its next turn.
+        interrupted: list[bool] = []
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+
+        # (Not where Ctrl-C is ignored, as under nohup, nor off the main thread, where it cannot be set.)
+        keep = not _main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        previous = None if keep else signal.signal(signal.SIGINT, on_sigint)
         try:
             with self.progress:
                 while slots:
+                    if interrupted:
+                        raise KeyboardInterrupt
                     self._drain(slots)
                     now = time.monotonic()
                     if o.timeout and now - t_start > o.timeout and not self.stop.is_set():
@@ -331,6 +346,9 @@ class Supervisor:
             self.console.print(f"[yellow]Interrupted. Finished trials are kept; run the same command again to "
                                f"continue the study.[/] Run directory: {self.run.path}")
             return 130
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         if setup_error:
             raise BenchError(f"The search stopped: {setup_error}")
         return 0
@@ -504,6 +522,12 @@ def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None) -
         # stdout: under `bench run` this process's descriptor 2 is TensorFlow's log file (bench.quiet)
         print(f"error: {err}", file=sys.stdout)
         sys.exit(2)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()  # signal.signal works only there
 
 
 def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, console: Any,
