@@ -40,6 +40,16 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     return base
 
 
+@pytest.fixture
+def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty weights folder of this test's own (BENCH_WEIGHTS, and a Keras cache beside it)."""
+    folder = tmp_path / "weights"
+    monkeypatch.setenv("BENCH_WEIGHTS", str(folder))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("BENCH_OFFLINE", "")  # restored after the test; `--offline` writes os.environ
+    return folder
+
+
 def write_image(path: Path, value: int, size: int = 16, noise_seed: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(noise_seed if noise_seed is not None else abs(hash(str(path))) % 2**32)

@@ -35,15 +35,6 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> registry.Backbone:
     return get_backbone(TINY)
 
 
-@pytest.fixture
-def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "weights"
-    monkeypatch.setenv("BENCH_WEIGHTS", str(folder))
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv("BENCH_OFFLINE", "")  # restored after the test; `--offline` writes os.environ
-    return folder
-
-
 def keras_hub_vit(size: int = 32) -> keras.Model:
     import keras_hub
 

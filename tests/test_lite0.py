@@ -42,15 +42,6 @@ def require(module: str) -> ModuleType:
                     pytrace=False)
 
 
-@pytest.fixture
-def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "weights"
-    monkeypatch.setenv("BENCH_WEIGHTS", str(folder))
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv("BENCH_OFFLINE", "")  # restored after the test; `--offline` writes os.environ
-    return folder
-
-
 # --- the graph (no torch needed) -------------------------------------------------------------
 
 
