@@ -1,10 +1,13 @@
-"""What the run ran on: versions, backend, device. Recorded in every manifest."""
+"""What the run ran on: versions, backend, device (recorded in every manifest); and environment
+variables set for the length of a block."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -52,3 +55,23 @@ def describe() -> dict[str, Any]:
         "versions": versions(),
         **device(),
     }
+
+
+@contextlib.contextmanager
+def temporary_env(values: Mapping[str, str], *, override: bool = True) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block, then put back what was there.
+
+    ``override=False`` leaves a variable the user already set as it is.
+    """
+    if not override:
+        values = {k: v for k, v in values.items() if k not in os.environ}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -14,18 +14,18 @@ mlflow is imported only here and only when a URI is given, so bench works withou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bench.environment import temporary_env
 from bench.errors import BenchError, ConfigError
 
 ENV = "BENCH_MLFLOW_URI"
@@ -78,19 +78,6 @@ def _mlflow(uri: str) -> Any:
     return mlflow
 
 
-@contextlib.contextmanager
-def _probing() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in PROBE_ENV}
-    for key, value in PROBE_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-
-
 def _client(uri: str) -> Any:
     mlflow = _mlflow(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
@@ -117,7 +104,7 @@ def check(uri: str) -> str:
             with tempfile.NamedTemporaryFile(dir=path, prefix=".bench-probe-"):
                 pass
         client = _client(uri)
-        with _probing():
+        with temporary_env(PROBE_ENV, override=False):
             client.search_experiments(max_results=1)
     except BenchError:
         raise
@@ -130,7 +117,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name`` (created if new): made once, before workers race to create it."""
     client = _client(uri)
     try:
-        with _probing():
+        with temporary_env(PROBE_ENV, override=False):
             found = client.get_experiment_by_name(name)
             if found is not None:
                 if found.lifecycle_stage != "active":

@@ -211,12 +211,16 @@ def test_bench_imports_and_lists_without_keras_hub_and_says_what_to_install() ->
 # --- training, Grad-CAM, features, saving ----------------------------------------------------
 
 
+def cv_tiny(out_dir: Path, capsys, *options: str) -> None:
+    """`bench cv` of the tiny ViT on the demo X-rays: 32 px, 2 folds, 2 epochs, random init."""
+    code = main(["cv", "--dataset", "pneumonia-demo", "--backbone", TINY, "--weights", "none", "--size", "32",
+                 "--folds", "2", "--epochs", "2", *options, "--out", str(out_dir)])
+    assert code == 0, capsys.readouterr().err
+
+
 def test_cv_fits_a_tiny_vit_with_its_last_layer_unfrozen(tiny: registry.Backbone, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "run"
-    code = main(["cv", "--dataset", "pneumonia-demo", "--backbone", TINY, "--weights", "none", "--size", "32",
-                 "--folds", "2", "--epochs", "2", "--unfrozen", "1", "--pooling", "max", "--out", str(out_dir)])
-    out, err = capsys.readouterr()
-    assert code == 0, err
+    cv_tiny(out_dir, capsys, "--unfrozen", "1", "--pooling", "max")
     preds = RunDir.open(out_dir).table("predictions")
     proba = preds[["p_NORMAL", "p_PNEUMONIA"]].to_numpy()
     assert len(preds) > 100 and np.isfinite(proba).all()
@@ -225,11 +229,7 @@ def test_cv_fits_a_tiny_vit_with_its_last_layer_unfrozen(tiny: registry.Backbone
 
 def test_frozen_features_are_cached_for_a_tiny_vit(tiny: registry.Backbone, tmp_path: Path, capsys) -> None:
     # unfrozen 0 + no augmentation: the trial trains its head on cached (4, 4, 32) token grids.
-    out_dir = tmp_path / "run"
-    code = main(["cv", "--dataset", "pneumonia-demo", "--backbone", TINY, "--weights", "none", "--size", "32",
-                 "--folds", "2", "--epochs", "2", "--unfrozen", "0", "--augment", "none", "--out", str(out_dir)])
-    out, err = capsys.readouterr()
-    assert code == 0, err
+    cv_tiny(tmp_path / "run", capsys, "--unfrozen", "0", "--augment", "none")
     from bench.features import features_dir
 
     entries = list(features_dir().rglob("*.npy"))

@@ -9,34 +9,18 @@ feature cache lives in a temporary folder: the user's cache is neither read nor 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from bench.environment import temporary_env
 from bench.perf._registry import PerfOptions, PerfRow, register_perf
 
 NAME = "feature_cache"
 WARM_TARGET, COLD_TARGET = 20.0, 5.0
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _weights(backbone: str) -> tuple[str | None, str]:
@@ -71,7 +55,7 @@ def feature_cache(options: PerfOptions) -> list[PerfRow]:
             env = {"BENCH_CACHE": str(Path(tmp) / "cache")}
             if budget is not None:
                 env[features.BUDGET_ENV] = budget
-            with _env(**env):
+            with temporary_env(env):
                 rundir = RunDir.create(Path(tmp) / "runs", "perf", tag=run)
                 t0 = time.perf_counter()
                 result = cross_validate(data, config, rundir)

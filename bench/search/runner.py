@@ -18,6 +18,7 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -525,8 +526,6 @@ def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None) -
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()  # signal.signal works only there
 
 
