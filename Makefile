@@ -14,7 +14,7 @@ REPORT_FLAGS ?=
 TEST_WORKERS ?= 2
 PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: demo test test-slow test-all perf install clean
+.PHONY: demo test test-slow test-all perf lint docs install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,10 +42,18 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'slow or not slow' $(PYTEST_WORKERS)
 
+# The import layers (pyproject.toml [tool.importlinter]) and the manual (docs/, mkdocs.yml), both strict.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
+
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
 # Speed ratios measured side by side on this machine (README, "Speed: bench perf"); about 45 minutes
 # on the 2 shared cores under load (the peak-memory row, over 8,000 generated images, is most of it).
 perf: $(STAMP)
 	$(BIN)/bench perf --out scripts/results/bench_perf.csv
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .site

@@ -83,7 +83,7 @@ from bench.atomic import write_atomic, write_text_atomic
 from bench.errors import BenchError, DataError
 
 SCHEMA_VERSION = 1
-# folds.csv's `features` values (see bench.features).
+# folds.csv's `features` values (see bench.training.features).
 FEATURES_CACHED, FEATURES_COMPUTED = "cached", "computed"
 
 FILES = {

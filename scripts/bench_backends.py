@@ -19,8 +19,8 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 from bench import metrics as M
-from bench.experiment import inner_split, prepare_data
-from bench.train import FoldTrainer, TrainConfig
+from bench.training.experiment import inner_split, prepare_data
+from bench.training.train import FoldTrainer, TrainConfig
 backbone, epochs, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data = prepare_data("pneumonia-demo", folds=3, size=size)
 config = TrainConfig(backbone=backbone, size=size, epochs=epochs, augment="none", early_stopping=0, reduce_lr=0)

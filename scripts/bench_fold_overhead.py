@@ -17,8 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from bench.experiment import prepare_data  # noqa: E402
-from bench.train import FoldTrainer, TrainConfig  # noqa: E402
+from bench.training.experiment import prepare_data  # noqa: E402
+from bench.training.train import FoldTrainer, TrainConfig  # noqa: E402
 
 
 class FirstStep(keras.callbacks.Callback):

@@ -6,7 +6,7 @@ ratios against `--pruner none`. Targets (issue "Numbers you can publish"): >= 25
 pruned, <= 0.7x the wall time, best objective within 0.02. Ratios, not absolute times: this
 machine is shared and noisy, so the script prints what it measured and asserts nothing.
 
-    python scripts/bench_pruning.py                       # the shared X-rays beside the clone
+    python scripts/bench_pruning.py                       # the real X-rays in tests/data/pneumonia
     python scripts/bench_pruning.py --dataset pneumonia-demo --trials 12 --pruners median none
 """
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "pneumonia"
+SHARED = REPO / "tests" / "data" / "pneumonia"  # the 976 real X-rays shipped with the tests
 
 
 def run_search(dataset: str, pruner: str, trials: int, folds: int, seed: int, space: str, out: Path) -> float:

@@ -19,8 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bench import metrics as M  # noqa: E402
-from bench.experiment import prepare_data  # noqa: E402
-from bench.train import FoldTrainer, TrainConfig  # noqa: E402
+from bench.training.experiment import prepare_data  # noqa: E402
+from bench.training.train import FoldTrainer, TrainConfig  # noqa: E402
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
-"""Build the embedded demo dataset (bench/data/demo/pneumonia-demo) from shared/data/pneumonia.
+"""Build the embedded demo dataset (bench/data/demo/pneumonia-demo) from tests/data/pneumonia.
 
 Whole patients are drawn (seeded) per class until 150 images are reached, so the patient groups
 that make the demo's folds honest survive. Images are downscaled 128 -> 64 px (JPEG q90).
 
-    python scripts/make_demo.py ../shared/data/pneumonia bench/data/demo/pneumonia-demo
+    python scripts/make_demo.py tests/data/pneumonia bench/data/demo/pneumonia-demo
 """
 
 from __future__ import annotations

@@ -15,19 +15,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_PNEUMONIA = REPO.parent / "shared" / "data" / "pneumonia"
+REAL_XRAYS = REPO / "tests" / "data" / "pneumonia"  # 976 real X-rays, CC BY 4.0 (README.md there)
 
 
 @pytest.fixture(scope="session")
-def shared_pneumonia() -> Path:
-    """The real X-rays beside the clone. Missing is a FAILURE, never a skip: a skipped real-data
-    test would let the suite (and CI) pass without ever touching real images."""
-    if not (SHARED_PNEUMONIA / "manifest.csv").is_file():
-        pytest.fail(f"{SHARED_PNEUMONIA} is missing (or has no manifest.csv): put the shared real chest X-rays "
-                    f"there (NORMAL/ and PNEUMONIA/ image folders, 976 images, and manifest.csv with columns "
-                    f"path,label,patient,kermany_split), i.e. check out the project's shared/ folder beside "
-                    f"this clone.", pytrace=False)
-    return SHARED_PNEUMONIA
+def real_xrays() -> Path:
+    """The real X-rays shipped in the repository. Missing is a FAILURE, never a skip: a skipped
+    real-data test would let the suite (and CI) pass without ever touching real images."""
+    if not (REAL_XRAYS / "manifest.csv").is_file():
+        pytest.fail(f"{REAL_XRAYS} is missing (or has no manifest.csv): the clone is incomplete; check out "
+                    f"tests/data/pneumonia again (NORMAL/ and PNEUMONIA/ image folders, 976 images, and "
+                    f"manifest.csv with columns path,label,patient,kermany_split).", pytrace=False)
+    return REAL_XRAYS
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +122,7 @@ def demo_search(tmp_path_factory) -> tuple[Path, str]:
 # are serial; measured: 99% CPU of 200% over the default suite). A session or module fixture is
 # made once per *worker*, so every test that reads one goes to the same worker: the shared real
 # search runs once, not twice. Cheap ones (a path check, a server start) need no grouping.
-UNGROUPED_FIXTURES = {"shared_pneumonia", "postgres_url"}
+UNGROUPED_FIXTURES = {"real_xrays", "postgres_url"}
 
 
 def _shared_fixtures(item: pytest.Item) -> set[str]:

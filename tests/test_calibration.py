@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss
 
-from bench.calibration import apply_temperature, calibration_table, fit_temperature, reliability
 from bench.metrics import ECE_BINS, METRICS, bootstrap_ci, compute_metrics
+from bench.metrics.calibration import (
+    apply_temperature,
+    calibration_table,
+    fit_temperature,
+    reliability,
+)
 
 
 def reference_ece(y: np.ndarray, proba: np.ndarray, bins: int) -> float:

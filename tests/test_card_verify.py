@@ -15,7 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_export import class_folder, exported, final_run, heldout_images, run_main  # noqa: F401 (fixtures)
+from tests.test_export import (  # noqa: F401 (fixtures)
+    class_folder,
+    exported,
+    final_run,
+    heldout_images,
+    run_main,
+)
 
 
 @pytest.fixture
@@ -56,7 +62,7 @@ def test_a_model_file_that_is_not_the_exported_one_is_refused(exported, images, 
 
 
 def test_a_mobilenet_file_under_a_simple_cnn_card_is_refused(exported, images, tmp_path, capsys):
-    from bench.export import card_binding
+    from bench.deploy.export import card_binding
     from bench.models.head import build_classifier
 
     impostor = tmp_path / "impostor" / "winner.keras"

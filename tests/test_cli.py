@@ -177,7 +177,7 @@ def test_second_identical_cv_decodes_nothing(capsys, tmp_path, monkeypatch):
 
 def test_cv_with_a_failed_fold_exits_non_zero_naming_it_and_keeps_the_others(capsys, tmp_path, monkeypatch):
     # One NaN pixel in fold 2's training images: real Keras training reaches a NaN loss on that fold only.
-    from bench.train import FoldTrainer
+    from bench.training.train import FoldTrainer
 
     real_fit = FoldTrainer.fit_fold
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.calibration import fit_temperature
 from bench.cli import main
+from bench.metrics.calibration import fit_temperature
 from tests.test_export import final_run, run_main  # noqa: F401 (fixture)
 
 CLASSES = ["NORMAL", "PNEUMONIA"]

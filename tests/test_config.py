@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import load_registry, parse_registry
+from bench.data.spec import load_registry, parse_registry
 from bench.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

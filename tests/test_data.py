@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.config import DatasetSpec, GroupSpec, LayoutSpec, SourceSpec, TestSpec
 from bench.data import cache as image_cache
 from bench.data import images
-from bench.data.index import build_index
 from bench.data.registry import resolve
+from bench.data.sources import build_index
+from bench.data.spec import DatasetSpec, GroupSpec, LayoutSpec, SourceSpec, TestSpec
 from bench.data.splits import build_splits, merge_duplicates, stratified_group_fraction
 from bench.errors import DataError
-from bench.experiment import prepare_data
+from bench.training.experiment import prepare_data
 from tests.conftest import write_image
 
 
@@ -172,7 +172,7 @@ def test_two_processes_building_the_same_cache(make_folder, isolated_dirs):
     root = make_folder({"a": 40, "b": 40}, size=64)
     code = (
         "import sys, json; from pathlib import Path\n"
-        "from bench.data.registry import resolve; from bench.data.index import build_index\n"
+        "from bench.data.registry import resolve; from bench.data.sources import build_index\n"
         "from bench.data.cache import load_or_build\n"
         "spec, r = resolve(sys.argv[1]); c = load_or_build(build_index(spec, r), 48)\n"
         "print(json.dumps([c.built, int(c.array.sum())]))\n"
@@ -219,8 +219,8 @@ def test_folds_never_share_a_group_and_cover_every_class():
     assert not set(splits.groups[splits.test]) & set(splits.groups[~splits.test])
 
 
-def test_no_patient_in_two_folds_on_the_real_xrays(shared_pneumonia):
-    data = prepare_data(str(shared_pneumonia), folds=5, size=32)
+def test_no_patient_in_two_folds_on_the_real_xrays(real_xrays):
+    data = prepare_data(str(real_xrays), folds=5, size=32)
     assert data.spec.groups.kind == "column" and data.spec.groups.column == "patient"
     assert len(data.index) == 976
     n_patients = len(set(data.index.groups))

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.data.index import build_index
 from bench.data.registry import resolve
+from bench.data.sources import build_index
+from bench.deploy.predict import collect_images
 from bench.errors import DataError
-from bench.experiment import prepare_data
-from bench.predict import collect_images
+from bench.training.experiment import prepare_data
 from tests.conftest import write_image
 
 

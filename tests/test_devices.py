@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.search.devices import apply_precision, plan_workers, visible_gpus
-from bench.train import FoldTrainer, TrainConfig
+from bench.training.train import FoldTrainer, TrainConfig
 
 
 def test_each_worker_gets_its_own_gpu_round_robin():

@@ -1,4 +1,4 @@
-"""End-to-end on the real paediatric X-rays in ../shared (marked slow: run by `make test-slow` and CI)."""
+"""End-to-end on the real paediatric X-rays in tests/data/pneumonia (marked slow: run by `make test-slow` and CI)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import pytest
 
 from bench.cli import main
 from bench.results import RunDir
-pytestmark = pytest.mark.slow  # needs ../shared/data/pneumonia: the shared_pneumonia fixture fails without it
+
+pytestmark = pytest.mark.slow  # the real X-rays of tests/data/pneumonia: the real_xrays fixture fails without them
 
 
-def test_mobilenet_v2_from_scratch_beats_chance_by_far_on_real_xrays(shared_pneumonia, tmp_path, capsys):
+def test_mobilenet_v2_from_scratch_beats_chance_by_far_on_real_xrays(real_xrays, tmp_path, capsys):
     """The issue's acceptance run: MobileNetV2, random init, 64 px, 5 folds x 6 epochs.
 
     With Keras' default BatchNormalization momentum this scored 0.50 (one class predicted);
     the harness must give honest inference-mode predictions.
     """
     out = tmp_path / "run"
-    code = main(["cv", "--dataset", str(shared_pneumonia), "--backbone", "mobilenet_v2", "--weights", "none",
+    code = main(["cv", "--dataset", str(real_xrays), "--backbone", "mobilenet_v2", "--weights", "none",
                  "--size", "64", "--folds", "5", "--epochs", "6", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err

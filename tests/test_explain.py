@@ -12,9 +12,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bench.deploy.explain import explanation_grid
+from bench.deploy.explainers import METHODS, get_method, make_explainer
+from bench.deploy.gradcam import (
+    GRADIENTS,
+    GradCam,
+    find_target_layer,
+    overlay,
+    upsample,
+)
 from bench.errors import ConfigError
-from bench.explain import GRADIENTS, GradCam, explanation_grid, find_target_layer, overlay, upsample
-from bench.explainers import METHODS, get_method, make_explainer
 from bench.models import backbone_names, block_outputs, build_classifier, get_backbone
 from tests.test_export import class_folder, final_run, heldout_images, run_main  # noqa: F401  (final_run: a session fixture)
 
@@ -84,7 +91,7 @@ def squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, 
 
 
 def test_gradcam_heat_lies_on_the_bright_square():
-    from bench.train import FoldTrainer, TrainConfig
+    from bench.training.train import FoldTrainer, TrainConfig
 
     x, y, _ = squares(320, seed=0)
     config = TrainConfig(backbone="simple_cnn", size=SIZE, epochs=3, augment="none", lr=2e-3, batch_size=32)
@@ -164,7 +171,7 @@ def test_gradcam_grid_for_the_report(final_run, tmp_path):
     assert explanation_grid(moved, tmp_path / "none.png") is None
 
 
-# ---- every explanation method (bench.explainers) -------------------------------------------------------
+# ---- every explanation method (bench.deploy.explainers) -------------------------------------------------------
 
 BRIGHT_SIZE, BRIGHT_SIDE = 32, 10
 

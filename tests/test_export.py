@@ -130,7 +130,7 @@ def test_exported_model_predicts_identically_in_a_fresh_process(final_run, expor
     assert list(got.predicted) == [("NORMAL", "PNEUMONIA")[int(p > 0.5)] for p in want.p_PNEUMONIA]
     assert list(got.truth) == list(want.truth)
     # And the same as this process gets from the exported file.
-    from bench.predict import predict_paths
+    from bench.deploy.predict import predict_paths
 
     here = predict_paths(exported, [folder]).frame
     assert list(here.path) == list(got.path)
@@ -199,8 +199,8 @@ def test_predict_and_export_errors_are_clear(final_run, exported, tmp_path, caps
 
 
 def test_the_winner_is_chosen_by_cross_validation_not_by_the_test_set(tmp_path):
+    from bench.deploy.export import select_backbone
     from bench.errors import DataError
-    from bench.export import select_backbone
     from bench.results import RunDir
 
     run = RunDir.create(tmp_path, "ds", out=tmp_path / "run")

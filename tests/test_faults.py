@@ -26,13 +26,19 @@ from optuna.trial import TrialState
 from bench.atomic import atomic_path, write_text_atomic
 from bench.cli import main
 from bench.data import cache as image_cache
-from bench.data.index import build_index
 from bench.data.fetch import safe_extract
 from bench.data.registry import resolve
+from bench.data.sources import build_index
 from bench.errors import DataError
 from bench.results import RunDir
 from tests.conftest import REPO
-from tests.test_search import TINY_SPACE, _check_shared_budget, _two_workers, bench_process, run_args
+from tests.test_search import (
+    TINY_SPACE,
+    _check_shared_budget,
+    _two_workers,
+    bench_process,
+    run_args,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -149,7 +155,7 @@ def test_a_setup_error_marks_the_run_failed_with_its_reason(tmp_path, capsys):
 
 @pytest.mark.parametrize("content", [b"hello", b"PK\x05\x06" + b"\0" * 18])  # text; an empty zip
 def test_a_keras_file_that_is_not_a_model_is_called_that(tmp_path, content):
-    from bench.export import load_model
+    from bench.deploy.export import load_model
 
     path = tmp_path / "model.keras"
     path.write_bytes(content)

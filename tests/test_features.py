@@ -13,12 +13,12 @@ import keras
 import numpy as np
 import pytest
 
-from bench import features
-from bench.experiment import cross_validate, prepare_data
 from bench.metrics import compute_metrics
 from bench.models import get_backbone, imagenet_path
 from bench.results import RunDir
-from bench.train import FoldTrainer, TrainConfig
+from bench.training import features
+from bench.training.experiment import cross_validate, prepare_data
+from bench.training.train import FoldTrainer, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ _RACER = """
 import sys, time
 from pathlib import Path
 import keras, numpy as np
-from bench import features
+from bench.training import features
 root, go = Path(sys.argv[1]), Path(sys.argv[2])
 keras.utils.set_random_seed(0)
 inputs = keras.Input((8, 8, 3))

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
+import bench.download
 from bench.data import fetch
-from bench.data.fetch import MARKER, download, fetch_archive, is_extracted, safe_extract
+from bench.data.fetch import MARKER, fetch_archive, is_extracted, safe_extract
+from bench.download import download
 from bench.errors import ConfigError, DataError, NetworkError
 
 PAYLOAD = random.Random(0).randbytes(300_000)
@@ -233,7 +235,7 @@ def test_existing_file_with_wrong_digest_is_downloaded_again(serve, tmp_path):
 
 
 def test_progress_bar_on_a_terminal(serve, tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(bench.download, "_stderr_is_terminal", lambda: True)
     srv = serve({"/ham.bin": PAYLOAD})
     download(srv.url("/ham.bin"), tmp_path / "ham.bin", sha256=PAYLOAD_SHA, chunk=32 * 1024)
     assert (tmp_path / "ham.bin").read_bytes() == PAYLOAD

@@ -9,14 +9,14 @@ import optuna
 import pandas as pd
 import pytest
 
+from bench.deploy.export import load_model
+from bench.deploy.gradcam import GradCam
 from bench.errors import ConfigError
-from bench.explain import GradCam
-from bench.export import load_model
 from bench.models import FLATTEN_MAX_SIDE, HeadSpec, build_classifier
-from bench.schedules import EXPONENTIAL_END, MIN_LR_SCALE, learning_rates
-from bench.search.space import builtin_space, load_space
 from bench.search.objective import config_from_values
-from bench.train import FoldTrainer
+from bench.search.space import builtin_space, load_space
+from bench.training.schedules import EXPONENTIAL_END, MIN_LR_SCALE, learning_rates
+from bench.training.train import FoldTrainer
 from tests.test_train import config, toy_data
 
 
@@ -94,7 +94,7 @@ def test_each_fold_records_the_rate_its_schedule_gave():
 
 
 def test_plateau_keeps_its_rule_and_other_schedules_ignore_reduce_lr():
-    from bench.train import _InnerValidation  # noqa: F401  (the rules read the inner split)
+    from bench.training.train import _InnerValidation  # noqa: F401  (the rules read the inner split)
 
     trainer = FoldTrainer(config(size=16, reduce_lr=2), n_classes=2, n_train_hint=32)
     x, y = toy_data(n=16, size=16)

@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.grouping import Grouping, entries, parse_by
+from bench.evaluation.grouping import Grouping, entries, parse_by
 
 BY = ("backbone", "weights")
 

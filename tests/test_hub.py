@@ -13,11 +13,21 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.deploy.export import load_model
+from bench.deploy.gradcam import GradCam, find_target_layer
 from bench.errors import ConfigError, NetworkError
-from bench.explain import GradCam, find_target_layer
-from bench.export import load_model
-from bench.models import blocks, build_classifier, check_size, cut_points, get_backbone, resolve_weights, set_unfrozen
-from bench.models import hub, registry, store
+from bench.models import (
+    blocks,
+    build_classifier,
+    check_size,
+    cut_points,
+    get_backbone,
+    hub,
+    registry,
+    resolve_weights,
+    set_unfrozen,
+    store,
+)
 from bench.results import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +39,6 @@ TINY_ARCH = hub.ViTArch(patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, 
 @pytest.fixture
 def tiny(monkeypatch: pytest.MonkeyPatch) -> registry.Backbone:
     """A tiny ViT registered for this test only (the registry is restored afterwards)."""
-    registry._ensure_builtins()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     hub.register_vit(TINY, TINY_ARCH, title="tiny ViT (tests)", preset=TINY_PRESET, default_size=32)
     return get_backbone(TINY)
@@ -139,7 +148,7 @@ def test_imagenet_resolves_to_a_local_preset_folder_with_its_weights(
         build_classifier(TINY, 2, 64, weights="imagenet")
 
     # The feature cache keys frozen features by the weights: for a preset, by its folder's files.
-    from bench.features import weights_identity
+    from bench.training.features import weights_identity
 
     folder_id = weights_identity(str(weights_dir / TINY_PRESET), clf.base)
     assert len(folder_id) == 64 and folder_id == weights_identity(str(weights_dir / TINY_PRESET), clf.base)
@@ -230,7 +239,7 @@ def test_cv_fits_a_tiny_vit_with_its_last_layer_unfrozen(tiny: registry.Backbone
 def test_frozen_features_are_cached_for_a_tiny_vit(tiny: registry.Backbone, tmp_path: Path, capsys) -> None:
     # unfrozen 0 + no augmentation: the trial trains its head on cached (4, 4, 32) token grids.
     cv_tiny(tmp_path / "run", capsys, "--unfrozen", "0", "--augment", "none")
-    from bench.features import features_dir
+    from bench.training.features import features_dir
 
     entries = list(features_dir().rglob("*.npy"))
     assert entries, "no feature cache entry written"

@@ -11,9 +11,14 @@ import keras
 import numpy as np
 import pytest
 
-from bench.experiment import REFIT_SPLIT, cross_validate, inner_split, prepare_data
 from bench.results import RunDir
-from bench.train import FoldTrainer, TrainConfig
+from bench.training.experiment import (
+    REFIT_SPLIT,
+    cross_validate,
+    inner_split,
+    prepare_data,
+)
+from bench.training.train import FoldTrainer, TrainConfig
 
 
 def row_keys(x: np.ndarray) -> set[str]:
@@ -126,7 +131,7 @@ def plateau_reference(val_loss: list[float], lr0: float, patience: int, factor: 
 
 
 def test_refit_runs_the_recipe_cv_scored_lr_per_epoch_and_early_stop():
-    from bench.train import MIN_LR_SCALE, REDUCE_LR_FACTOR
+    from bench.training.train import MIN_LR_SCALE, REDUCE_LR_FACTOR
 
     rng = np.random.default_rng(0)
     y = np.arange(160) % 2

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bench.experiment
+import bench.training.experiment
 from bench.cli import main
-from bench.experiment import FoldScore, prepare_data
 from bench.results import RunDir
 from bench.search.objective import trial_seed
+from bench.training.experiment import FoldScore, prepare_data
 
 TINY_SPACE = """
 name = "tiny"
@@ -194,7 +194,7 @@ def fake_cross_validate(fail: dict[int, BaseException | str] | None = None):
 
 
 def test_failed_trials_are_fail_rows_and_do_not_use_the_budget(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate(
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate(
         {1: RuntimeError("out of memory (simulated)"), 2: "nan_loss at epoch 1 batch 3"}))
     space, out = space_file(tmp_path), tmp_path / "run"
     assert main(kt_args(space, out, 2)) == 0
@@ -211,7 +211,7 @@ def test_failed_trials_are_fail_rows_and_do_not_use_the_budget(tmp_path, monkeyp
 
 
 def test_a_search_where_every_trial_fails_is_not_a_success(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench.experiment, "cross_validate",
+    monkeypatch.setattr(bench.training.experiment, "cross_validate",
                         fake_cross_validate({n: ValueError("broken") for n in range(10)}))
     space, out = space_file(tmp_path), tmp_path / "run"
     assert main(kt_args(space, out, 2, "random", "--max-failures", "3")) == 1
@@ -223,7 +223,7 @@ def test_a_search_where_every_trial_fails_is_not_a_success(tmp_path, monkeypatch
 
 def test_a_missing_module_stops_the_search_with_its_name(tmp_path, monkeypatch, capsys):
     missing = ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard")
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate({0: missing}))
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate({0: missing}))
     space, out = space_file(tmp_path), tmp_path / "run"
     assert main(kt_args(space, out, 3)) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -235,7 +235,7 @@ def test_a_missing_module_stops_the_search_with_its_name(tmp_path, monkeypatch, 
 def test_interrupted_trials_are_failed_and_the_search_continues(tmp_path, monkeypatch, capsys):
     space, out = space_file(tmp_path), tmp_path / "run"
     # Ctrl-C during trial 1: recorded as failed at once, exit 130.
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate({1: KeyboardInterrupt()}))
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate({1: KeyboardInterrupt()}))
     assert main(kt_args(space, out, 3)) == 130
     assert list(trials_table(out).state) == ["COMPLETE", "FAIL"]
     assert RunDir.open(out).manifest()["status"] == "interrupted"
@@ -244,13 +244,13 @@ def test_interrupted_trials_are_failed_and_the_search_continues(tmp_path, monkey
     class Killed(BaseException):
         pass
 
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate({2: Killed()}))
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate({2: Killed()}))
     with pytest.raises(Killed):
         main(kt_args(space, out, 3))
     assert len(trials_table(out)) == 2
 
     # The same command again: trial 2 becomes a FAIL row, new trials get new numbers.
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate())
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate())
     assert main(kt_args(space, out, 3)) == 0
     trials = trials_table(out).set_index("number")
     assert list(trials.state) == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
@@ -260,7 +260,7 @@ def test_interrupted_trials_are_failed_and_the_search_continues(tmp_path, monkey
 
 
 def test_resume_refuses_another_setup(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate())
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate())
     space, out = space_file(tmp_path), tmp_path / "run"
     assert main(kt_args(space, out, 1)) == 0
     capsys.readouterr()
@@ -295,7 +295,7 @@ def test_unknown_tuner_is_a_clear_error(tmp_path, capsys):
 
 
 def test_a_space_exhausted_before_the_budget_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate())
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate())
     space = tmp_path / "two.toml"
     space.write_text(TINY_SPACE.format(epochs=1).split("[params.lr]")[0] + "[params.lr]\ntype = \"categorical\"\n"
                      "choices = [1e-3, 1e-2]\n")
@@ -309,7 +309,7 @@ def test_a_space_exhausted_before_the_budget_says_so(tmp_path, monkeypatch, caps
 def test_a_lost_kerastuner_project_is_not_silently_restarted(tmp_path, monkeypatch, capsys):
     import shutil
 
-    monkeypatch.setattr(bench.experiment, "cross_validate", fake_cross_validate())
+    monkeypatch.setattr(bench.training.experiment, "cross_validate", fake_cross_validate())
     space, out = space_file(tmp_path), tmp_path / "run"
     assert main(kt_args(space, out, 1)) == 0
     shutil.rmtree(out / "kerastuner")  # trial numbers would start again at 0, next to trial 0's records

@@ -26,12 +26,13 @@ from bench.models import (
     block_ends,
     blocks,
     build_classifier,
+    convert_lite0,
     cut_points,
     get_backbone,
+    lite0,
     resolve_weights,
+    store,
 )
-from bench.models import convert_lite0, lite0
-from bench.models import store
 
 
 def require(module: str) -> ModuleType:

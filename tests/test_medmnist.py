@@ -23,16 +23,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from bench import baselines as published
 from bench.cli import main
-from bench.config import load_registry, parse_registry
+from bench.data import baselines as published
 from bench.data import cache as image_cache
 from bench.data import medmnist
-from bench.data.index import build_index
 from bench.data.registry import dataset_root, resolve
+from bench.data.sources import build_index
+from bench.data.spec import load_registry, parse_registry
 from bench.errors import ConfigError, DataError
-from bench.experiment import prepare_data
 from bench.results import RunDir
+from bench.training.experiment import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")

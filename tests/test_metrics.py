@@ -15,10 +15,6 @@ from bench.metrics import (
     CI,
     METRICS,
     Metric,
-    _batched_confusion,
-    _Clusters,
-    _resample_indices,
-    _resample_units,
     bootstrap_all,
     bootstrap_ci,
     bootstrap_phrase,
@@ -28,6 +24,12 @@ from bench.metrics import (
     normalize_rows,
     per_class_table,
     validate_inputs,
+)
+from bench.metrics.bootstrap import (
+    _batched_confusion,
+    _Clusters,
+    _resample_indices,
+    _resample_units,
 )
 
 ALL = ["accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc", "log_loss", "ece",
@@ -375,7 +377,7 @@ def test_resamples_are_stratified():
 
 
 def test_resampling_in_chunks_covers_n_boot(monkeypatch):
-    monkeypatch.setattr("bench.metrics._CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr("bench.metrics.bootstrap._CHUNK_ELEMENTS", 1000)
     y, p = make_data(300, 3, 0)
     blocks = list(_resample_indices(y, 10, np.random.default_rng(0)))
     assert [b.shape for b in blocks] == [(3, 300)] * 3 + [(1, 300)]
@@ -606,7 +608,7 @@ def test_cluster_confusion_counts_every_image_of_every_drawn_group():
 
 
 def test_cluster_resampling_in_chunks_covers_n_boot(monkeypatch):
-    monkeypatch.setattr("bench.metrics._CHUNK_ELEMENTS", 100)
+    monkeypatch.setattr("bench.metrics.bootstrap._CHUNK_ELEMENTS", 100)
     y, p, groups = patients(30, 2, seed=1)
     blocks = list(_resample_units(_Clusters(y, p.argmax(1), 2, groups, "p").strata, 30, 10, np.random.default_rng(0)))
     assert [b.shape for b in blocks] == [(3, 30)] * 3 + [(1, 30)]

@@ -460,9 +460,10 @@ def test_partially_matching_file_is_an_error_not_a_warning(tmp_path: Path) -> No
 def test_efficientnet_b0_imagenet_file_gets_the_std_scaling(tmp_path: Path) -> None:
     # Keras adds Rescaling(1/sqrt(std)) after the Normalization only for 'imagenet'; loading the
     # ImageNet file by path must fold that factor in (and a bench-saved file must not).
-    from keras.src.legacy.saving import legacy_h5_format  # the .h5 layout of the ImageNet files
-
     import h5py
+    from keras.src.legacy.saving import (
+        legacy_h5_format,  # the .h5 layout of the ImageNet files
+    )
 
     spec = get_backbone("efficientnet_b0")
     source = spec.build((32, 32, 3), None)

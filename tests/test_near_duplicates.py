@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.audit import run_audit
 from bench.cli import main
-from bench.config import DEFAULT_NEAR_THRESHOLD
 from bench.data.near import HASH_BITS, merge_groups, near_clusters
-from bench.experiment import prepare_data, prepare_data_from_manifest
+from bench.data.spec import DEFAULT_NEAR_THRESHOLD
+from bench.training.audit import run_audit
+from bench.training.experiment import prepare_data, prepare_data_from_manifest
 
 SIZE = 64  # the cache size every test decodes at
 BASES = 12  # distinct images; each comes with three near-copies

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.operating import OperatingPoint, Threshold, apply_operating_points, choose_thresholds, parse_point
+from bench.metrics.operating import (
+    OperatingPoint,
+    Threshold,
+    apply_operating_points,
+    choose_thresholds,
+    parse_point,
+)
 
 
 def scores(n: int, seed: int, k: int = 2) -> tuple[np.ndarray, np.ndarray]:

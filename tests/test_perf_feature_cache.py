@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench.perf import MEASUREMENTS, PerfOptions
-from bench.perf import feature_cache
+from bench.perf import MEASUREMENTS, PerfOptions, feature_cache
 
 
 def test_quick_feature_cache_rows_are_finite_ratios() -> None:

@@ -12,9 +12,9 @@ import pytest
 from bench.cli import main
 from bench.data.splits import Protocol
 from bench.errors import ConfigError, DataError
-from bench.experiment import prepare_data, prepare_data_from_manifest
 from bench.results import RunDir
 from bench.search.pruners import make_pruner
+from bench.training.experiment import prepare_data, prepare_data_from_manifest
 from tests.conftest import write_image
 from tests.test_search import TINY_SPACE
 

@@ -141,10 +141,10 @@ LR_SPACE = TINY_SPACE.replace("epochs = 1", "epochs = 3").replace(
 
 @pytest.mark.slow  # four real 3-fold trials: about a minute on 2 cores
 def test_a_real_trial_that_learns_nothing_is_cut_in_its_first_fold(tmp_path):
-    from bench.experiment import DataBySize, prepare_data
     from bench.results import RunDir
     from bench.search.objective import make_objective
     from bench.search.space import load_space
+    from bench.training.experiment import DataBySize, prepare_data
 
     (tmp_path / "lr.toml").write_text(LR_SPACE)
     space = load_space(str(tmp_path / "lr.toml"))

@@ -473,7 +473,7 @@ def test_datasets_strategies_engines_and_cv_runs_together(tmp_path, capsys):
 
 def test_each_dataset_ranks_by_the_direction_of_its_own_objective(tmp_path):
     """set-b minimises log loss, set-a and set-c maximise balanced accuracy: ranks follow each manifest."""
-    from bench.report import stats
+    from bench.report import significance, stats
     from bench.report import tables as T
     from bench.report.collect import collect, find_run_dirs
 
@@ -498,7 +498,7 @@ def test_each_dataset_ranks_by_the_direction_of_its_own_objective(tmp_path):
         assert ranks[f"{d}_rank"].to_dict() == expected[d].to_dict(), d
     mean_rank = pd.DataFrame(expected).mean(axis=1).to_dict()
     assert ranks.mean_rank.to_dict() == pytest.approx(mean_rank)
-    table, _, message = T.friedman_table(coll, cross, stats)
+    table, _, message = significance.friedman_table(coll, cross, stats)
     assert table is not None, message
     assert table.data.set_index("backbone").mean_rank.to_dict() == pytest.approx(mean_rank)
 
@@ -529,19 +529,19 @@ def test_html_renders_in_headless_chromium(reported, tmp_path):
 
 
 def test_multiclass_confusion_per_class_and_one_vs_rest_roc(tmp_path):
+    from bench.report import details, facts
     from bench.report import figures as F
-    from bench.report import tables as T
 
     rng = np.random.default_rng(0)
     classes = ["polyp", "ulcer", "normal"]
     y = np.repeat(np.arange(3), 20)
     logits = rng.normal(0, 1, (60, 3)) + 2.0 * np.eye(3)[y]
     proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    ev = T.ModelEval("gi3", "resnet50", "s", "r", 4, "test", T.test_phrase(60), y, proba, classes, None)
-    conf = T.confusion_table(ev)
+    ev = details.ModelEval("gi3", "resnet50", "s", "r", 4, "test", facts.test_phrase(60), y, proba, classes, None)
+    conf = details.confusion_table(ev)
     assert conf.data["count"].sum() == 60 and len(conf.data) == 9
     assert list(conf.display.columns) == ["truth \\ predicted", *classes] and conf.bold.values.sum() == 3
-    per = T.per_class(ev)
+    per = details.per_class(ev)
     assert list(per.data["class"]) == classes and per.data.support.sum() == 60
     roc = F.roc_figure(y, proba, classes, None, tmp_path, "roc", "ROC", "one-vs-rest")
     assert roc.png.stat().st_size > 10_000 and roc.svg.read_text().count("AUC") == 3

@@ -16,7 +16,6 @@ import optuna
 import pytest
 
 from bench.errors import ConfigError
-from bench.search.space import _blocks as space_mod
 from bench.search.space import (
     FIELD_RULES,
     SearchSpace,
@@ -28,7 +27,8 @@ from bench.search.space import (
     parse_space,
     resolve_space,
 )
-from bench.train import TrainConfig
+from bench.search.space import _blocks as space_mod
+from bench.training.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

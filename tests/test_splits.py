@@ -14,9 +14,9 @@ import pytest
 
 from bench.cli import main
 from bench.errors import ConfigError, DataError
-from bench.experiment import prepare_data
 from bench.results import RunDir
-from tests.conftest import SHARED_PNEUMONIA, write_image
+from bench.training.experiment import prepare_data
+from tests.conftest import REAL_XRAYS, write_image
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -48,7 +48,7 @@ def registry(tmp_path: Path, body: str) -> Path:
 
 KERMANY_COLUMN = """
 [xrays]
-title = "The shared X-rays, with Kermany's own train/test column"
+title = "The real X-rays, with Kermany's own train/test column"
 task = "binary"
 classes = ["NORMAL", "PNEUMONIA"]
 source = {{ kind = "local", path = "{root}" }}
@@ -58,11 +58,10 @@ test = {{ kind = "column", column = "kermany_split", value = "test" }}
 """
 
 
-@pytest.mark.skipif(not SHARED_PNEUMONIA.is_dir(), reason="needs ../shared/data/pneumonia")
 def test_kermany_test_column_removes_exactly_the_straddling_patients_from_cv(tmp_path):
-    reg = registry(tmp_path, KERMANY_COLUMN.format(root=SHARED_PNEUMONIA))
+    reg = registry(tmp_path, KERMANY_COLUMN.format(root=REAL_XRAYS))
     # The expectation, from the manifest alone: patients with images on both sides of the column.
-    m = pd.read_csv(SHARED_PNEUMONIA / "manifest.csv", dtype=str)
+    m = pd.read_csv(REAL_XRAYS / "manifest.csv", dtype=str)
     in_test = m.kermany_split == "test"
     straddling = set(m.patient[in_test]) & set(m.patient[~in_test])
     expected = set(m.path[~in_test & m.patient.isin(straddling)])

@@ -24,7 +24,7 @@ STUDY = "tracked"
 
 
 def _client(uri: str):
-    from bench import tracking
+    from bench.search import tracking
 
     return tracking._mlflow(uri).MlflowClient(tracking_uri=uri)
 
@@ -167,7 +167,7 @@ def test_the_evaluation_that_ends_a_search_is_logged(tracked_search, capfd, tmp_
 def test_pruned_failed_and_surplus_trials_do_not_break_the_callback(tmp_path, monkeypatch):
     """The callback on a real study: a pruned and a failed trial are logged without a value, a surplus
     one (stepped back before training) is not logged, and a store gone mid-search is reported, not raised."""
-    from bench import tracking
+    from bench.search import tracking
 
     for key in tracking.QUIET_ENV:
         monkeypatch.delenv(key, raising=False)

@@ -6,7 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from bench.train import FoldTrainer, TrainConfig, auto_bn_momentum, reestimate_batchnorm
+from bench.training.train import (
+    FoldTrainer,
+    TrainConfig,
+    auto_bn_momentum,
+    reestimate_batchnorm,
+)
 
 
 def toy_data(n: int = 96, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

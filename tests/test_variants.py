@@ -1,4 +1,4 @@
-"""Test-time augmentation, fold ensembles and external validation (bench/variants.py, bench/external.py)."""
+"""Test-time augmentation, fold ensembles and external validation (bench/evaluation/variants.py, bench/evaluation/external.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _predict(model):
 
 
 def test_tta_of_mirror_symmetric_images_is_the_plain_prediction():
-    from bench.variants import tta_proba
+    from bench.evaluation.variants import tta_proba
 
     model = _tiny_model(0)
     half = _images(6)[:, :, :16]
@@ -44,7 +44,7 @@ def test_tta_of_mirror_symmetric_images_is_the_plain_prediction():
 
 
 def test_tta_flip_is_the_mean_over_the_image_and_its_mirror_and_changes_the_prediction():
-    from bench.variants import TTA_SETS, tta_proba
+    from bench.evaluation.variants import TTA_SETS, tta_proba
 
     model = _tiny_model(1)
     x = _images(8, seed=3)
@@ -58,8 +58,8 @@ def test_tta_flip_is_the_mean_over_the_image_and_its_mirror_and_changes_the_pred
 
 
 def test_fold_ensemble_is_the_mean_of_its_members_and_saves_as_one_model(tmp_path):
-    from bench.export import load_model
-    from bench.variants import ensemble_model, ensemble_proba, load_members
+    from bench.deploy.export import load_model
+    from bench.evaluation.variants import ensemble_model, ensemble_proba, load_members
 
     paths = []
     for k in range(3):
@@ -97,7 +97,7 @@ def test_paired_difference_is_zero_for_the_same_model_and_the_metric_gap_otherwi
 
 
 def test_external_classes_must_match_the_runs_by_name_in_any_order():
-    from bench.external import class_map
+    from bench.evaluation.external import class_map
 
     assert class_map(("PNEUMONIA", "NORMAL"), ["NORMAL", "PNEUMONIA"], "x").tolist() == [1, 0]
     with pytest.raises(DataError) as err:
@@ -122,10 +122,10 @@ def _bench(*argv: str) -> tuple[int, str, str]:
 def test_variants_external_and_the_report_on_a_real_run(demo_search, tmp_path):
     """The demo search's run, copied (other tests read the original): bench final with TTA and a fold
     ensemble, the ensemble exported and predicted, bench evaluate on a folder, and the report."""
-    from bench.experiment import prepare_data_from_manifest
-    from bench.predict import predict_paths
+    from bench.deploy.predict import predict_paths
+    from bench.evaluation.variants import ensemble_proba, load_members
     from bench.results import RunDir
-    from bench.variants import ensemble_proba, load_members
+    from bench.training.experiment import prepare_data_from_manifest
 
     run_dir = tmp_path / "run"
     shutil.copytree(demo_search[0], run_dir)

@@ -22,11 +22,10 @@ from typing import Protocol
 
 import numpy as np
 
-from bench.config import DatasetSpec, TestSpec
 from bench.data.images import is_image_file
+from bench.data.spec import DatasetSpec, TestSpec
 from bench.data.walk import walk_files
 from bench.errors import DataError
-
 
 OnError = Callable[[int, str], None]  # (row, reason) of an image that could not be read
 
@@ -245,14 +244,12 @@ def _published_split(spec: DatasetSpec, t: TestSpec | None, root: Path, paths: l
     return None
 
 
-def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
-    """List a dataset's images with labels, groups and official test membership."""
-    # Imported here: the source kinds' own index builders import this module.
-    from bench.data.sources import special_source
+def build_folder_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
+    """List the image files of a dataset's folder with labels, groups and official test membership.
 
-    source = special_source(spec.source.kind)
-    if source is not None:
-        return source.build_index(spec, root)
+    Source kinds that store pixels otherwise (MedMNIST npz) have their own builder: call
+    ``bench.data.sources.build_index``, which chooses.
+    """
     if not root.exists():
         raise DataError(f"Dataset folder {root} does not exist. {_hint(spec)}".strip())
     if not root.is_dir():

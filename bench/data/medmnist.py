@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from bench import paths
-from bench.config import DatasetSpec, NpzFile, require_supported
 from bench.data.images import resize_array
 from bench.data.index import DatasetIndex, OnError
+from bench.data.sources import Source, register_source
+from bench.data.spec import DatasetSpec, NpzFile, require_supported
 from bench.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -371,7 +372,7 @@ def location(spec: DatasetSpec) -> tuple[str, int | None]:
 
 def fetch(spec: DatasetSpec, *, size: int | None = None, progress: bool = True) -> str:
     """Download the flag's npz for ``size`` (default: the entry's image size) unless it is there; say where it is."""
-    from bench.data.fetch import download  # urllib and friends: only when downloading
+    from bench.download import download  # urllib and friends: only when downloading
 
     require_supported(spec)
     size = size or _wanted_size(spec)
@@ -396,3 +397,6 @@ def fetch(spec: DatasetSpec, *, size: int | None = None, progress: bool = True) 
                     manual_hint=hint)
     data = inspect(path)
     return f"{spec.name}: ready in {path} ({data.images:,} images, {size} px)."
+
+
+register_source(Source("medmnist", dataset_root, build_index, location, fetch))

@@ -10,11 +10,11 @@ The hash is 16 x 16 = 256 bits, not imagehash's default 8 x 8: chest X-rays all 
 1-pixel shift moved an image by up to 6). At 256 bits no two of those X-rays came closer than 40
 bits, while on 98 of them (128 px files, hashed at 224 and 64 px) JPEG re-encoding at quality 70
 moved an image by at most 8 bits, resizing to 3/4 by at most 6 and a 1-pixel shift by at most 30.
-``DEFAULT_THRESHOLD`` (32, ``bench.config.DEFAULT_NEAR_THRESHOLD``) sits in that gap.
+``DEFAULT_THRESHOLD`` (32, ``bench.data.spec.DEFAULT_NEAR_THRESHOLD``) sits in that gap.
 
 Clusters are the connected components of "within the threshold" (single linkage, as a union
 of pairs): a chain of small edits stays one cluster even when its ends are further apart.
-This module knows no networks; other kinds of pairs (feature similarity, ``bench.audit``) are
+This module knows no networks; other kinds of pairs (feature similarity, ``bench.training.audit``) are
 clustered by the same ``clusters_from_pairs``.
 """
 
@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.config import DEDUPE_MODES
-from bench.config import DEFAULT_NEAR_THRESHOLD as DEFAULT_THRESHOLD  # bits of HASH_BITS (see above)
+from bench.data.spec import DEDUPE_MODES
+from bench.data.spec import (
+    DEFAULT_NEAR_THRESHOLD as DEFAULT_THRESHOLD,  # bits of HASH_BITS (see above)
+)
 from bench.errors import ConfigError
 
 HASH_SIZE = 16  # pHash side: HASH_SIZE**2 bits per image

@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import paths
-from bench.config import (
+from bench.data.sources import special_source
+from bench.data.spec import (
     DatasetSpec,
     GroupSpec,
     LayoutSpec,
@@ -18,7 +19,6 @@ from bench.config import (
     require_supported,
     validate,
 )
-from bench.data.sources import special_source
 from bench.errors import DataError, close_matches
 
 # Manifest columns recognised as the group (patient) column in a plain folder's manifest.csv.

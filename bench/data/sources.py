@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import DatasetSpec
-from bench.data import medmnist
-from bench.data.index import DatasetIndex
+from bench.data.index import DatasetIndex, build_folder_index
+from bench.data.spec import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -28,11 +27,24 @@ class Source:
     fetch: Callable[..., str]  # fetch(spec, size=..., progress=...) -> a line to print
 
 
-SOURCES: dict[str, Source] = {
-    "medmnist": Source("medmnist", medmnist.dataset_root, medmnist.build_index, medmnist.location, medmnist.fetch),
-}
+# Filled by ``register_source`` in each kind's module; ``bench/data/__init__.py`` imports them, so
+# this registry imports none of its plugins.
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(source: Source) -> Source:
+    SOURCES[source.kind] = source
+    return source
 
 
 def special_source(kind: str) -> Source | None:
     """The ``Source`` of ``kind``, or None for image files in a folder (handled by index/cache/fetch)."""
     return SOURCES.get(kind)
+
+
+def build_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
+    """List a dataset's images with labels, groups and official test membership, whatever its kind."""
+    source = special_source(spec.source.kind)
+    if source is not None:
+        return source.build_index(spec, root)
+    return build_folder_index(spec, root)

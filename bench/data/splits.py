@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from bench.config import OFFICIAL_TEST_POLICIES
+from bench.data.spec import OFFICIAL_TEST_POLICIES
 from bench.errors import ConfigError, DataError
 
 EXCLUDED_BECAUSE = "its group also has images in the test set"

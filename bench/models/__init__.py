@@ -3,7 +3,10 @@
 Importing this package registers the built-in backbones.
 """
 
-from bench.models import backbones as _backbones  # noqa: F401  (registers the built-ins)
+# The built-in backbones register themselves on import; the registry itself imports none of them.
+from bench.models import backbones as _backbones  # noqa: F401
+from bench.models import hub as _hub  # noqa: F401  (keras-hub itself only when one is built)
+from bench.models import lite0 as _lite0  # noqa: F401
 from bench.models.blocks import (
     block_ends,
     block_outputs,
@@ -25,13 +28,14 @@ from bench.models.head import (
 )
 from bench.models.preprocess import MODES as PREPROCESS_MODES
 from bench.models.preprocess import Preprocess
-from bench.models.registry import Backbone, backbone_names, get_backbone, register_backbone
-from bench.models.weights import (
-    imagenet_path,
-    load_weights_file,
-    resolve_weights,
-    weights_dirs,
+from bench.models.registry import (
+    Backbone,
+    backbone_names,
+    get_backbone,
+    register_backbone,
 )
+from bench.models.store import resolve_weights
+from bench.models.weights import imagenet_path, load_weights_file, weights_dirs
 
 __all__ = [
     "FLATTEN_MAX_SIDE",

@@ -20,8 +20,7 @@ from bench.errors import ConfigError, close_matches
 from bench.models.blocks import blocks, cut_points, iter_layers, set_unfrozen
 from bench.models.preprocess import Preprocess
 from bench.models.registry import Backbone, get_backbone
-from bench.models.weights import resolve_weights
-
+from bench.models.store import resolve_weights
 
 # Flattening keeps every position of the feature map, so the first dense layer grows with its
 # area: allowed only up to this side (7x7 at 224 px for the usual /32 backbones, as the VGG16

@@ -97,16 +97,7 @@ def register_backbone(
     return decorate
 
 
-def _ensure_builtins() -> None:
-    # The built-in backbones register themselves on import; importing here (not at module top,
-    # which would be circular) means `get_backbone` works whichever module was imported first.
-    import bench.models.backbones  # noqa: F401
-    import bench.models.hub  # noqa: F401  (keras-hub itself only when one is built)
-    import bench.models.lite0  # noqa: F401
-
-
 def get_backbone(name: str) -> Backbone:
-    _ensure_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -117,5 +108,4 @@ def get_backbone(name: str) -> Backbone:
 
 
 def backbone_names() -> list[str]:
-    _ensure_builtins()
     return list(_REGISTRY)

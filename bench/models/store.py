@@ -26,7 +26,14 @@ from typing import Any
 
 from bench.errors import BenchError, ConfigError, DataError, NetworkError
 from bench.models.registry import Backbone, backbone_names, get_backbone
-from bench.models.weights import OFFLINE_ENV, WEIGHTS_ENV, imagenet_path, offline, weights_dirs
+from bench.models.weights import (
+    NO_WEIGHTS,
+    OFFLINE_ENV,
+    WEIGHTS_ENV,
+    imagenet_path,
+    offline,
+    weights_dirs,
+)
 
 URL_BASE_ENV = "BENCH_WEIGHTS_URL_BASE"  # a mirror holding the files flat: <base>/<file>
 SUMS_FILE = "SHA256SUMS"
@@ -228,7 +235,7 @@ def pull_one(spec: Backbone, *, progress: bool = True) -> Path:
     checksum Keras publishes matches (a mismatch deletes it), so a file under the real name is
     always a good one. Offline, or for converted weights, fails at once.
     """
-    from bench.data.fetch import download  # urllib and friends: only when downloading
+    from bench.download import download  # urllib and friends: only when downloading
 
     if spec.imagenet_preset is not None:
         if offline():
@@ -458,3 +465,41 @@ def convert(name: str, source: str | Path | None = None) -> Any:
         )
     module = importlib.import_module(CONVERTERS[spec.imagenet_convert])
     return module.convert(weights_dirs()[0], source)
+
+
+def download_imagenet(backbone: Backbone) -> Path:
+    """Fetch the ImageNet file into the first weights folder, checksum-checked and resumable.
+
+    Fails at once, without opening a connection, when offline or when the weights are made by
+    `bench weights convert` rather than downloaded; a failed download is a NetworkError that
+    names the file, the folder and the `bench weights pull` / export / import route.
+    """
+    return pull_one(backbone)
+
+
+def resolve_weights(backbone: Backbone, weights: str | Path | None) -> str | None:
+    """What to build ``backbone`` with: None (random init) or the path of a local weights file.
+
+    ``'imagenet'`` becomes the local copy of the Keras ImageNet file (downloaded if missing), or
+    for a keras-hub backbone its local preset folder (likewise); any other string or path must
+    name an existing file (or, for a keras-hub backbone, a preset folder).
+    """
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in NO_WEIGHTS):
+        return None
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
+        if not backbone.has_imagenet:
+            raise ConfigError(
+                f"Backbone {backbone.name!r} has no ImageNet weights; use weights 'none' "
+                "(random init) or the path of a weights file."
+            )
+        local = imagenet_path(backbone)
+        return str(local if local is not None else download_imagenet(backbone))
+    path = Path(weights).expanduser()
+    if backbone.imagenet_preset is not None and (path / "config.json").is_file():
+        return str(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Weights file {str(path)!r} for backbone {backbone.name!r} does not exist. "
+            "Give 'imagenet', 'none', or the path of a file saved with `save_weights`."
+        )
+    return str(path)

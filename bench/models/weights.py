@@ -14,8 +14,8 @@ from pathlib import Path
 import keras
 
 from bench.errors import ConfigError
-from bench.paths import OFFLINE_ENV, offline  # noqa: F401 - re-exported for bench.models.store
 from bench.models.registry import Backbone
+from bench.paths import OFFLINE_ENV, offline  # noqa: F401 - re-exported for bench.models.store
 
 WEIGHTS_ENV = "BENCH_WEIGHTS"
 NO_WEIGHTS = {"none", "random", "scratch", ""}
@@ -57,46 +57,6 @@ def imagenet_path(backbone: Backbone) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def download_imagenet(backbone: Backbone) -> Path:
-    """Fetch the ImageNet file into the first weights folder, checksum-checked and resumable.
-
-    Fails at once, without opening a connection, when offline or when the weights are made by
-    `bench weights convert` rather than downloaded; a failed download is a NetworkError that
-    names the file, the folder and the `bench weights pull` / export / import route.
-    """
-    from bench.models.store import pull_one  # the store imports this module
-
-    return pull_one(backbone)
-
-
-def resolve_weights(backbone: Backbone, weights: str | Path | None) -> str | None:
-    """What to build ``backbone`` with: None (random init) or the path of a local weights file.
-
-    ``'imagenet'`` becomes the local copy of the Keras ImageNet file (downloaded if missing), or
-    for a keras-hub backbone its local preset folder (likewise); any other string or path must
-    name an existing file (or, for a keras-hub backbone, a preset folder).
-    """
-    if weights is None or (isinstance(weights, str) and weights.strip().lower() in NO_WEIGHTS):
-        return None
-    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
-        if not backbone.has_imagenet:
-            raise ConfigError(
-                f"Backbone {backbone.name!r} has no ImageNet weights; use weights 'none' "
-                "(random init) or the path of a weights file."
-            )
-        local = imagenet_path(backbone)
-        return str(local if local is not None else download_imagenet(backbone))
-    path = Path(weights).expanduser()
-    if backbone.imagenet_preset is not None and (path / "config.json").is_file():
-        return str(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"Weights file {str(path)!r} for backbone {backbone.name!r} does not exist. "
-            "Give 'imagenet', 'none', or the path of a file saved with `save_weights`."
-        )
-    return str(path)
 
 
 def load_weights_file(model: keras.Model, path: str | Path) -> None:

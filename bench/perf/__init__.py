@@ -4,6 +4,12 @@ Each measurement lives in its own module of this package and registers itself wi
 ``register_perf``; importing the package registers them all.
 """
 
-from bench.perf._registry import MEASUREMENTS, Measurement, PerfOptions, PerfRow, register_perf
+from bench.perf._registry import (
+    MEASUREMENTS,
+    Measurement,
+    PerfOptions,
+    PerfRow,
+    register_perf,
+)
 
 __all__ = ["MEASUREMENTS", "Measurement", "PerfOptions", "PerfRow", "register_perf"]

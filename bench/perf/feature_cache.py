@@ -36,10 +36,10 @@ def _weights(backbone: str) -> tuple[str | None, str]:
 
 @register_perf(NAME)
 def feature_cache(options: PerfOptions) -> list[PerfRow]:
-    from bench import features
-    from bench.experiment import cross_validate, prepare_data
     from bench.results import FEATURES_CACHED, FEATURES_COMPUTED, RunDir
-    from bench.train import TrainConfig
+    from bench.training import features
+    from bench.training.experiment import cross_validate, prepare_data
+    from bench.training.train import TrainConfig
 
     # Quick: the same code path on a small backbone, small images and one epoch, for tests.
     backbone, size, folds, epochs = ("simple_cnn", 32, 2, 1) if options.quick else ("efficientnet_lite0", 128, 3, 10)

@@ -64,7 +64,7 @@ def _model(augment: str, seed: int, size: int = SIZE) -> Any:
     the classifier's is, so the cast from uint8 happens where it does in bench: in the train step."""
     import keras
 
-    from bench.augment import policy_layers
+    from bench.training.augment import policy_layers
 
     inputs = keras.Input((size, size, 3))
     x = inputs
@@ -89,7 +89,7 @@ def _rate(fit: Callable[[Any, list], None], model: Any, n: int, epochs: int) -> 
 def _tf_dataset(x: np.ndarray, one_hot: np.ndarray, seed: int, augment: str) -> Any:
     import tensorflow as tf
 
-    from bench.augment import policy_layers
+    from bench.training.augment import policy_layers
 
     ds = tf.data.Dataset.from_tensor_slices((x, one_hot)).shuffle(len(x), seed=seed).batch(BATCH)
     layers = policy_layers(augment, seed=seed)
@@ -182,7 +182,7 @@ def _row(label: str, bench: str, rate: float, note: str, what: str,
 
 @register_perf(NAME)
 def feeding(options: PerfOptions) -> list[PerfRow]:
-    from bench.train import balanced_class_weights
+    from bench.training.train import balanced_class_weights
 
     # Quick: the same paths at 224 px on two batches an epoch, for tests; not the issue's figures.
     n, epochs = (2 * BATCH, 2) if options.quick else (2048, 3)

@@ -24,9 +24,9 @@ TARGET = 1.3
 
 @register_perf("fold_overhead")
 def fold_overhead(options: PerfOptions) -> list[PerfRow]:
-    from bench.experiment import cross_validate, prepare_data
     from bench.results import RunDir
-    from bench.train import TrainConfig
+    from bench.training.experiment import cross_validate, prepare_data
+    from bench.training.train import TrainConfig
 
     # Quick: the same path with a backbone that traces in seconds, not the figure.
     backbone, size, folds, epochs = ("simple_cnn", 32, 2, 2) if options.quick else ("mobilenet_v2", 64, 3, 3)

@@ -66,9 +66,9 @@ def naive_fold(config: Any, n_classes: int, train: tuple[list[str], np.ndarray],
     """One fold the notebook way: a fresh model, compiled, fit on images read from disk."""
     import keras
 
-    from bench.augment import policy_layers
     from bench.models import build_classifier
-    from bench.train import OPTIMIZERS
+    from bench.training.augment import policy_layers
+    from bench.training.train import OPTIMIZERS
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
@@ -90,7 +90,7 @@ def naive_fold(config: Any, n_classes: int, train: tuple[list[str], np.ndarray],
 def naive_replay(run_path: Path) -> tuple[float, int, int]:
     """Train every (trial, fold) of the search run the naive way: (seconds, folds, epochs)."""
     from bench.results import RunDir
-    from bench.train import TrainConfig
+    from bench.training.train import TrainConfig
 
     run = RunDir.open(run_path)
     root = Path(run.manifest()["dataset"]["root"])

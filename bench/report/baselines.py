@@ -3,7 +3,7 @@
 For a dataset whose registry entry names a baseline table (``baselines = { table = ... }``,
 recorded in the run manifest), the leaderboard section gains one table: each leaderboard
 model's held-out test AUC and accuracy with their bootstrap CIs (over patients where the dataset
-has patient ids, the caption says which), then the published rows of ``bench/baselines/<table>.csv``
+has patient ids, the caption says which), then the published rows of ``bench/data/baselines/<table>.csv``
 exactly as the paper prints them, with the citation, the metric definitions both sides share, and
 one line on how the published recipes differ from bench's.
 """
@@ -15,10 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from bench import baselines as published
+from bench.data import baselines as published
+from bench.report.cells import Table, best_mask, ci, count, slug
 from bench.report.collect import Collection
-from bench.report import tables as T
-from bench.report.tables import Table, best_mask, ci, count, slug, split_facts
+from bench.report.facts import resampled, split_facts
+from bench.report.tables import held_out_rows
 
 METRICS = (("auc", "test AUC"), ("accuracy", "test ACC"))
 OFFICIAL_RULE = "official test split"
@@ -40,7 +41,7 @@ def _bench_rows(coll: Collection, dataset: str, board: pd.DataFrame) -> list[dic
     default_size = (coll.manifest(dataset).get("cache") or {}).get("size")
     rows = []
     for r in board.itertuples(index=False):
-        sub = T.held_out_rows(coll, dataset, r)
+        sub = held_out_rows(coll, dataset, r)
         if sub.empty:
             continue
         row: dict[str, Any] = {
@@ -117,7 +118,7 @@ def baselines_section(coll: Collection, dataset: str, board: pd.DataFrame) -> tu
         "source": data.source,
     })
     bold = best_mask(data, display, {label: (m, "max") for m, label in METRICS})
-    over = T.resampled(data.n_units, data.unit, data.n_images)
+    over = resampled(data.n_units, data.unit, data.n_images)
     caption = (f"The official test split ({count(n_test)} images): bench's leaderboard models, each refit and scored "
                f"once (95% CI by {over}), beside the published results of {sources}, copied as reported (the paper "
                f"gives no CI). Same metric definitions on both sides, MedMNIST's evaluator's: "

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics as M
-from bench.calibration import apply_temperature, reliability
+from bench.metrics.calibration import apply_temperature, reliability
 from bench.report import figures as F
+from bench.report.cells import Table, ci, count, f3, slug
 from bench.report.collect import Collection, proba_matrix
 from bench.report.figures import Figure, RocMark
-from bench.report.tables import Table, ci, count, f3, slug
 
 SPLITS = {"cv": "CV (out-of-fold)", "test": "held-out test"}
 SCALINGS = {"none": "as trained", "temperature": "temperature-scaled"}

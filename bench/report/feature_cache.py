@@ -1,7 +1,7 @@
 """The report's line on the frozen-feature cache: how many folds used it, and the time it saved.
 
 Reads folds.csv's ``features``, ``seconds_fit``, ``seconds_features`` and ``seconds_saved_est``
-columns (written by ``bench.features.fold_info``); runs made before the cache have none of them
+columns (written by ``bench.training.features.fold_info``); runs made before the cache have none of them
 and get no line.
 """
 

@@ -16,10 +16,7 @@ optimised another metric, a search too small for parameter importances). Set
 
 from __future__ import annotations
 
-import base64
-import html
 import os
-import re
 import shutil
 import time
 import warnings
@@ -33,15 +30,27 @@ import pandas as pd
 
 from bench import __version__
 from bench import metrics as M
-from bench.grouping import DEFAULT_BY, Grouping
+from bench.evaluation.grouping import DEFAULT_BY, Grouping
+from bench.report import cells as C
 from bench.report import clinical as RC
+from bench.report import details as D
+from bench.report import facts as FA
 from bench.report import figures as F
+from bench.report import significance as S
 from bench.report import tables as T
 from bench.report import transfer as X
+from bench.report.cells import Table, slug
 from bench.report.collect import Collection, Note, collect, resolve_runs
 from bench.report.feature_cache import saved_time_line
 from bench.report.figures import Figure
-from bench.report.tables import Table, slug
+from bench.report.markup import (
+    Block,
+    Heading,
+    NoteBlock,
+    Para,
+    to_html,
+    to_markdown,
+)
 
 __all__ = ["Report", "build_report", "load_stats", "print_report", "to_html", "to_markdown", "write_report"]
 
@@ -55,32 +64,6 @@ SECTIONS = {
     "strategies": "7. Search strategies compared",
     "reproduce": "8. Reproduce",
 }
-
-
-@dataclass
-class Heading:
-    level: int
-    text: str
-    anchor: str
-
-
-@dataclass
-class Para:
-    text: str
-
-
-@dataclass
-class NoteBlock:
-    text: str
-    problem: bool = False  # something could not be drawn or is missing, not just a fact
-
-
-@dataclass
-class Code:
-    text: str
-
-
-Block = Heading | Para | NoteBlock | Code | Table | Figure
 
 
 @dataclass
@@ -232,7 +215,7 @@ class Builder:
         for d in coll.datasets:
             self.heading(3, d)
             self.notes(coll.notes_for(d, "overview"))
-            for text in T.split_warnings(coll, d):
+            for text in FA.split_warnings(coll, d):
                 self.note(text)  # a policy the user chose: a fact, not a problem
             self.guard(f"{d}: the dataset table", lambda d=d: self.table(T.dataset_overview(coll, d)))
             self.guard(f"{d}: the runs table", lambda d=d: self.table(T.runs_overview(coll, d)))
@@ -244,7 +227,7 @@ class Builder:
             self.heading(3, d)
             board = self.boards.get(d, pd.DataFrame())
             if board.empty:
-                states = T.trials_of(coll, d)
+                states = FA.trials_of(coll, d)
                 counts = states.state.value_counts().to_dict() if not states.empty else {}
                 what = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no finished trials"
                 self.problem(f"No completed trial on {d} ({what}), so there is no leaderboard. Runs: "
@@ -300,7 +283,7 @@ class Builder:
             if board.empty:
                 self.note(f"No completed trial on {d}: nothing to test.")
                 continue
-            result = T.ttest_table(coll, d, board, stats)
+            result = S.ttest_table(coll, d, board, stats)
             if isinstance(result, str):
                 self.note(result)
             else:
@@ -310,7 +293,7 @@ class Builder:
         if cross is None:
             self.note("No cross-dataset table, so no Friedman test.")
             return
-        table, res, message = T.friedman_table(coll, cross, stats)
+        table, res, message = S.friedman_table(coll, cross, stats)
         if table is None:
             self.note(message)
             return
@@ -335,20 +318,20 @@ class Builder:
 
     def model(self, d: str, row: Any) -> None:
         coll = self.coll
-        ev = T.model_eval(coll, d, row)
+        ev = D.model_eval(coll, d, row)
         name = slug(d, row.key)  # the backbone when rows are by backbone: the figure names as always
         if isinstance(ev, str):
             self.problem(f"No confusion matrix or ROC curve for {row.key}: {ev}.")
         else:
             self.para(f"Evaluated on: **{ev.phrase}**" + (" (the held-out test set)." if ev.source == "test" else
                       " (no held-out evaluation yet)."))
-            conf = T.confusion_table(ev)
+            conf = D.confusion_table(ev)
             self.table(conf)
             cm = M.confusion(ev.y, ev.proba, len(ev.classes))
             self.figure(F.confusion_figure(cm, M.normalize_rows(cm), ev.classes, self.figdir, f"confusion_{name}",
                                            f"{row.key}: confusion matrix",
                                            f"Counts and row-normalised; {ev.phrase}."))
-            self.table(T.per_class(ev))
+            self.table(D.per_class(ev))
             marks = RC.roc_marks(coll, d, row, "test" if ev.source == "test" else "cv")
             self.figure(F.roc_figure(ev.y, ev.proba, ev.classes, ev.positive, self.figdir, f"roc_{name}",
                                      f"{row.key}: ROC",
@@ -424,11 +407,11 @@ class Builder:
 
     def search(self, d: str, study_name: str, runs: list) -> None:
         coll = self.coll
-        trials = T.trials_of(coll, d, study_name)
+        trials = FA.trials_of(coll, d, study_name)
         if trials.empty:
             self.problem(f"No finished trials recorded for study {study_name} (trials.csv missing or empty).")
         else:
-            self.table(T.trials_table(coll, d, study_name))
+            self.table(D.trials_table(coll, d, study_name))
         studies = [(r, T.coll_study(coll, r)) for r in runs if r.engine == "optuna"]
         studies = [(r, s) for r, s in studies if s is not None]
         labels = tuple(f"{r.label}:" for r in runs)
@@ -451,7 +434,7 @@ class Builder:
             for fig in figs:
                 self.figure(fig)
                 if fig.name.endswith("_importances") and importances:
-                    self.table(T.importances_table(d, study_name, importances))
+                    self.table(D.importances_table(d, study_name, importances))
         else:
             unopened = runs[0].engine != "kerastuner" and any("study" in r.present for r in runs)
             why = ("KerasTuner search: Optuna's importance, parallel-coordinate and slice plots need an Optuna study"
@@ -504,24 +487,24 @@ class Builder:
         self.figure(F.strategies_figure(
             curves, maximize, objective["metric"], self.figdir, f"strategies_{slug(d)}",
             f"{d}: search strategies",
-            f"Best {objective['metric']} so far (CV mean over folds, {T.cv_phrase(coll, d)}) against the number of "
+            f"Best {objective['metric']} so far (CV mean over folds, {FA.cv_phrase(coll, d)}) against the number of "
             f"completed trials and against elapsed time (Optuna's trial timestamps, or the running sum of trial "
             f"durations where there is no study database)."))
         if rows:
             data = pd.DataFrame(rows)
             display = pd.DataFrame({"study": data.study, "search": data.engine + " / " + data.strategy,
                                     "complete trials": data.complete_trials.astype(str),
-                                    f"best {objective['metric']}": [T.f3(x) for x in data.best],
+                                    f"best {objective['metric']}": [C.f3(x) for x in data.best],
                                     "best trial": [f"#{a}, after {b} complete" for a, b in
                                                    zip(data.best_trial, data.trials_to_best)],
                                     "minutes to best": [f"{x:.1f}" for x in data.minutes_to_best],
                                     "minutes in total": [f"{x:.1f}" for x in data.minutes_total]})
-            bold = T.best_mask(data, display, {f"best {objective['metric']}": ("best", "max" if maximize else "min")})
+            bold = C.best_mask(data, display, {f"best {objective['metric']}": ("best", "max" if maximize else "min")})
             self.table(Table(slug("strategies", d), f"{d}: strategies at a glance",
-                             f"Complete trials only; {T.cv_phrase(coll, d)}.", data, display, bold))
+                             f"Complete trials only; {FA.cv_phrase(coll, d)}.", data, display, bold))
 
     def reproduce(self) -> None:
-        table = T.reproduce_table(self.coll, self.boards, self.by)
+        table = D.reproduce_table(self.coll, self.boards, self.by)
         if table is None:
             return
         self.heading(2, SECTIONS["reproduce"])
@@ -530,7 +513,7 @@ class Builder:
 
 def progress(coll: Collection, dataset: str, study_name: str) -> pd.DataFrame:
     """Complete trials in number order with their value and elapsed seconds since the search began."""
-    trials = T.trials_of(coll, dataset, study_name).sort_values("trial")
+    trials = FA.trials_of(coll, dataset, study_name).sort_values("trial")
     if trials.empty:
         return pd.DataFrame(columns=["trial", "value", "elapsed"])
     elapsed = pd.to_numeric(trials.get("seconds"), errors="coerce").fillna(0).cumsum() \
@@ -549,148 +532,6 @@ def progress(coll: Collection, dataset: str, study_name: str) -> pd.DataFrame:
     done = trials[(trials.state == "COMPLETE") & pd.to_numeric(trials.value, errors="coerce").notna()]
     return pd.DataFrame({"trial": done.trial.to_numpy(), "value": done.value.astype(float).to_numpy(),
                          "elapsed": [by_number[n] for n in done.trial]})
-
-
-# ---- rendering ----------------------------------------------------------------------------------------
-
-
-def _md_cell(text: Any, bold: bool) -> str:
-    s = str(text).replace("|", "\\|").replace("\n", " ")
-    return f"**{s}**" if bold and s not in ("", "-") else s
-
-
-def md_table(t: Table) -> str:
-    d = t.display
-    if d.empty:
-        return "_(empty)_"
-    lines = ["| " + " | ".join(_md_cell(c, False) for c in d.columns) + " |",
-             "|" + "|".join("---" for _ in d.columns) + "|"]
-    for i in range(len(d)):
-        lines.append("| " + " | ".join(_md_cell(d.iat[i, j], bool(t.bold.iat[i, j])) for j in range(d.shape[1])) + " |")
-    return "\n".join(lines)
-
-
-def to_markdown(blocks: Sequence[Block]) -> str:
-    out: list[str] = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {b.text}")
-        elif isinstance(b, Para):
-            out.append(b.text)
-        elif isinstance(b, NoteBlock):
-            out.append(f"> **Note:** {b.text}")
-        elif isinstance(b, Code):
-            out.append(f"```\n{b.text}\n```")
-        elif isinstance(b, Table):
-            out.append(f"**{b.title}** — {b.caption} ([csv](tables/{b.name}.csv))\n\n{md_table(b)}")
-        elif isinstance(b, Figure):
-            out.append(f"![{b.title}](figures/{b.png.name})\n\n*{b.title}.* {b.caption}")
-    return "\n\n".join(out) + "\n"
-
-
-def _inline(text: str) -> str:
-    """Escape, then `code` and **bold** (the only inline markup the report's prose uses)."""
-    s = html.escape(str(text))
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
-
-
-# A cell that reads as a number: 0.812, 1,234, 0.81 ± 0.02, 0.81 [0.75, 0.86], 2.26 M (2.23 M), 12.5 s, +0.03
-_NUMERIC = re.compile(r"-|[-+]?[\d.,]+( ?(± ?[\d.]+|\[[-+\d., ]+\]|\([^)]*\)|M|s|min|h|%))*")
-
-
-def html_table(t: Table) -> str:
-    d = t.display
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in d.columns)
-    numeric = [all(_NUMERIC.fullmatch(str(v)) for v in d.iloc[:, j]) for j in range(d.shape[1])]
-    body = []
-    for i in range(len(d)):
-        cells = []
-        for j in range(d.shape[1]):
-            value = _inline(d.iat[i, j])
-            cls = ' class="num"' if numeric[j] else ""
-            cells.append(f"<td{cls}>{f'<strong>{value}</strong>' if t.bold.iat[i, j] else value}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<figure class="table" id="table-{html.escape(t.name)}"><figcaption><strong>{html.escape(t.title)}'
-            f'</strong> — {_inline(t.caption)} <span class="csv">tables/{html.escape(t.name)}.csv</span>'
-            f'</figcaption><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
-            f"</tbody></table></div></figure>")
-
-
-CSS = """
-:root { --fg:#1d2329; --muted:#5b6670; --line:#d8dee4; --accent:#0b5cad; --note:#fff6dd; --noteline:#e0b23a; }
-* { box-sizing: border-box; }
-body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--fg);
-       margin: 0; background: #f6f8fa; }
-main { max-width: 1320px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; min-height: 100vh; }
-h1 { font-size: 28px; margin: 8px 0 4px; } h2 { font-size: 22px; margin-top: 40px; padding-bottom: 4px;
-border-bottom: 2px solid var(--line); } h3 { font-size: 17px; margin-top: 28px; color: #26313b; }
-nav.toc { background: #f0f4f8; border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px; margin: 16px 0; }
-nav.toc a { color: var(--accent); text-decoration: none; margin-right: 18px; white-space: nowrap; }
-figure { margin: 16px 0; } figcaption { color: var(--muted); font-size: 13px; margin-bottom: 6px; }
-figure.plot figcaption { margin-top: 4px; }
-figure.plot img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #eef2f6; font-weight: 600; } td.num { text-align: right; white-space: nowrap; }
-tbody tr:nth-child(even) { background: #fafbfc; }
-td strong { color: #003e80; }
-code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f0f2f4; padding: 1px 4px;
-       border-radius: 3px; white-space: nowrap; }
-.note { background: var(--note); border-left: 4px solid var(--noteline); padding: 6px 12px; margin: 10px 0;
-        font-size: 14px; }
-.csv { font-size: 11px; color: #8a949c; }
-#js-errors:empty { display: none; }
-#js-errors { background: #fde8e8; border: 1px solid #e0a0a0; padding: 8px; }
-"""
-
-JS_HOOK = """
-(function () {
-  var box = null;
-  function record(msg) {
-    box = box || document.getElementById('js-errors');
-    if (box) { box.textContent += msg + '\\n'; } else { (window.__benchErrors = window.__benchErrors || []).push(msg); }
-  }
-  window.addEventListener('error', function (e) { record('error: ' + e.message); });
-  var original = console.error;
-  console.error = function () { record('console.error: ' + Array.prototype.join.call(arguments, ' '));
-    if (original) { original.apply(console, arguments); } };
-  document.addEventListener('DOMContentLoaded', function () {
-    (window.__benchErrors || []).forEach(record); window.__benchErrors = [];
-    document.body.setAttribute('data-rendered', 'yes');
-  });
-})();
-"""
-
-
-def to_html(blocks: Sequence[Block]) -> str:
-    parts: list[str] = []
-    toc = [b for b in blocks if isinstance(b, Heading) and b.level == 2]
-    for b in blocks:
-        if isinstance(b, Heading):
-            parts.append(f'<h{b.level} id="{html.escape(b.anchor)}">{html.escape(b.text)}</h{b.level}>')
-            if b.level == 1 and toc:
-                parts.append('<nav class="toc">' + "".join(
-                    f'<a href="#{html.escape(h.anchor)}">{html.escape(h.text)}</a>' for h in toc) + "</nav>")
-        elif isinstance(b, Para):
-            parts.append(f"<p>{_inline(b.text)}</p>")
-        elif isinstance(b, NoteBlock):
-            parts.append(f'<div class="note"><strong>Note:</strong> {_inline(b.text)}</div>')
-        elif isinstance(b, Code):
-            parts.append(f"<pre><code>{html.escape(b.text)}</code></pre>")
-        elif isinstance(b, Table):
-            parts.append(html_table(b))
-        elif isinstance(b, Figure):
-            data = base64.b64encode(b.png.read_bytes()).decode("ascii")
-            parts.append(f'<figure class="plot" id="figure-{html.escape(b.name)}"><img alt="{html.escape(b.title)}" '
-                         f'src="data:image/png;base64,{data}"><figcaption><strong>{html.escape(b.title)}.</strong> '
-                         f"{_inline(b.caption)}</figcaption></figure>")
-    title = "bench report"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{title}</title><style>{CSS}</style><script>{JS_HOOK}</script></head>"
-            f'<body><main><pre id="js-errors"></pre>\n' + "\n".join(parts) + "\n</main></body></html>\n")
 
 
 # ---- writing -----------------------------------------------------------------------------------------------

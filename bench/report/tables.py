@@ -8,245 +8,48 @@ says which split the numbers come from and how many images.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import shlex
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench import metrics as M
-from bench.grouping import DEFAULT_BY, Grouping
-from bench.report.collect import KEY_METRICS, Collection, Note, Run, load_study, proba_matrix
-from bench.results import entry_keys, trial_params
-
-LABELS = {
-    "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1", "auc": "AUC",
-    "sensitivity": "sensitivity", "specificity": "specificity", "mcc": "MCC", "log_loss": "log loss",
-}
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "INTERRUPTED")
-
-
-@dataclass
-class Table:
-    name: str  # tables/<name>.csv
-    title: str
-    caption: str
-    data: pd.DataFrame
-    display: pd.DataFrame
-    bold: pd.DataFrame | None = None
-    terminal: bool = False  # also printed in the terminal
-
-    def __post_init__(self) -> None:
-        if self.bold is None:
-            self.bold = pd.DataFrame(False, index=self.display.index, columns=self.display.columns)
-
-
-# ---- formatting --------------------------------------------------------------------------------------------
-
-
-def slug(*parts: Any) -> str:
-    text = "_".join(str(p) for p in parts if p is not None and str(p) != "")
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
-
-
-def isnan(x: Any) -> bool:
-    try:
-        return x is None or (isinstance(x, float | np.floating) and math.isnan(x)) or pd.isna(x)
-    except (TypeError, ValueError):
-        return False
-
-
-def f3(x: Any) -> str:
-    return "-" if isnan(x) else f"{float(x):.3f}"
-
-
-def pruned_where(fold: Any, epoch: Any) -> str:
-    """'fold 1, epoch 2' (cut on its learning curve), 'fold 2 end' (on its fold score) or '-'."""
-    if isnan(fold):
-        return "-"
-    if isnan(epoch) or int(float(epoch)) < 0:
-        return f"fold {int(float(fold)) + 1} end"
-    return f"fold {int(float(fold)) + 1}, epoch {int(float(epoch)) + 1}"
-
-
-def pm(mean: Any, std: Any) -> str:
-    if isnan(mean):
-        return "-"
-    return f"{float(mean):.3f}" if isnan(std) else f"{float(mean):.3f} ± {float(std):.3f}"
-
-
-def ci(value: Any, low: Any, high: Any) -> str:
-    if isnan(value):
-        return "-"
-    if isnan(low) or isnan(high):
-        return f"{float(value):.3f}"
-    return f"{float(value):.3f} [{float(low):.3f}, {float(high):.3f}]"
-
-
-def count(x: Any) -> str:
-    return "-" if isnan(x) else f"{int(x):,}"
-
-
-def millions(x: Any) -> str:
-    """A parameter count: 23.59 M, 390.4 k, 812."""
-    if isnan(x):
-        return "-"
-    x = float(x)
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else (f"{x / 1e3:.1f} k" if x >= 1e3 else f"{int(x)}")
-
-
-def seconds(x: Any) -> str:
-    if isnan(x):
-        return "-"
-    x = float(x)
-    if x < 120:
-        return f"{x:.1f} s"
-    if x < 7200:
-        return f"{x / 60:.1f} min"
-    return f"{x / 3600:.1f} h"
-
-
-def short(x: Any, digits: int = 3) -> str:
-    if isnan(x):
-        return "-"
-    if isinstance(x, bool | np.bool_):
-        return str(bool(x)).lower()
-    if isinstance(x, int | np.integer):
-        return str(int(x))
-    if isinstance(x, float | np.floating):
-        return f"{float(x):.{digits}g}"
-    return str(x)
-
-
-def best_mask(data: pd.DataFrame, display: pd.DataFrame, rules: dict[str, tuple[str, str]]) -> pd.DataFrame:
-    """``rules``: display column -> (data column, "max"|"min"); ties are all marked."""
-    bold = pd.DataFrame(False, index=display.index, columns=display.columns)
-    if len(data) < 2:
-        return bold
-    for col, (source, how) in rules.items():
-        if col not in display or source not in data:
-            continue
-        values = pd.to_numeric(data[source], errors="coerce").to_numpy(dtype=float)
-        if np.isfinite(values).sum() < 2:  # a lone value is not "the best" of anything
-            continue
-        target = np.nanmax(values) if how == "max" else np.nanmin(values)
-        bold[col] = np.isclose(values, target, rtol=0, atol=1e-12) & np.isfinite(values)
-    return bold
-
-
-def higher_is_better(metric: str) -> bool:
-    m = M.METRICS.get(metric)
-    return m.higher_is_better if m is not None else True
-
-
-# ---- shared facts ------------------------------------------------------------------------------------------
-
-
-def split_facts(coll: Collection, dataset: str) -> dict[str, Any]:
-    split = coll.manifest(dataset).get("split") or {}
-    return {"folds": split.get("folds"), "cv_images": split.get("cv_images"),
-            "test_images": split.get("test_images"), "cv_groups": split.get("cv_groups"),
-            "test_groups": split.get("test_groups"), "rule": split.get("rule"),
-            "fold_sizes": split.get("fold_sizes"), "digest": split.get("digest"),
-            "folds_from": split.get("folds_from"), "official_test": split.get("official_test"),
-            "shared_groups": split.get("shared_groups"), "shared_images": split.get("shared_images"),
-            "excluded_images": split.get("excluded_images"), "dropped_classes": split.get("dropped_classes") or {},
-            "min_class_images": split.get("min_class_images"),
-            # e.g. "hold-out 20% (60 images, 20 patients)"; None for k-fold CV (and older runs)
-            "protocol_label": split.get("protocol_label") if split.get("protocol", "kfold") != "kfold" else None}
-
-
-def split_removals(sp: dict[str, Any]) -> str:
-    """What the split took out of the data (patients shared with the test set, small classes), in words."""
-    if sp["official_test"] is None:
-        return "- (not recorded: a run made before bench checked for patients shared with the test set)"
-    parts = []
-    if sp["excluded_images"]:
-        parts.append(f"{count(sp['excluded_images'])} images of {count(sp['shared_groups'])} patients/groups left out "
-                     f"of CV: they also have images in the official test set (--official-test clean)")
-    elif sp["shared_groups"]:
-        parts.append(f"none: CV and test share {count(sp['shared_groups'])} patients/groups "
-                     f"(--official-test {sp['official_test']})")
-    for name, n in sp["dropped_classes"].items():
-        parts.append(f"class '{name}' dropped (--min-class-images {sp['min_class_images']}): {count(n.get('cv_images'))} "
-                     f"CV and {count(n.get('test_images'))} test images")
-    return "; ".join(parts) or "none"
-
-
-def split_warnings(coll: Collection, dataset: str) -> list[str]:
-    """The overview's warnings: CV and test that share patients make every held-out number optimistic."""
-    sp = split_facts(coll, dataset)
-    if sp["shared_groups"] and not sp["excluded_images"]:
-        return [f"Warning: CV and the held-out test set share {count(sp['shared_groups'])} patients/groups "
-                f"({count(sp['shared_images'])} CV images), because the run kept the official test split's overlap "
-                f"(--official-test {sp['official_test']}). Models were trained on patients they are then tested on: "
-                f"the held-out numbers of {dataset} are optimistic."]
-    return []
-
-
-def cv_phrase(coll: Collection, dataset: str, folds: Any = None, images: Any = None) -> str:
-    facts = split_facts(coll, dataset)
-    folds = folds if folds is not None else facts["folds"]
-    images = images if images is not None else facts["cv_images"]
-    if facts.get("protocol_label") and folds == facts["folds"]:  # holdout / official: one scored split
-        return f"{facts['protocol_label']} of {count(images)} CV images"
-    return f"{folds if folds is not None else '?'}-fold CV on {count(images)} images"
-
-
-def test_phrase(n: Any) -> str:
-    return f"held-out test, {count(n)} images"
-
-
-def resampled(n_units: Iterable[Any], units: Iterable[Any], n_images: Iterable[Any]) -> str:
-    """What held-out CIs resampled, e.g. "bootstrap over 40 patients" (joined if models differ)."""
-    phrases = dict.fromkeys(M.bootstrap_phrase(n, u, None if isnan(i) else i)
-                            for n, u, i in zip(n_units, units, n_images) if not isnan(n) and isinstance(u, str))
-    return " / ".join(phrases) if phrases else "bootstrap"
-
-
-def params_of(row: Any) -> dict[str, Any]:
-    return trial_params(row.get("params") if isinstance(row, dict | pd.Series) else getattr(row, "params", None))
-
-
-def trials_of(coll: Collection, dataset: str, study: str | None = None) -> pd.DataFrame:
-    t = coll.trials
-    if t.empty:
-        return t
-    t = t[t.dataset == dataset]
-    return t[t.study == study] if study is not None else t
-
-
-def _rows(frame: pd.DataFrame, dataset: str, study: str, trial: int) -> pd.DataFrame:
-    if frame.empty:
-        return frame
-    return frame[(frame.dataset == dataset) & (frame.study == study) & (frame.trial == trial)]
-
-
-def trial_cv_scores(coll: Collection, dataset: str) -> pd.DataFrame:
-    """Per (study, trial, metric): mean and std (ddof 1) over the folds, as the objective computes them."""
-    m = coll.metrics
-    if m.empty or not {"metric", "value", "trial"} <= set(m.columns):
-        return pd.DataFrame(columns=["study", "trial", "metric", "mean", "std", "folds"])
-    m = m[m.dataset == dataset]
-    if "split" in m:
-        m = m[m.split.astype(str) == "cv"]
-    m = m.sort_values(["study", "trial", "metric", "fold"])
-
-    def stats(v: pd.Series) -> pd.Series:
-        a = v.to_numpy(dtype=float)
-        ok = a[np.isfinite(a)]
-        return pd.Series({"mean": float(np.mean(ok)) if ok.size else math.nan,
-                          "std": float(np.std(ok, ddof=1)) if ok.size > 1 else math.nan,
-                          "folds": int(a.size)})
-
-    out = m.groupby(["study", "trial", "metric"], sort=True)["value"].apply(stats).unstack().reset_index()
-    return out
-
+from bench.evaluation.grouping import DEFAULT_BY, Grouping
+from bench.report.cells import (
+    LABELS,
+    STATES,
+    Table,
+    best_mask,
+    ci,
+    count,
+    higher_is_better,
+    isnan,
+    millions,
+    pm,
+    seconds,
+    slug,
+)
+from bench.report.collect import (
+    KEY_METRICS,
+    Collection,
+    Note,
+    Run,
+    load_study,
+)
+from bench.report.facts import (
+    cv_phrase,
+    one_entry,
+    params_of,
+    resampled,
+    run_path,
+    split_facts,
+    split_removals,
+    test_phrase,
+    trial_cv_scores,
+    trial_rows,
+    trials_of,
+)
 
 # ---- 1. overview -------------------------------------------------------------------------------------------
 
@@ -407,7 +210,7 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
     # Cost: parameters, seconds per epoch and images/s, averaged over the folds that finished.
     extra = []
     for r in best.itertuples(index=False):
-        folds = _rows(coll.folds, dataset, r.study, r.trial)
+        folds = trial_rows(coll.folds, dataset, r.study, r.trial)
         ok = folds[folds.status == "ok"] if "status" in folds else folds
         num = lambda c: pd.to_numeric(ok[c], errors="coerce") if c in ok else pd.Series(dtype=float)  # noqa: E731
         extra.append({
@@ -468,7 +271,7 @@ def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> li
         if r.test_of:
             add(f"{r.key}: the held-out result on record is of {r.test_of}, not of the leaderboard's "
                 f"best trial {r.study} #{r.trial} (the search went on after `bench final`, or another "
-                f"study did better); run `bench final --run {shlex.quote(str(_run_path(coll, r.run)))}` "
+                f"study did better); run `bench final --run {shlex.quote(str(run_path(coll, r.run)))}` "
                 f"for a test value of this one.")
         elif isnan(r.test_value) and not board.test_value.isna().all():
             add(f"{r.key}: no held-out result for trial {r.study} #{r.trial}.")
@@ -485,11 +288,6 @@ def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> li
     return notes
 
 
-def _run_path(coll: Collection, label: str) -> Any:
-    for run in coll.runs:
-        if run.label == label:
-            return run.path
-    return label
 
 
 def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
@@ -554,12 +352,6 @@ def held_out_rows(coll: Collection, dataset: str, r: Any) -> pd.DataFrame:
                         & (tm.trial == r.trial)])
 
 
-def one_entry(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows of one `bench final` entry: a trial refit both by backbone and by a combination has two."""
-    if rows.empty:
-        return rows
-    keys = entry_keys(rows)
-    return rows[keys == keys.iloc[0]]
 
 
 def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame,
@@ -654,264 +446,4 @@ def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame],
     title = "Backbones across datasets" if grouping.is_default else f"{grouping.title} across datasets"
     return Table("cross_dataset", title, caption, data, display, bold, terminal=True)
 
-
-# ---- 4. significance ---------------------------------------------------------------------------------------
-
-
-def fold_scores(coll: Collection, dataset: str, board: pd.DataFrame, metric: str) -> dict[str, np.ndarray]:
-    m = coll.metrics
-    folds = int(split_facts(coll, dataset)["folds"] or 0)
-    out = {}
-    for r in board.itertuples(index=False):
-        rows = _rows(m, dataset, r.study, r.trial) if not m.empty else m
-        rows = rows[rows.metric == metric] if not rows.empty else rows
-        a = np.full(folds, np.nan)
-        for f in rows.itertuples(index=False):
-            if 0 <= int(f.fold) < folds:
-                a[int(f.fold)] = float(f.value)
-        out[r.key] = a
-    return out
-
-
-def fold_sizes(coll: Collection, dataset: str, board: pd.DataFrame) -> tuple[int, int]:
-    folds = coll.folds
-    sizes = []
-    for r in board.itertuples(index=False):
-        rows = _rows(folds, dataset, r.study, r.trial)
-        if {"n_train", "n_val"} <= set(rows.columns) and len(rows):
-            sizes.append((rows.n_train.astype(float).mean(), rows.n_val.astype(float).mean()))
-    if sizes:
-        return int(round(np.mean([s[0] for s in sizes]))), int(round(np.mean([s[1] for s in sizes])))
-    sp = split_facts(coll, dataset)
-    k, n = int(sp["folds"] or 2), int(sp["cv_images"] or 2)
-    return n - n // k, n // k
-
-
-def ttest_table(coll: Collection, dataset: str, board: pd.DataFrame, stats: Any, top: int = 3) -> Table | str:
-    """Corrected resampled t-tests between the top backbones; a string says why not."""
-    metric = coll.objective(dataset)["metric"]
-    if len(board) < 2:
-        return "Fewer than two backbones completed: nothing to compare."
-    digests = {(r.manifest.get("split") or {}).get("digest") for r in coll.runs_of(dataset)
-               if r.study in set(board.study)}
-    if len(digests) > 1:
-        return ("The leaderboard's trials come from runs with different folds (split digests differ): "
-                "fold scores are not paired, so no t-test.")
-    scores = fold_scores(coll, dataset, board.head(top), metric)
-    n_train, n_test = fold_sizes(coll, dataset, board.head(top))
-    maximize = coll.objective(dataset).get("direction", "maximize") == "maximize"
-    try:
-        if hasattr(stats, "nadeau_bengio_table"):
-            data = stats.nadeau_bengio_table(scores, n_train, n_test, top=top, higher_is_better=maximize)
-        else:
-            rows = []
-            names = list(scores)
-            for i in range(len(names)):
-                for j in range(i + 1, len(names)):
-                    res = stats.paired_corrected_ttest(scores[names[i]], scores[names[j]], n_train, n_test)
-                    rows.append({"model_a": names[i], "model_b": names[j], **res})
-            data = pd.DataFrame(rows)
-    except ValueError as err:
-        return f"No t-test: {err}."
-    data = data.reset_index(drop=True)
-    data.insert(0, "dataset", dataset)
-    data.insert(1, "metric", metric)
-    display = pd.DataFrame({
-        "A vs B": data.model_a + " vs " + data.model_b,
-        "mean diff (A-B)": [f"{x:+.3f}" for x in data.mean_diff],
-        "95% CI": [f"[{a:+.3f}, {b:+.3f}]" for a, b in zip(data.ci_low, data.ci_high)],
-        "t": [f"{x:.2f}" for x in data.t], "df": data.df.astype(str),
-        "p": [f"{x:.3g}" for x in data.p_value],
-        **({"p (Holm)": [f"{x:.3g}" for x in data.p_holm]} if "p_holm" in data else {}),
-        "note": [str(x) if isinstance(x, str) else "" for x in data.get("note", [""] * len(data))],
-    })
-    caption = (f"Corrected resampled t-test (Nadeau & Bengio 2003) on the {metric} of each fold "
-               f"({cv_phrase(coll, dataset)}; n_train ≈ {n_train}, n_test ≈ {n_test} per fold), "
-               f"top {min(top, len(board))} backbones; p (Holm) adjusts for the pairs. The models were picked on "
-               f"these folds, so read the p-values as a screen, not a proof.")
-    return Table(slug("ttest", dataset), f"{dataset}: are the top backbones different?", caption, data, display)
-
-
-def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | None, Any, str]:
-    """Friedman / Iman-Davenport / Nemenyi over the datasets; (table, result, message)."""
-    data = cross.data.set_index(cross.data.columns[0])  # the rows' names: backbone, or "backbone · weights"
-    datasets = [c for c in data.columns if f"{c}_source" in data.columns]
-    scores = data[datasets].T.astype(float)  # datasets x backbones
-    complete = [b for b in scores.columns if scores[b].notna().all()]
-    dropped = sorted(set(scores.columns) - set(complete))
-    if len(datasets) < 3:
-        return None, None, f"The Friedman test needs at least 3 datasets; the report has {len(datasets)}."
-    if len(complete) < 2:
-        return None, None, "Fewer than two backbones were run on every dataset: no Friedman test."
-    # Each dataset's own objective direction (its manifest's): a loss is ranked low-is-best there only.
-    maximize = {d: coll.objective(d).get("direction", "maximize") == "maximize" for d in datasets}
-    try:
-        res = stats.friedman(scores[complete], higher_is_better=maximize)
-    except ValueError as err:
-        return None, None, f"No Friedman test: {err}."
-    avg = res["avg_ranks"]
-    table = pd.DataFrame({"backbone": [str(b) for b in avg.index], "mean_rank": avg.to_numpy(dtype=float)})
-    summary = (f"Friedman chi² = {res['chi2']:.3f} (df {res['chi2_df']}, p = {res['chi2_p_value']:.3g}); "
-               f"Iman-Davenport F = {res['iman_davenport_f']:.3f} (df {res['iman_davenport_df'][0]}, "
-               f"{res['iman_davenport_df'][1]}; p = {res['iman_davenport_p_value']:.3g}); Nemenyi critical "
-               f"difference {res['cd']:.3f} at alpha {res['alpha']} over {res['n_datasets']} datasets and "
-               f"{res['n_models']} backbones.")
-    if dropped:
-        summary += f" Left out (not run on every dataset): {', '.join(dropped)}."
-    for key in ("chi2", "chi2_p_value", "iman_davenport_f", "iman_davenport_p_value", "cd"):
-        table[key] = float(res[key])
-    display = pd.DataFrame({"backbone": table.backbone, "mean rank": [f"{x:.2f}" for x in table.mean_rank]})
-    return (Table("friedman", "Ranks across datasets", summary, table, display), res, summary)
-
-
-# ---- 5. one model ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelEval:
-    """The predictions a model section is drawn from: held-out test if present, else out-of-fold."""
-
-    dataset: str
-    backbone: str  # the leaderboard row's name: the backbone, or its combination with --by
-    study: str
-    run: str
-    trial: int
-    source: str  # "test" | "oof"
-    phrase: str
-    y: np.ndarray
-    proba: np.ndarray
-    classes: list[str]
-    positive: int | None
-
-
-def model_eval(coll: Collection, dataset: str, row: Any) -> ModelEval | str:
-    classes = coll.classes(dataset)
-    if len(classes) < 2:
-        return "the manifest lists no classes"
-    tp = coll.test_predictions
-    if not tp.empty:
-        sub = tp[(tp.dataset == dataset) & (tp.study == row.study) & (tp.backbone.astype(str) == row.backbone)]
-        if "trial" in sub:
-            sub = one_entry(sub[sub.trial == row.trial])
-        if len(sub):
-            y, p = proba_matrix(sub, classes)
-            return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "test",
-                             test_phrase(len(sub)), y, p, classes, coll.positive_index(dataset))
-    pr = _rows(coll.predictions, dataset, row.study, row.trial)
-    if pr.empty:
-        return "no predictions: neither test_predictions.csv nor predictions.csv holds this trial"
-    y, p = proba_matrix(pr, classes)
-    k = pr.fold.nunique()
-    return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "oof",
-                     f"out-of-fold predictions, {k} validation folds, {count(len(pr))} images", y, p, classes,
-                     coll.positive_index(dataset))
-
-
-def confusion_table(ev: ModelEval) -> Table:
-    cm = M.confusion(ev.y, ev.proba, len(ev.classes))
-    norm = M.normalize_rows(cm)
-    data = pd.DataFrame([{"truth": t, "predicted": p, "count": int(cm[i, j]), "row_fraction": float(norm[i, j])}
-                         for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes)])
-    display = pd.DataFrame({"truth \\ predicted": ev.classes, **{
-        p: [f"{cm[i, j]} ({100 * norm[i, j]:.1f}%)" if np.isfinite(norm[i, j]) else f"{cm[i, j]}"
-            for i in range(len(ev.classes))] for j, p in enumerate(ev.classes)}})
-    bold = pd.DataFrame(False, index=display.index, columns=display.columns)
-    for i, c in enumerate(ev.classes):
-        bold.loc[i, c] = True  # the diagonal: correct predictions
-    return Table(slug("confusion", ev.dataset, ev.backbone), f"Confusion matrix ({ev.phrase})",
-                 f"Rows: true class; columns: predicted (argmax). Count and row percentage (recall profile); "
-                 f"{ev.phrase}.", data, display, bold)
-
-
-def per_class(ev: ModelEval) -> Table:
-    data = M.per_class_table(ev.y, ev.proba, ev.classes)
-    display = pd.DataFrame({"class": data["class"], **{c: [f3(x) for x in data[c]] for c in
-                                                       ("precision", "recall", "f1", "specificity", "auc")},
-                            "support": data.support.astype(str)})
-    return Table(slug("per_class", ev.dataset, ev.backbone), f"Per class ({ev.phrase})",
-                 f"One-vs-rest precision, recall (sensitivity), F1, specificity and AUC per class; {ev.phrase}.",
-                 data, display[["class", "precision", "recall", "f1", "support", "specificity", "auc"]])
-
-
-# ---- 6. the search -----------------------------------------------------------------------------------------
-
-
-def varying_params(trials: pd.DataFrame) -> list[str]:
-    """Configuration fields that differ between trials (the searched ones; seeds always differ)."""
-    configs = [params_of(r) for _, r in trials.iterrows()]
-    keys = sorted({k for c in configs for k in c} - {"seed", "backbone"})
-    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
-
-
-def trials_table(coll: Collection, dataset: str, study: str) -> Table | None:
-    trials = trials_of(coll, dataset, study)
-    if trials.empty:
-        return None
-    trials = trials.sort_values("trial")
-    keys = varying_params(trials)
-    configs = [params_of(r) for _, r in trials.iterrows()]
-    data = pd.DataFrame({
-        "dataset": dataset, "study": study, "trial": trials.trial.to_numpy(), "state": trials.state.to_numpy(),
-        "backbone": trials.backbone.astype(str).to_numpy(),
-        **{k: [c.get(k) for c in configs] for k in keys},
-        "value": pd.to_numeric(trials.value, errors="coerce").to_numpy(),
-        "seconds": pd.to_numeric(trials.get("seconds"), errors="coerce").to_numpy()
-        if "seconds" in trials else math.nan,
-        "pruned_at_fold": trials.get("pruned_at_fold", pd.Series(math.nan, index=trials.index)).to_numpy(),
-        "pruned_at_epoch": trials.get("pruned_at_epoch", pd.Series(math.nan, index=trials.index)).to_numpy(),
-        "fail_reason": trials.get("fail_reason", pd.Series(None, index=trials.index)).to_numpy(),
-        "run": trials.run.to_numpy(),
-    })
-    metric = coll.runs_of(dataset, study)[0].objective["metric"]
-    display = pd.DataFrame({
-        "#": data.trial.astype(str), "state": data.state, "backbone": data.backbone,
-        **{k: [short(v) for v in data[k]] for k in keys},
-        LABELS.get(metric, metric): [f3(x) for x in data.value],
-        "duration": [seconds(x) for x in data.seconds],
-        "pruned at": [pruned_where(f, e) for f, e in zip(data.pruned_at_fold, data.pruned_at_epoch)],
-        "failure": ["" if isnan(x) else str(x)[:160] for x in data.fail_reason],
-    })
-    if len(set(data.run)) > 1:
-        display["run"] = data.run
-    maximize = coll.runs_of(dataset, study)[0].objective.get("direction", "maximize") == "maximize"
-    bold = best_mask(data, display, {LABELS.get(metric, metric): ("value", "max" if maximize else "min")})
-    caption = (f"Every finished trial of study {study}: the searched parameters (fields that differ between "
-               f"trials), its {metric} ({cv_phrase(coll, dataset)}, mean over folds), duration, where a pruned trial "
-               f"was cut (fold and epoch: its curve on the fold's inner validation split fell below the other "
-               f"trials'; or a fold's end: its mean fold score did), and why a failed one failed.")
-    return Table(slug("trials", dataset, study), f"{dataset} / {study}: trials", caption, data, display, bold)
-
-
-def importances_table(dataset: str, study_name: str, importances: dict[str, float]) -> Table:
-    data = pd.DataFrame({"dataset": dataset, "study": study_name, "parameter": list(importances),
-                         "importance": [float(v) for v in importances.values()]})
-    display = pd.DataFrame({"parameter": data.parameter, "importance": [f"{x:.3f}" for x in data.importance]})
-    return Table(slug("importances", dataset, study_name), "Parameter importances",
-                 "fANOVA importances (Optuna, seed 0) of the objective over the completed trials.", data, display)
-
-
-# ---- 8. reproduce ------------------------------------------------------------------------------------------
-
-
-def reproduce_table(coll: Collection, boards: dict[str, pd.DataFrame],
-                    by: tuple[str, ...] = DEFAULT_BY) -> Table | None:
-    rows = []
-    by_flag = "" if by == DEFAULT_BY else f" --by {','.join(by)}"
-    for dataset in sorted(boards):
-        for r in boards[dataset].itertuples(index=False):
-            path = shlex.quote(str(_run_path(coll, r.run)))
-            rows.append({"dataset": dataset, "backbone": r.backbone, "study": r.study, "trial": r.trial,
-                         "run": r.run, "cv_command": f"bench cv --from-trial {r.trial} --run {path}",
-                         "test_command": f"bench final --run {path} --backbone {shlex.quote(r.backbone)}{by_flag}"})
-    if not rows:
-        return None
-    data = pd.DataFrame(rows)
-    display = pd.DataFrame({"dataset": data.dataset, "backbone": data.backbone,
-                            "trial": [f"{s} #{t}" for s, t in zip(data.study, data.trial)],
-                            "re-run its cross-validation": ["`" + c + "`" for c in data.cv_command],
-                            "held-out evaluation": ["`" + c + "`" for c in data.test_command]})
-    return Table("reproduce", "Reproduce every leaderboard model",
-                 "`bench cv --from-trial` re-runs a trial exactly (same configuration, seed and folds) into a new "
-                 "run directory; `bench final` refits it on all CV images and scores the held-out test set.",
-                 data, display)
 

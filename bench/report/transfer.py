@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report.cells import LABELS, Table, ci, count, pm, slug
 from bench.report.collect import KEY_METRICS, Collection
-from bench.report.tables import LABELS, Table, ci, count, held_out_rows, pm, slug
-
+from bench.report.tables import held_out_rows
 
 # Single model first, then what each addition costs or buys.
 _ORDER = {"refit+tta": 0, "fold-ensemble": 1, "fold-ensemble+tta": 2}

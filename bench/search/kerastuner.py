@@ -151,7 +151,7 @@ class KerasTunerSearch:
 
     # ---- set-up ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        from bench.experiment import DataBySize, prepare_data
+        from bench.training.experiment import DataBySize, prepare_data
 
         o = self.o
         if self.tuner_name not in TUNERS:
@@ -212,7 +212,7 @@ class KerasTunerSearch:
                 self.console.print(f"hyperband: the space searches epochs {options}; Hyperband chooses each "
                                    f"trial's epochs up to max_epochs = {max_epochs} instead.")
         else:
-            from bench.train import TrainConfig
+            from bench.training.train import TrainConfig
 
             max_epochs = TrainConfig.epochs
         return max_epochs, self.space.check_fixed({**fixed, "epochs": max_epochs})
@@ -347,7 +347,11 @@ class KerasTunerSearch:
     def run_trial(self, trial: Any) -> float:
         import keras
 
-        from bench.search.objective import config_from_values, summarize_folds, trial_seed
+        from bench.search.objective import (
+            config_from_values,
+            summarize_folds,
+            trial_seed,
+        )
 
         kt = _keras_tuner()
         _, _, fatal = _classes()
@@ -379,7 +383,7 @@ class KerasTunerSearch:
         def on_epoch(fold: int, epoch: int, logs: dict[str, float]) -> None:
             self.emit("epoch", {"number": number, "fold": fold, "epoch": epoch, "epochs": config.epochs})
 
-        from bench.experiment import cross_validate
+        from bench.training.experiment import cross_validate
 
         keras.backend.clear_session()  # as KerasTuner does before building a trial's model
         gc.collect()

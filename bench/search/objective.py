@@ -19,9 +19,9 @@ import numpy as np
 import optuna
 
 from bench.errors import BenchError
-from bench.experiment import FoldScore, PreparedData, cross_validate
 from bench.results import RunDir
 from bench.search.pruners import epoch_step, fold_step
+from bench.training.experiment import FoldScore, PreparedData, cross_validate
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -52,7 +52,7 @@ def trial_seed(study_seed: int, number: int) -> int:
 
 
 def config_from_values(values: dict[str, Any], seed: int) -> Any:
-    from bench.train import TrainConfig
+    from bench.training.train import TrainConfig
 
     values = dict(values)
     if values.get("weights") in ("none", "random"):

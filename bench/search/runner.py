@@ -29,9 +29,8 @@ import optuna
 from optuna.trial import TrialState
 
 from bench import __version__, paths
-from bench.config import DEFAULT_NEAR_THRESHOLD
+from bench.data.spec import DEFAULT_NEAR_THRESHOLD
 from bench.errors import BenchError, ConfigError
-from bench.experiment import DataSettings
 from bench.results import RunDir, trial_record
 from bench.search import devices
 from bench.search.progress import Progress
@@ -48,6 +47,7 @@ from bench.search.worker import (
     finished_and_running,
     worker_main,
 )
+from bench.training.experiment import DataSettings
 
 MAX_RETRIES = 1  # a trial whose worker died is run once more; a second death is its result
 # Study attributes a resumed run must match: changing any of them changes what a trial means.
@@ -103,7 +103,7 @@ class SearchOptions:
     final: bool = True  # held-out evaluation of the best trial per backbone when the budget is met
     fixed: dict[str, Any] = field(default_factory=dict)
     command: str = ""
-    mlflow: str | None = None  # MLflow tracking URI (bench.tracking), already checked by the CLI
+    mlflow: str | None = None  # MLflow tracking URI (bench.search.tracking), already checked by the CLI
 
 
 @dataclass
@@ -136,7 +136,7 @@ class Supervisor:
 
     # ---- set-up ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        from bench.experiment import prepare_data
+        from bench.training.experiment import prepare_data
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -153,7 +153,7 @@ class Supervisor:
         print_split(self.console, self.data)
         self.study_name = o.study or f"{self.data.spec.name}-{self.space.name}"
         if o.mlflow:
-            from bench import tracking
+            from bench.search import tracking
 
             # Made here, once, before any training: a URI that cannot take it fails now, and the
             # workers do not race to create it.
@@ -492,7 +492,7 @@ def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, 
 
 
 def _final_is_current(run: RunDir) -> bool:
-    from bench.final import best_trials
+    from bench.evaluation.final import best_trials
 
     # Entries of `bench final --by <factors>` (they record "by") are not what the search refits.
     done = {b: info.get("trial") for b, info in run.final().get("backbones", {}).items() if "by" not in info}
@@ -507,20 +507,22 @@ def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None) -
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.console import Console
 
-    from bench.final import evaluate_run
-    from bench.quiet import native_stderr_to_log
+    from bench.environment import native_stderr_to_log
+    from bench.evaluation.final import evaluate_run
+    from bench.search.shared import shared_study
 
     console = Console()
     try:
         with native_stderr_to_log():
             console = console if console.is_terminal else Console(width=160)
-            results = evaluate_run(Path(run_dir), console=console, registry=Path(registry) if registry else None)
+            results = evaluate_run(Path(run_dir), console=console, registry=Path(registry) if registry else None,
+                                   study=shared_study(RunDir.open(Path(run_dir))))
             if mlflow:
-                from bench.tracking import log_final
+                from bench.search.tracking import log_final
 
                 log_final(mlflow, Path(run_dir), results, say=console.print)
     except BenchError as err:
-        # stdout: under `bench run` this process's descriptor 2 is TensorFlow's log file (bench.quiet)
+        # stdout: under `bench run` this process's descriptor 2 is TensorFlow's log file (bench.environment)
         print(f"error: {err}", file=sys.stdout)
         sys.exit(2)
 

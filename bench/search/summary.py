@@ -87,8 +87,8 @@ def finished_trials(run: Any) -> Any:
 def best_per_backbone_in_run(run: Any, metric: str, direction: str) -> list[dict[str, Any]]:
     """The best COMPLETE trial of each backbone from trials.csv, best first, with its fold statistics
     recomputed from folds.csv and metrics.csv exactly as the Optuna objective computes them."""
-    from bench.experiment import FoldScore
     from bench.search.objective import summarize_folds
+    from bench.training.experiment import FoldScore
 
     trials = finished_trials(run)
     if trials.empty:

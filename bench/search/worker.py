@@ -54,7 +54,7 @@ class WorkerSpec:
     splits_digest: str = ""
     precision: str = "float32"
     env: dict[str, str] = field(default_factory=dict)
-    mlflow: str | None = None  # tracking URI: each worker logs the trials it ran (bench.tracking)
+    mlflow: str | None = None  # tracking URI: each worker logs the trials it ran (bench.search.tracking)
 
 
 def _die_with_parent() -> None:
@@ -84,7 +84,7 @@ def worker_main(spec: WorkerSpec, queue: Any, stop: Any) -> None:
     def send(kind: str, payload: dict[str, Any]) -> None:
         queue.put((kind, {"worker": spec.index, "pid": os.getpid(), **payload}))
 
-    from bench.quiet import native_stderr_to_log
+    from bench.environment import native_stderr_to_log
 
     with native_stderr_to_log():
         # An error outside a trial (a full disk, a storage that refuses writes) would come back in
@@ -127,13 +127,13 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
     import optuna
 
     from bench import environment
-    from bench.experiment import DataBySize, prepare_data
     from bench.results import RunDir
     from bench.search.objective import make_objective
     from bench.search.pruners import make_pruner
     from bench.search.samplers import make_sampler
     from bench.search.space import load_space
     from bench.search.storage import open_storage
+    from bench.training.experiment import DataBySize, prepare_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -153,7 +153,7 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
     callbacks: list[Any] = []
     if spec.mlflow:
         # Optuna runs callbacks in the process that ran the trial: every worker logs its own.
-        from bench.tracking import trial_logger
+        from bench.search.tracking import trial_logger
 
         callbacks.append(trial_logger(
             spec.mlflow, metric=space.metric, dataset=str(data.spec.name), study=spec.study_name,

@@ -24,7 +24,13 @@ The modules are private; import from this package. Each has one job:
 from bench.search.space._blocks import BLOCK_CACHE_FILE, block_count
 from bench.search.space._fields import FIELD_RULES, NO_WEIGHTS, NOT_SEARCHED, FieldRule
 from bench.search.space._lines import key_lines
-from bench.search.space._load import BUILTIN_DIR, builtin_names, builtin_space, load_space, resolve_space
+from bench.search.space._load import (
+    BUILTIN_DIR,
+    builtin_names,
+    builtin_space,
+    load_space,
+    resolve_space,
+)
 from bench.search.space._objective import DEFAULT_METRIC, DIRECTIONS, OBJECTIVE_KEYS
 from bench.search.space._param import KIND_KEYS, KINDS, Param, Scalar
 from bench.search.space._parse import TOP_LEVEL_KEYS, parse_space

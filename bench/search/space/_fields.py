@@ -73,19 +73,19 @@ def _backbone_names() -> list[str]:
 
 
 def _optimizers() -> list[str]:
-    from bench.train import OPTIMIZERS
+    from bench.training.train import OPTIMIZERS
 
     return list(OPTIMIZERS)
 
 
 def _policies() -> list[str]:
-    from bench.augment import POLICIES
+    from bench.training.augment import POLICIES
 
     return list(POLICIES)
 
 
 def _schedules() -> list[str]:
-    from bench.schedules import SCHEDULES
+    from bench.training.schedules import SCHEDULES
 
     return list(SCHEDULES)
 
@@ -163,6 +163,6 @@ NOT_SEARCHED = ("seed",)
 
 
 def _train_fields() -> list[str]:
-    from bench.train import TrainConfig
+    from bench.training.train import TrainConfig
 
     return [f.name for f in fields(TrainConfig)]

@@ -8,7 +8,14 @@ from typing import Any
 
 from bench.errors import ConfigError, close_matches
 from bench.search.space._backbones import _check_imagenet
-from bench.search.space._fields import FIELD_RULES, NOT_SEARCHED, FieldRule, _is_int, _is_num, _train_fields
+from bench.search.space._fields import (
+    FIELD_RULES,
+    NOT_SEARCHED,
+    FieldRule,
+    _is_int,
+    _is_num,
+    _train_fields,
+)
 
 KINDS = ("categorical", "int", "float", "blocks", "fixed")
 # Keys a parameter table may hold, by type ("type" and "when" are allowed everywhere).

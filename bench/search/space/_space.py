@@ -99,7 +99,7 @@ class SearchSpace:
     def _backbone_of(self, values: dict[str, Any]) -> str:
         if "backbone" in values:
             return values["backbone"]
-        from bench.train import TrainConfig
+        from bench.training.train import TrainConfig
 
         return TrainConfig.backbone
 

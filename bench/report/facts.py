@@ -1,0 +1,138 @@
+"""Facts several tables state: the split a dataset's numbers come from, the trials of a study, their CV scores."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import metrics as M
+from bench.report.cells import (
+    count,
+    isnan,
+)
+from bench.report.collect import (
+    Collection,
+)
+from bench.results import entry_keys, trial_params
+
+# ---- shared facts ------------------------------------------------------------------------------------------
+
+
+def split_facts(coll: Collection, dataset: str) -> dict[str, Any]:
+    split = coll.manifest(dataset).get("split") or {}
+    return {"folds": split.get("folds"), "cv_images": split.get("cv_images"),
+            "test_images": split.get("test_images"), "cv_groups": split.get("cv_groups"),
+            "test_groups": split.get("test_groups"), "rule": split.get("rule"),
+            "fold_sizes": split.get("fold_sizes"), "digest": split.get("digest"),
+            "folds_from": split.get("folds_from"), "official_test": split.get("official_test"),
+            "shared_groups": split.get("shared_groups"), "shared_images": split.get("shared_images"),
+            "excluded_images": split.get("excluded_images"), "dropped_classes": split.get("dropped_classes") or {},
+            "min_class_images": split.get("min_class_images"),
+            # e.g. "hold-out 20% (60 images, 20 patients)"; None for k-fold CV (and older runs)
+            "protocol_label": split.get("protocol_label") if split.get("protocol", "kfold") != "kfold" else None}
+
+
+def split_removals(sp: dict[str, Any]) -> str:
+    """What the split took out of the data (patients shared with the test set, small classes), in words."""
+    if sp["official_test"] is None:
+        return "- (not recorded: a run made before bench checked for patients shared with the test set)"
+    parts = []
+    if sp["excluded_images"]:
+        parts.append(f"{count(sp['excluded_images'])} images of {count(sp['shared_groups'])} patients/groups left out "
+                     f"of CV: they also have images in the official test set (--official-test clean)")
+    elif sp["shared_groups"]:
+        parts.append(f"none: CV and test share {count(sp['shared_groups'])} patients/groups "
+                     f"(--official-test {sp['official_test']})")
+    for name, n in sp["dropped_classes"].items():
+        parts.append(f"class '{name}' dropped (--min-class-images {sp['min_class_images']}): {count(n.get('cv_images'))} "
+                     f"CV and {count(n.get('test_images'))} test images")
+    return "; ".join(parts) or "none"
+
+
+def split_warnings(coll: Collection, dataset: str) -> list[str]:
+    """The overview's warnings: CV and test that share patients make every held-out number optimistic."""
+    sp = split_facts(coll, dataset)
+    if sp["shared_groups"] and not sp["excluded_images"]:
+        return [f"Warning: CV and the held-out test set share {count(sp['shared_groups'])} patients/groups "
+                f"({count(sp['shared_images'])} CV images), because the run kept the official test split's overlap "
+                f"(--official-test {sp['official_test']}). Models were trained on patients they are then tested on: "
+                f"the held-out numbers of {dataset} are optimistic."]
+    return []
+
+
+def cv_phrase(coll: Collection, dataset: str, folds: Any = None, images: Any = None) -> str:
+    facts = split_facts(coll, dataset)
+    folds = folds if folds is not None else facts["folds"]
+    images = images if images is not None else facts["cv_images"]
+    if facts.get("protocol_label") and folds == facts["folds"]:  # holdout / official: one scored split
+        return f"{facts['protocol_label']} of {count(images)} CV images"
+    return f"{folds if folds is not None else '?'}-fold CV on {count(images)} images"
+
+
+def test_phrase(n: Any) -> str:
+    return f"held-out test, {count(n)} images"
+
+
+def resampled(n_units: Iterable[Any], units: Iterable[Any], n_images: Iterable[Any]) -> str:
+    """What held-out CIs resampled, e.g. "bootstrap over 40 patients" (joined if models differ)."""
+    phrases = dict.fromkeys(M.bootstrap_phrase(n, u, None if isnan(i) else i)
+                            for n, u, i in zip(n_units, units, n_images) if not isnan(n) and isinstance(u, str))
+    return " / ".join(phrases) if phrases else "bootstrap"
+
+
+def params_of(row: Any) -> dict[str, Any]:
+    return trial_params(row.get("params") if isinstance(row, dict | pd.Series) else getattr(row, "params", None))
+
+
+def trials_of(coll: Collection, dataset: str, study: str | None = None) -> pd.DataFrame:
+    t = coll.trials
+    if t.empty:
+        return t
+    t = t[t.dataset == dataset]
+    return t[t.study == study] if study is not None else t
+
+
+def trial_rows(frame: pd.DataFrame, dataset: str, study: str, trial: int) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    return frame[(frame.dataset == dataset) & (frame.study == study) & (frame.trial == trial)]
+
+
+def trial_cv_scores(coll: Collection, dataset: str) -> pd.DataFrame:
+    """Per (study, trial, metric): mean and std (ddof 1) over the folds, as the objective computes them."""
+    m = coll.metrics
+    if m.empty or not {"metric", "value", "trial"} <= set(m.columns):
+        return pd.DataFrame(columns=["study", "trial", "metric", "mean", "std", "folds"])
+    m = m[m.dataset == dataset]
+    if "split" in m:
+        m = m[m.split.astype(str) == "cv"]
+    m = m.sort_values(["study", "trial", "metric", "fold"])
+
+    def stats(v: pd.Series) -> pd.Series:
+        a = v.to_numpy(dtype=float)
+        ok = a[np.isfinite(a)]
+        return pd.Series({"mean": float(np.mean(ok)) if ok.size else math.nan,
+                          "std": float(np.std(ok, ddof=1)) if ok.size > 1 else math.nan,
+                          "folds": int(a.size)})
+
+    out = m.groupby(["study", "trial", "metric"], sort=True)["value"].apply(stats).unstack().reset_index()
+    return out
+
+
+def run_path(coll: Collection, label: str) -> Any:
+    for run in coll.runs:
+        if run.label == label:
+            return run.path
+    return label
+
+
+def one_entry(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one `bench final` entry: a trial refit both by backbone and by a combination has two."""
+    if rows.empty:
+        return rows
+    keys = entry_keys(rows)
+    return rows[keys == keys.iloc[0]]
