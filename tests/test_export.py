@@ -101,7 +101,15 @@ def test_export_writes_the_final_model_and_its_card(final_run, exported, tmp_pat
     ba = test["metrics"]["balanced_accuracy"]
     assert ba["low"] <= ba["value"] <= ba["high"]
     assert "keras" in card["versions"]["training"] and "keras" in card["versions"]["export"]
+    # The card's account of the refit is the record bench final wrote, not a belief about the code.
+    record = json.loads((final_run / "final.json").read_text())["backbones"]["simple_cnn"]
+    refit = card["training"]["refit"]
+    assert (f"refit on {record['n_train']} images of the cross-validation pool" in refit
+            and f"for {record['refit_epochs']} epoch(s) of at most 1" in refit
+            and f"an inner split of {record['n_inner_val']} other pool images" in refit), refit
+    assert "median" not in refit and "all training images" not in refit
     text = card_md.read_text()
+    assert refit in " ".join(text.split())
     for needle in ("CC BY 4.0", "Kermany", "32 × 32 px", "squash", "95% CI", "bootstrap over 40 patients",
                    "balanced_accuracy", "keras 3."):
         assert needle in text, needle

@@ -252,9 +252,8 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) 
         },
         "training": {
             "trial": int(info["trial"]), "config": config, "refit_epochs": info.get("refit_epochs"),
-            "n_train": info.get("n_train"), "seconds": info.get("seconds"),
-            "refit": "refit on all training images (every image outside the held-out test set) for the "
-                     "median of the folds' best epochs",
+            "n_train": info.get("n_train"), "n_inner_val": info.get("n_inner_val"), "seconds": info.get("seconds"),
+            "refit": refit_recipe(info, config),
         },
         "evaluation": {
             "objective": {"metric": metric, "direction": "maximize" if maximize else "minimize"},
@@ -281,6 +280,19 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) 
     if "sha256" in model_facts:
         card["model"]["binding"] = card_binding(card)
     return card
+
+
+def refit_recipe(info: dict[str, Any], config: dict[str, Any]) -> str:
+    """How the final model was trained, in words, from the record `bench final` wrote (final.json),
+    never from what the code is believed to do: a card states what happened to this model."""
+    n_fit, n_stop, epochs = info.get("n_train"), info.get("n_inner_val"), info.get("refit_epochs")
+    if n_fit is None or n_stop is None or epochs is None:
+        return "not recorded: final.json was written by a bench that did not record its refit; run bench final again"
+    budget = config.get("epochs")
+    stopped = "" if budget is None else (f" of at most {budget}" + (", stopped early" if int(epochs) < int(budget) else ""))
+    return (f"refit on {int(n_fit)} images of the cross-validation pool (patients shared with the held-out test "
+            f"set excluded) for {int(epochs)} epoch(s){stopped}; early stopping and learning-rate reduction read "
+            f"an inner split of {int(n_stop)} other pool images; the held-out test set was scored once, after")
 
 
 def card_binding(card: dict[str, Any]) -> str:
@@ -367,8 +379,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         "## Training",
         "",
-        f"The configuration of trial {tr['trial']}, {tr['refit']}: {tr.get('refit_epochs')} epoch(s) on "
-        f"{tr.get('n_train')} images ({tr.get('seconds')} s). Initial weights: {m['weights_init']}.",
+        f"The configuration of trial {tr['trial']}, {tr['refit']} ({tr.get('seconds')} s). "
+        f"Initial weights: {m['weights_init']}.",
         "",
         "| setting | value |",
         "|---|---|",

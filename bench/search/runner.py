@@ -535,7 +535,7 @@ def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, conso
                             mlflow: str | None = None) -> int:
     """The held-out evaluation, in its own process: the supervisor never imports the framework.
     With ``mlflow`` (a tracking URI) it is logged there as ``bench final --mlflow`` does."""
-    console.print("Held-out evaluation (bench final): best trial per backbone, refit on all training images")
+    console.print("Held-out evaluation (bench final): best trial per backbone, refit on the cross-validation pool")
     process = ctx.Process(target=_final_main, args=(str(run_dir), registry, mlflow), name="bench-final")
     process.start()
     process.join()
