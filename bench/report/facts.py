@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics as M
+from bench.evaluation.grouping import Grouping
 from bench.report.cells import (
     count,
     isnan,
 )
 from bench.report.collect import (
+    KEY_METRICS,
     Collection,
 )
 from bench.results import entry_keys, trial_params
@@ -136,3 +138,38 @@ def one_entry(rows: pd.DataFrame) -> pd.DataFrame:
         return rows
     keys = entry_keys(rows)
     return rows[keys == keys.iloc[0]]
+
+
+def entry_trials(coll: Collection, dataset: str, grouping: Grouping) -> pd.DataFrame:
+    """Every COMPLETE trial with a score: its entry (``key``), CV means and stds, and ``objective_value``
+    (the objective's CV mean, or the search's recorded value where metrics.csv has none). The leaderboard
+    keeps each entry's best; the expected-best curves use them all."""
+    metric = coll.objective(dataset)["metric"]
+    trials = trials_of(coll, dataset)
+    if trials.empty:
+        return pd.DataFrame()
+    done = trials[trials.state == "COMPLETE"].copy()
+    if done.empty:
+        return pd.DataFrame()
+    scores = trial_cv_scores(coll, dataset)
+    by_key = {(r.study, int(r.trial), r.metric): r for r in scores.itertuples(index=False)}
+    rows = []
+    for t in done.itertuples(index=False):
+        config = {**params_of(t), "backbone": str(t.backbone)}
+        row: dict[str, Any] = {"dataset": dataset, "key": grouping.label(config), "backbone": str(t.backbone),
+                               "study": t.study, "run": t.run, "trial": int(t.trial)}
+        for m in dict.fromkeys((metric, *KEY_METRICS)):
+            s = by_key.get((t.study, int(t.trial), m))
+            row[f"cv_{m}_mean"] = s.mean if s is not None else math.nan
+            row[f"cv_{m}_std"] = s.std if s is not None else math.nan
+        s = by_key.get((t.study, int(t.trial), metric))
+        row["folds_scored"] = int(s.folds) if s is not None else 0
+        if isnan(row[f"cv_{metric}_mean"]):  # no metrics.csv: the search's own record of the value
+            row[f"cv_{metric}_mean"] = float(t.value) if not isnan(t.value) else math.nan
+        row["objective_value"] = row[f"cv_{metric}_mean"]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame = frame[frame.objective_value.notna()]
+    if frame.empty:
+        return pd.DataFrame()
+    return frame

@@ -313,6 +313,29 @@ def strategies_figure(curves: list[tuple[str, pd.DataFrame]], maximize: bool, me
     return save(fig, folder, name, title, caption)
 
 
+def expected_best_figure(curves: Sequence[tuple[str, Any]], m: int, metric: str, folder: Path, name: str,
+                         title: str, caption: str) -> Figure:
+    """Each entry's expected best against k trials (``bench.report.expected.Curve``), its bootstrap
+    band shaded, and a dotted line at k = m, the equal budget the leaderboard compares at."""
+    fig = new_figure(7.0, 4.2)
+    ax = fig.subplots()
+    for i, (label, c) in enumerate(curves):
+        color = PALETTE[i % len(PALETTE)]
+        ax.fill_between(c.k, c.low, c.high, color=color, alpha=0.18, linewidth=0)
+        ax.plot(c.k, c.expected, color=color, marker="o", markersize=3, linewidth=1.6,
+                label=f"{label} (n = {c.k.size})")
+    ax.axvline(m, color="#555555", linestyle=":", linewidth=1)
+    ax.annotate(f" k = {m}", (m, 1), xycoords=("data", "axes fraction"), va="top", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k counts trials
+    ax.set_xlabel("trials k (drawn from the completed trials)")
+    ax.set_ylabel(f"expected best {metric} (CV)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return save(fig, folder, name, title, caption)
+
+
 def cd_figure(stats: Any, avg_ranks: pd.Series, n_datasets: int, folder: Path, name: str, title: str,
               caption: str) -> Figure:
     folder.mkdir(parents=True, exist_ok=True)

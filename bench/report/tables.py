@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.evaluation.grouping import DEFAULT_BY, Grouping
+from bench.report import budget as B
 from bench.report.cells import (
     LABELS,
     STATES,
@@ -39,6 +40,7 @@ from bench.report.collect import (
 )
 from bench.report.facts import (
     cv_phrase,
+    entry_trials,
     one_entry,
     params_of,
     resampled,
@@ -46,7 +48,6 @@ from bench.report.facts import (
     split_facts,
     split_removals,
     test_phrase,
-    trial_cv_scores,
     trial_rows,
     trials_of,
 )
@@ -168,32 +169,8 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
     grouping = Grouping(by)
     objective = coll.objective(dataset)
     metric, maximize = objective["metric"], objective.get("direction", "maximize") == "maximize"
-    trials = trials_of(coll, dataset)
     cols = ["dataset", "rank", "key", "backbone", "study", "run", "trial"]
-    if trials.empty:
-        return pd.DataFrame(columns=cols)
-    done = trials[trials.state == "COMPLETE"].copy()
-    if done.empty:
-        return pd.DataFrame(columns=cols)
-    scores = trial_cv_scores(coll, dataset)
-    by_key = {(r.study, int(r.trial), r.metric): r for r in scores.itertuples(index=False)}
-    rows = []
-    for t in done.itertuples(index=False):
-        config = {**params_of(t), "backbone": str(t.backbone)}
-        row: dict[str, Any] = {"dataset": dataset, "key": grouping.label(config), "backbone": str(t.backbone),
-                               "study": t.study, "run": t.run, "trial": int(t.trial)}
-        for m in dict.fromkeys((metric, *KEY_METRICS)):
-            s = by_key.get((t.study, int(t.trial), m))
-            row[f"cv_{m}_mean"] = s.mean if s is not None else math.nan
-            row[f"cv_{m}_std"] = s.std if s is not None else math.nan
-        s = by_key.get((t.study, int(t.trial), metric))
-        row["folds_scored"] = int(s.folds) if s is not None else 0
-        if isnan(row[f"cv_{metric}_mean"]):  # no metrics.csv: the search's own record of the value
-            row[f"cv_{metric}_mean"] = float(t.value) if not isnan(t.value) else math.nan
-        row["objective_value"] = row[f"cv_{metric}_mean"]
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    frame = frame[frame.objective_value.notna()]
+    frame = entry_trials(coll, dataset, grouping)
     if frame.empty:
         return pd.DataFrame(columns=cols)
     # Among equally good trials prefer one with a held-out result, then the first study and trial.
@@ -224,8 +201,11 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
                            None if grouping.is_default else members[r.key]),
         })
     best = pd.concat([best, pd.DataFrame(extra)], axis=1)
+    # Trials per entry and each entry's expected best at the smallest of them: the comparison at equal budget.
+    budget = B.equal_budget(frame, B.pruned_by_entry(coll, dataset, grouping), maximize)
+    best = best.merge(budget, on="key", how="left")
     order = ["dataset", "rank", "key", "backbone", "study", "run", "trial", "folds", "folds_scored", "cv_images",
-             "objective_value"]
+             "objective_value", *B.COLUMNS]
     order += [c for c in best.columns if c.startswith("cv_") and c not in order]
     order += [c for c in best.columns if c not in order]
     return best[order]
@@ -306,6 +286,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
                   for r in board.itertuples()],
         **{f"{LABELS.get(m, m)}{' (objective)' if m == metric else ''}":
            [pm(a, b) for a, b in zip(board[f"cv_{m}_mean"], board[f"cv_{m}_std"])] for m in metrics},
+        "trials (n)": board.trials_complete.astype(str),
+        B.column_title(board): [f"{x:.3f}" for x in board.expected_best],
         f"test {LABELS.get(metric, metric)} [95% CI]": [ci(a, b, c) for a, b, c in
                                                       zip(board.test_value, board.test_low, board.test_high)],
         "params (trainable)": [f"{millions(a)} ({millions(b)})" for a, b in
@@ -317,6 +299,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
     for m in metrics:
         label = f"{LABELS.get(m, m)}{' (objective)' if m == metric else ''}"
         rules[label] = (f"cv_{m}_mean", "max" if (maximize if m == metric else higher_is_better(m)) else "min")
+    if not board.empty:
+        rules[B.column_title(board)] = ("expected_best", "max" if maximize else "min")
     rules[f"test {LABELS.get(metric, metric)} [95% CI]"] = ("test_value", "max" if maximize else "min")
     rules["params (trainable)"] = ("total_params", "min")
     rules["s/epoch"] = ("seconds_per_epoch", "min")
@@ -326,7 +310,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
                f"{_rows_phrase(grouping)} best complete trial by {metric}. Test column: {test_phrase(n_test)}, "
                f"95% CI by "
                f"{_board_resampled(board)}; the test set was used once, after the search. Best per column in bold. "
-               f"s/epoch and images/s: training, mean over folds.")
+               f"s/epoch and images/s: training, mean over folds."
+               + (f" {B.caption(board, metric)}" if not board.empty else ""))
     return Table(slug("leaderboard", dataset), f"{dataset}: leaderboard", caption, board, display, bold,
                  terminal=True)
 
