@@ -15,10 +15,7 @@ from bench.report.cells import (
     count,
     isnan,
 )
-from bench.report.collect import (
-    KEY_METRICS,
-    Collection,
-)
+from bench.report.collect import KEY_METRICS, Collection, Run, load_study
 from bench.results import entry_keys, trial_params
 
 # ---- shared facts ------------------------------------------------------------------------------------------
@@ -173,3 +170,31 @@ def entry_trials(coll: Collection, dataset: str, grouping: Grouping) -> pd.DataF
     if frame.empty:
         return pd.DataFrame()
     return frame
+
+
+def coll_study(coll: Collection, run: Run) -> Any:
+    """``RunDir.study()`` of a run, loaded once; None (with a note) when it cannot be read."""
+    return load_study(run, coll.study_cache, coll.notes)
+
+
+def progress(coll: Collection, dataset: str, study_name: str) -> pd.DataFrame:
+    """Complete trials in number order with their value and elapsed seconds since the search began."""
+    trials = trials_of(coll, dataset, study_name).sort_values("trial")
+    if trials.empty:
+        return pd.DataFrame(columns=["trial", "value", "elapsed"])
+    elapsed = pd.to_numeric(trials.get("seconds"), errors="coerce").fillna(0).cumsum() \
+        if "seconds" in trials else pd.Series(np.nan, index=trials.index)
+    by_number = dict(zip(trials.trial, elapsed))
+    for run in coll.runs_of(dataset, study_name):
+        study = coll_study(coll, run) if run.engine == "optuna" else None
+        if study is None:
+            continue
+        frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+        starts = [t.datetime_start for t in frozen.values() if t.datetime_start]
+        if starts and all(n in frozen and frozen[n].datetime_complete for n in trials.trial):
+            t0 = min(starts)
+            by_number = {n: (frozen[n].datetime_complete - t0).total_seconds() for n in trials.trial}
+            break
+    done = trials[(trials.state == "COMPLETE") & pd.to_numeric(trials.value, errors="coerce").notna()]
+    return pd.DataFrame({"trial": done.trial.to_numpy(), "value": done.value.astype(float).to_numpy(),
+                         "elapsed": [by_number[n] for n in done.trial]})

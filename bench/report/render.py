@@ -414,7 +414,7 @@ class Builder:
             self.problem(f"No finished trials recorded for study {study_name} (trials.csv missing or empty).")
         else:
             self.table(D.trials_table(coll, d, study_name))
-        studies = [(r, T.coll_study(coll, r)) for r in runs if r.engine == "optuna"]
+        studies = [(r, FA.coll_study(coll, r)) for r in runs if r.engine == "optuna"]
         studies = [(r, s) for r, s in studies if s is not None]
         labels = tuple(f"{r.label}:" for r in runs)
         self.notes([n for n in coll.notes_for(d, "search") if n.text.startswith(labels)])
@@ -475,7 +475,7 @@ class Builder:
         curves, rows = [], []
         for s in searches:
             run = coll.runs_of(d, s)[0]
-            frame = progress(coll, d, s)
+            frame = FA.progress(coll, d, s)
             label = f"{s} ({run.engine}/{run.strategy})"
             curves.append((label, frame))
             if len(frame):
@@ -513,27 +513,6 @@ class Builder:
         self.table(table)
 
 
-def progress(coll: Collection, dataset: str, study_name: str) -> pd.DataFrame:
-    """Complete trials in number order with their value and elapsed seconds since the search began."""
-    trials = FA.trials_of(coll, dataset, study_name).sort_values("trial")
-    if trials.empty:
-        return pd.DataFrame(columns=["trial", "value", "elapsed"])
-    elapsed = pd.to_numeric(trials.get("seconds"), errors="coerce").fillna(0).cumsum() \
-        if "seconds" in trials else pd.Series(np.nan, index=trials.index)
-    by_number = dict(zip(trials.trial, elapsed))
-    for run in coll.runs_of(dataset, study_name):
-        study = T.coll_study(coll, run) if run.engine == "optuna" else None
-        if study is None:
-            continue
-        frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
-        starts = [t.datetime_start for t in frozen.values() if t.datetime_start]
-        if starts and all(n in frozen and frozen[n].datetime_complete for n in trials.trial):
-            t0 = min(starts)
-            by_number = {n: (frozen[n].datetime_complete - t0).total_seconds() for n in trials.trial}
-            break
-    done = trials[(trials.state == "COMPLETE") & pd.to_numeric(trials.value, errors="coerce").notna()]
-    return pd.DataFrame({"trial": done.trial.to_numpy(), "value": done.value.astype(float).to_numpy(),
-                         "elapsed": [by_number[n] for n in done.trial]})
 
 
 # ---- writing -----------------------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ from bench.report.collect import (
     Collection,
     Note,
     Run,
-    load_study,
 )
 from bench.report.facts import (
+    coll_study,
     cv_phrase,
     entry_trials,
     one_entry,
@@ -112,9 +112,6 @@ def _study_span(coll: Collection, run: Run) -> float:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else math.nan
 
 
-def coll_study(coll: Collection, run: Run) -> Any:
-    """``RunDir.study()`` of a run, loaded once; None (with a note) when it cannot be read."""
-    return load_study(run, coll.study_cache, coll.notes)
 
 
 def runs_overview(coll: Collection, dataset: str) -> Table:
