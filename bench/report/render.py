@@ -31,6 +31,7 @@ import pandas as pd
 from bench import __version__
 from bench import metrics as M
 from bench.evaluation.grouping import DEFAULT_BY, Grouping
+from bench.report import agreement as A
 from bench.report import budget as B
 from bench.report import cells as C
 from bench.report import clinical as RC
@@ -236,6 +237,7 @@ class Builder:
                 continue
             self.table(T.leaderboard_table(coll, d, board, self.by))
             self.notes(T.leaderboard_notes(coll, d, board))
+            self.guard(f"{d}: CV against the held-out set", lambda d=d, b=board: A.agreement_section(self, d, b))
             self.guard(f"{d}: the expected best at equal budget", lambda d=d, b=board: B.expected_section(self, d, b))
             self.guard(f"{d}: the test table",
                        lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board, self.by)))

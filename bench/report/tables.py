@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.evaluation.grouping import DEFAULT_BY, Grouping
+from bench.report import agreement
 from bench.report import budget as B
 from bench.report.cells import (
     LABELS,
@@ -277,6 +278,7 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
     n_cv = split_facts(coll, dataset)["cv_images"]
     n_test = board.test_images.dropna().iloc[0] if "test_images" in board and board.test_images.notna().any() \
         else split_facts(coll, dataset)["test_images"]
+    verdicts = agreement.flags(board, metric, maximize) if not board.empty else {}
     display = pd.DataFrame({
         "#": board["rank"].astype(str), grouping.title: board.key,
         "trial": [f"{r.study} #{r.trial}" if board.study.nunique() > 1 else f"#{r.trial}"
@@ -287,6 +289,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
         B.column_title(board): [f"{x:.3f}" for x in board.expected_best],
         f"test {LABELS.get(metric, metric)} [95% CI]": [ci(a, b, c) for a, b, c in
                                                       zip(board.test_value, board.test_low, board.test_high)],
+        # Flagged where the held-out set disagrees with CV (bench.report.agreement, the table below).
+        "held-out vs CV": [verdicts.get(k, "-") for k in board.key],
         "params (trainable)": [f"{millions(a)} ({millions(b)})" for a, b in
                                zip(board.total_params, board.trainable_params)],
         "s/epoch": [f"{x:.2f}" if not isnan(x) else "-" for x in board.seconds_per_epoch],
