@@ -51,7 +51,7 @@ runs from several machines):
     probes.csv         ``bench probe`` (manifest kind "probe"): one row per backbone x size x probe (linear,
                        knn) x metric: cv_mean, cv_std over the folds, the held-out test value with its
                        bootstrap CI (test_low, test_high, n_boot, unit, n_units), what the probe chose
-                       per fold (C), seconds_features and seconds_probe
+                       per fold and for the held-out fit (C), seconds_features and seconds_probe
     study.db           the Optuna study (default SQLite storage)
     models/            the final models, <backbone>.keras (written by ``bench final``); with
                        ``--ensemble folds`` also <backbone>.fold<k>.keras, each CV fold's model

@@ -151,3 +151,27 @@ def test_probe_skips_backbones_without_weights_and_refuses_random_init(make_fold
     assert main([*base, "--backbones", "mobilenet_v2", "--sizes", "16", "--weights", "none", "--allow-random"]) == 2
     assert "skipped mobilenet_v2 at 16 px" in capsys.readouterr().err
     assert not runs.exists()  # nothing refused left a run directory behind
+
+
+def test_probe_rows_of_a_pair_replace_only_that_pair(tmp_path: Path) -> None:
+    """Each backbone x size is written as soon as it is done; a re-run of one pair replaces its rows
+    and keeps every other pair's (an interrupted probe loses nothing finished)."""
+    from bench.results import RunDir
+
+    run = RunDir.create(tmp_path, "ds", out=tmp_path / "run")
+
+    def rows(backbone: str, size: int, value: float) -> pd.DataFrame:
+        return pd.DataFrame({"backbone": backbone, "size": size, "probe": ["linear", "knn"], "metric": "auc",
+                             "cv_mean": value})
+
+    run.append_probes(rows("a", 64, 0.1))
+    run.append_probes(rows("a", 128, 0.2))
+    run.append_probes(rows("a", 64, 0.3))
+    table = run.table("probes").sort_values(["size", "probe"])
+    assert list(zip(table["size"], table.cv_mean)) == [(64, 0.3), (64, 0.3), (128, 0.2), (128, 0.2)]
+
+
+def test_probe_sizes_must_be_whole_numbers(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["probe", "--dataset", "pneumonia-demo", "--sizes", "64,big"])
+    assert exit_.value.code == 2 and "--sizes" in capsys.readouterr().err
