@@ -107,6 +107,7 @@ def pooled_features(data: Any, backbone: str, weights: str | None, *, seed: int 
     from bench.training import features as F
 
     t0 = time.perf_counter()
+    keras.backend.clear_session()  # one model per pair: a long list must not keep every earlier backbone
     keras.utils.set_random_seed(seed)  # what FoldTrainer does before building: equal random inits
     parts = build_classifier(backbone, len(data.index.classes), data.size, weights=weights, unfrozen=0)
     extractor, _ = F.split_at_backbone(parts.model, parts.base)
@@ -154,11 +155,10 @@ def run_probe(name: str, x: np.ndarray, data: Any, *, n_boot: int = 1000, seed: 
     n_classes = len(data.index.classes)
     t0 = time.perf_counter()
     folds, chosen = [], []
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         # lbfgs on the weakest strengths may stop at max_iter: that C then loses on the inner split.
-        warnings.simplefilter("ignore", category=UserWarning)
-        from sklearn.exceptions import ConvergenceWarning
-
         warnings.simplefilter("ignore", category=ConvergenceWarning)
         for k in range(s.folds):
             train, val = s.fold_masks(k)
