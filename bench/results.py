@@ -48,6 +48,10 @@ runs from several machines):
                        test_metrics.csv and test_predictions.csv in the held-out files' schema
                        (split = external), confusion_<backbone>.csv, summary.json (source, sizes,
                        overlap with the run's data)
+    probes.csv         ``bench probe`` (manifest kind "probe"): one row per backbone x size x probe (linear,
+                       knn) x metric: cv_mean, cv_std over the folds, the held-out test value with its
+                       bootstrap CI (test_low, test_high, n_boot, unit, n_units), what the probe chose
+                       per fold and for the held-out fit (C), seconds_features and seconds_probe
     study.db           the Optuna study (default SQLite storage)
     models/            the final models, <backbone>.keras (written by ``bench final``); with
                        ``--ensemble folds`` also <backbone>.fold<k>.keras, each CV fold's model
@@ -103,6 +107,7 @@ FILES = {
     "study": "study.db",
     "test_variants": "test_variants.csv",
     "test_variant_predictions": "test_variant_predictions.csv",
+    "probes": "probes.csv",
 }
 EXTERNAL_DIR = "external"
 EXTERNAL_FILES = {"metrics": "test_metrics.csv", "predictions": "test_predictions.csv", "summary": "summary.json"}
@@ -320,6 +325,15 @@ class RunDir:
             _atomic_json(self.file("final"), final)
             self._replace_backbone_rows("test_variants", backbone, pd.DataFrame(metrics))
             self._replace_backbone_rows("test_variant_predictions", backbone, predictions)
+
+    def append_probes(self, frame: pd.DataFrame) -> None:
+        """``bench probe``'s rows of one backbone x size, added as soon as they exist; a re-run of a pair replaces it."""
+        with self.lock():
+            old = self.table("probes")
+            if len(old) and len(frame):
+                pairs = set(zip(frame.backbone.astype(str), frame["size"].astype(int)))
+                old = old[[p not in pairs for p in zip(old.backbone.astype(str), old["size"].astype(int))]]
+            _atomic_csv(self.file("probes"), pd.concat([old, frame], ignore_index=True) if len(old) else frame)
 
     def model_path(self, backbone: str) -> Path:
         return self.path / "models" / f"{backbone}.keras"

@@ -17,6 +17,7 @@ from bench.cli._base import Command, stderr_console
 from bench.cli.data import AuditCommand, BackbonesCommand, DatasetsCommand, FetchCommand
 from bench.cli.evaluate import EvaluateCommand, FinalCommand, RescoreCommand
 from bench.cli.perf import PerfCommand
+from bench.cli.probe import ProbeCommand
 from bench.cli.report import ReportCommand
 from bench.cli.search import CVCommand, RunCommand, StatusCommand
 from bench.cli.use import ExplainCommand, ExportCommand, PredictCommand
@@ -25,7 +26,7 @@ from bench.errors import BenchError
 
 # The order of `bench --help`.
 COMMANDS: dict[str, type[Command]] = {cls.name: cls for cls in (
-    DatasetsCommand, BackbonesCommand, FetchCommand, WeightsCommand, CVCommand, RunCommand, AuditCommand,
+    DatasetsCommand, BackbonesCommand, FetchCommand, WeightsCommand, CVCommand, RunCommand, ProbeCommand, AuditCommand,
     FinalCommand, EvaluateCommand, StatusCommand, RescoreCommand, ReportCommand, ExportCommand, PredictCommand,
     ExplainCommand, PerfCommand,
 )}

@@ -106,6 +106,7 @@ class Collection:
     operating_points: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench final --operating-point
     variants: pd.DataFrame = field(default_factory=pd.DataFrame)  # test_variants.csv rows (bench final --tta ...)
     externals: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench evaluate: metric rows + summary facts
+    probes: pd.DataFrame = field(default_factory=pd.DataFrame)  # bench probe: probes.csv rows of every probe run
 
     @property
     def datasets(self) -> list[str]:
@@ -207,8 +208,8 @@ def _label(path: Path, root: Path) -> str:
 
 
 def _strategy(manifest: dict[str, Any]) -> str:
-    if manifest.get("kind") == "cv":
-        return "cv"
+    if manifest.get("kind") in ("cv", "probe"):
+        return str(manifest["kind"])
     if manifest.get("tuner"):
         return str(manifest["tuner"])
     samplers = [s.get("sampler") or s.get("tuner") for s in manifest.get("sessions") or []]
@@ -240,7 +241,7 @@ def _open_run(path: Path, root: Path, notes: list[Note]) -> Run | None:
         return None
     kind = str(manifest.get("kind") or ("search" if rundir.file("trials").exists() else "cv"))
     dataset = str((manifest.get("dataset") or {}).get("name") or manifest.get("dataset_arg") or "unknown")
-    engine = "cv" if kind == "cv" else str(manifest.get("engine") or "optuna")
+    engine = kind if kind in ("cv", "probe") else str(manifest.get("engine") or "optuna")
     objective = {**DEFAULT_OBJECTIVE, **(manifest.get("objective") or {})}
     present = tuple(k for k in FILES if rundir.file(k).exists())
     return Run(
@@ -425,7 +426,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
     configs_of: dict[str, dict[int, dict[str, Any]]] = {}
     for run in runs:
         tables = {key: _read_table(run, key, notes) if key in run.present else pd.DataFrame()
-                  for key in (*TRIAL_TABLES, "trials", *HELD_OUT_TABLES)}
+                  for key in (*TRIAL_TABLES, "trials", *HELD_OUT_TABLES, "probes")}
         try:
             configs_of[run.label] = run.rundir.configs()
         except (OSError, ValueError) as err:
@@ -463,7 +464,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
                 raw[run.label]["trials"] = _concat([raw[run.label]["trials"], extra])
 
     order = {run.label: i for i, run in enumerate(runs)}
-    merged: dict[str, list[pd.DataFrame]] = {k: [] for k in (*TRIAL_TABLES, "trials", *HELD_OUT_TABLES)}
+    merged: dict[str, list[pd.DataFrame]] = {k: [] for k in (*TRIAL_TABLES, "trials", *HELD_OUT_TABLES, "probes")}
     external_frames: list[pd.DataFrame] = []
     final_rows: list[dict[str, Any]] = []
     configs: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -533,6 +534,7 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
         study_cache=study_cache,
         variants=tidy(held_out["test_variants"], ["dataset", "study", "backbone", "variant", "metric"]),
         externals=tidy(externals, ["dataset", "study", "external", "backbone", "metric"]),
+        probes=tidy(_concat(merged["probes"]), ["dataset", "run"]),  # each probe run is its own
     )
 
 

@@ -38,6 +38,7 @@ from bench.report import clinical as RC
 from bench.report import details as D
 from bench.report import facts as FA
 from bench.report import figures as F
+from bench.report import probes as P
 from bench.report import significance as S
 from bench.report import tables as T
 from bench.report import transfer as X
@@ -227,7 +228,10 @@ class Builder:
         self.heading(2, SECTIONS["leaderboard"])
         for d in coll.datasets:
             self.heading(3, d)
+            self.guard(f"{d}: the probes table", lambda d=d: self.table(P.probes_table(coll, d)))
             board = self.boards.get(d, pd.DataFrame())
+            if board.empty and P.probe_only(coll, d):
+                continue  # `bench probe` alone: its table is this dataset's leaderboard
             if board.empty:
                 states = FA.trials_of(coll, d)
                 counts = states.state.value_counts().to_dict() if not states.empty else {}
@@ -272,7 +276,7 @@ class Builder:
         self.heading(2, SECTIONS["cross"])
         self.cross_table = T.cross_dataset(self.coll, self.boards, self.by)
         if self.cross_table is None:
-            self.problem("No dataset has a completed trial yet.")
+            self.note("No dataset has a completed trial yet.", problem=any(r.kind != "probe" for r in self.coll.runs))
             return
         self.table(self.cross_table)
         if len(self.coll.datasets) == 1:
@@ -399,7 +403,7 @@ class Builder:
         for d in coll.datasets:
             for study in coll.studies(d):
                 runs = coll.runs_of(d, study)
-                if all(r.kind == "cv" for r in runs):
+                if all(r.kind in ("cv", "probe") for r in runs):
                     continue
                 self.heading(3, f"{d}: study {study}")
                 first = runs[0]
