@@ -307,3 +307,33 @@ def test_cached_and_ordinary_paths_train_the_same_model_on_a_backbone_with_dropo
     assert a.ok and b.ok and a.epochs_run == b.epochs_run
     assert np.allclose(a.history["loss"], b.history["loss"], atol=2e-3), (a.history["loss"], b.history["loss"])
     assert np.abs(a.proba - b.proba).max() < 2e-3
+
+
+def test_key_changes_with_precision_backend_and_preprocessing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings that change the features but are no argument of the key: the dtype policy
+    (--precision), the Keras backend, and what the backbone's preprocessing computes."""
+    from bench.models import preprocess
+
+    def key() -> str:
+        return features.feature_key("imgs", 64, "squash", "mobilenet_v2", "w")
+
+    plain = key()
+    assert key() == plain
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = key()
+    finally:
+        keras.config.set_dtype_policy(before)
+    assert key() == plain
+    with monkeypatch.context() as m:
+        m.setattr(keras.backend, "backend", lambda: "jax")
+        other_backend = key()
+    # mobilenet_v2 reads 'tf' mode: the same name computing something else is another preprocessing.
+    with monkeypatch.context() as m:
+        m.setitem(preprocess.MODES, "tf", lambda x: x / 128.0 - 1.0)
+        other_preprocessing = key()
+    assert len({plain, mixed, other_backend, other_preprocessing}) == 4
+    assert key() == plain
+    # Another backbone with the same preprocessing mode still differs by name; one with another mode too.
+    assert features.feature_key("imgs", 64, "squash", "densenet121", "w") != plain
