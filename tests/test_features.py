@@ -239,3 +239,101 @@ def test_report_line_sums_the_cached_folds_time_saved() -> None:
     assert line is not None and "2 of 3 folds" in line and "in 7 s" in line and "45 s more" in line
     assert saved_time_line(folds.assign(features="computed")) is None
     assert saved_time_line(folds.drop(columns="features")) is None  # a run from before the cache
+
+
+def _dropouts(model: keras.Model) -> int:
+    from bench.models import iter_layers
+
+    return sum(isinstance(layer, keras.layers.Dropout) for layer in iter_layers(model))
+
+
+def test_a_frozen_backbone_with_dropout_inside_is_deterministic_under_training() -> None:
+    """Dropout ignores trainable=False in Keras: a frozen EfficientNetB0's 9 dropout layers drew
+    masks whenever the ordinary path trained. Frozen, the base's output under training=True is
+    its inference output; unfrozen, its dropout still fires."""
+    from bench.models import build_classifier
+
+    x = keras.ops.convert_to_tensor(toy_data(4, 32)[0].astype("float32"))
+    built = build_classifier("efficientnet_b0", 2, 32, weights=None, unfrozen=0)
+    assert _dropouts(built.base) >= 9
+    extractor, _ = features.split_at_backbone(built.model, built.base)
+    calm = np.asarray(extractor(x, training=False))
+    for _ in range(2):
+        assert np.array_equal(np.asarray(extractor(x, training=True)), calm)
+    trained = build_classifier("efficientnet_b0", 2, 32, weights=None, unfrozen="all")
+    extractor, _ = features.split_at_backbone(trained.model, trained.base)
+    assert not np.allclose(np.asarray(extractor(x, training=True)), np.asarray(extractor(x, training=False)))
+
+
+@pytest.fixture
+def dropout_cnn(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A small backbone with dropout and drop-connect (stochastic depth, as EfficientNet's) inside:
+    random-init EfficientNets give near-constant features at 32 px, too flat to tell the paths apart."""
+    from bench.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry.register_backbone("dropout_cnn", title="CNN with dropout inside", preprocess="tf", min_size=16)
+    def build(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+        x = keras.layers.MaxPooling2D(2, name="block1_pool")(x)
+        x = keras.layers.Dropout(0.5)(x)
+        y = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+        y = keras.layers.Dropout(0.3, noise_shape=(None, 1, 1, 1))(y)  # drop-connect
+        x = keras.layers.Add(name="block2_add")([x, y])
+        return keras.Model(inputs, keras.layers.MaxPooling2D(2, name="block2_pool")(x))
+
+    return "dropout_cnn"
+
+
+def test_cached_and_ordinary_paths_train_the_same_model_on_a_backbone_with_dropout(tmp_path: Path,
+                                                                                   dropout_cnn: str) -> None:
+    """The head trained on cached features predicts what the ordinary path, running the frozen
+    backbone every epoch, predicts: no dropout inside the frozen backbone fires on either."""
+    x, y = toy_data()
+    fit, stop, val = slice(0, 56), slice(56, 72), slice(72, 96)
+    config = frozen(backbone=dropout_cnn, epochs=3, dropout=0.0)
+    ordinary = FoldTrainer(config, 2, n_train_hint=56)
+    cached = FoldTrainer(config, 2, n_train_hint=56, on_features=True)
+    assert _dropouts(ordinary.parts.base) == 2
+    key = features.feature_key("toy-dropout", 32, "squash", dropout_cnn,
+                               features.weights_identity(None, cached.parts.base))
+    found = features.load_or_build(cached.extractor, x, key, cache_dir=tmp_path)
+    assert found is not None
+    f = found.array
+    a = ordinary.fit_fold(0, x[fit], y[fit], x[val], y[val], x[stop], y[stop])
+    b = cached.fit_fold(0, f[fit], y[fit], f[val], y[val], f[stop], y[stop])
+    assert a.ok and b.ok and a.epochs_run == b.epochs_run
+    assert np.allclose(a.history["loss"], b.history["loss"], atol=2e-3), (a.history["loss"], b.history["loss"])
+    assert np.abs(a.proba - b.proba).max() < 2e-3
+
+
+def test_key_changes_with_precision_backend_and_preprocessing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings that change the features but are no argument of the key: the dtype policy
+    (--precision), the Keras backend, and what the backbone's preprocessing computes."""
+    from bench.models import preprocess
+
+    def key() -> str:
+        return features.feature_key("imgs", 64, "squash", "mobilenet_v2", "w")
+
+    plain = key()
+    assert key() == plain
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = key()
+    finally:
+        keras.config.set_dtype_policy(before)
+    assert key() == plain
+    with monkeypatch.context() as m:
+        m.setattr(keras.backend, "backend", lambda: "jax")
+        other_backend = key()
+    # mobilenet_v2 reads 'tf' mode: the same name computing something else is another preprocessing.
+    with monkeypatch.context() as m:
+        m.setitem(preprocess.MODES, "tf", lambda x: x / 128.0 - 1.0)
+        other_preprocessing = key()
+    assert len({plain, mixed, other_backend, other_preprocessing}) == 4
+    assert key() == plain
+    # Another backbone with the same preprocessing mode still differs by name; one with another mode too.
+    assert features.feature_key("imgs", 64, "squash", "densenet121", "w") != plain

@@ -18,6 +18,7 @@ import numpy as np
 
 from bench.errors import ConfigError, close_matches
 from bench.models.blocks import blocks, cut_points, iter_layers, set_unfrozen
+from bench.models.frozen import run_frozen_in_inference
 from bench.models.preprocess import Preprocess
 from bench.models.registry import Backbone, get_backbone
 from bench.models.store import resolve_weights
@@ -159,6 +160,9 @@ def build_classifier(
     base = spec.build((size, size, 3), resolve_weights(spec, weights))
     n_blocks = len(blocks(base))
     trainable_blocks = set_unfrozen(base, unfrozen)
+    # Dropout and stochastic depth ignore `trainable`: without this a frozen EfficientNet drops
+    # units every epoch on the ordinary path and never on the cached-feature path.
+    run_frozen_in_inference(base)
     if bn_momentum is not None:
         set_bn_momentum(base, bn_momentum)
 

@@ -8,10 +8,12 @@ feed, and a saved model carries its own preprocessing. The modes reproduce
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from bench.errors import ConfigError, close_matches
@@ -62,6 +64,15 @@ def check_mode(mode: str) -> str:
             f"Use one of: {', '.join(MODES)}."
         )
     return mode
+
+
+def preprocessing_identity(mode: str) -> str:
+    """What a mode computes, not only its name: the mode and a digest of its output on a fixed
+    0..255 ramp, so that a change to a mode's arithmetic (a mean, a scale) changes the identity
+    of anything computed through it (the frozen-feature cache's entries)."""
+    probe = np.linspace(0.0, 255.0, 4 * 4 * 3, dtype="float32").reshape(1, 4, 4, 3)
+    out = ops.convert_to_numpy(MODES[check_mode(mode)](ops.convert_to_tensor(probe, "float32")))
+    return f"{mode}:" + hashlib.sha256(np.ascontiguousarray(out, dtype="float32").tobytes()).hexdigest()[:16]
 
 
 @keras.saving.register_keras_serializable(package="bench")

@@ -19,8 +19,9 @@ import numpy as np
 import optuna
 
 from bench.errors import BenchError
+from bench.evaluation.grouping import DEFAULT_BY, Grouping
 from bench.results import RunDir
-from bench.search.pruners import epoch_step, fold_step
+from bench.search.pruners import GROUP_ATTR, epoch_step, fold_step, prune_group
 from bench.training.experiment import FoldScore, PreparedData, cross_validate
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -86,10 +87,14 @@ def make_objective(
     fixed: dict[str, Any] | None = None,
     on_event: Event | None = None,
     budget: int | None = None,
+    by: tuple[str, ...] = DEFAULT_BY,
 ) -> Callable[[optuna.Trial], float]:
-    """The function ``study.optimize`` calls; ``on_event`` feeds the progress display."""
+    """The function ``study.optimize`` calls; ``on_event`` feeds the progress display; ``by``
+    names the leaderboard's entries, within which (and within one training shape) the pruner
+    compares trials."""
     emit = on_event or (lambda kind, payload: None)
     metric = space.metric
+    grouping = Grouping(by)
 
     def objective(trial: optuna.Trial) -> float:
         try:
@@ -116,6 +121,8 @@ def make_objective(
             trial.set_user_attr("fail_reason", str(err))
             raise TrialFailed(str(err)) from None
         trial.set_user_attr("config", config.to_dict())
+        # Before the first report: the pruner reads it to choose the trials this one is held against.
+        trial.set_user_attr(GROUP_ATTR, prune_group(grouping.label(config.to_dict()), config.to_dict()))
         run.write_config(trial.number, config.to_dict())
         data = data_for(config.size)
         emit("trial_start", {"number": trial.number, "backbone": config.backbone, "folds": data.splits.folds})

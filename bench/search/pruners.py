@@ -12,12 +12,22 @@ A rule compares like with like only: an epoch step with the other trials' values
 and epoch (every trial of a study stops on the same inner split), a fold step with their fold
 scores. Optuna's own pruners take every reported step as one curve and would mix the two, so
 bench's rules read the steps themselves; each is a small subclass of ``StepPruner``.
+
+And only trials of one *group*: the same leaderboard entry (backbone, or ``--by`` combination)
+and the same training shape (epoch budget, head-only phase, schedule, warm-up). The objective
+records it as the trial's user attribute ``prune_group`` before its first report. At a given
+(fold, epoch) a fine-tuned ResNet50 at epoch 2 of 30 is no measure of a frozen EfficientNet at
+epoch 2 of 10, nor a two-phase trial still training its head of one-phase trials, nor a warm-up
+of a constant rate: held against each other, the slow starters were cut (a 12-trial smoke
+search, 3 folds, pruned 9 of 12, every trial after the start-up ones). The head-only phase of a
+two-phase trial is never pruned, under any rule.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import optuna
@@ -28,6 +38,7 @@ from bench.errors import ConfigError, close_matches
 
 EPOCH_STRIDE = 1000  # more epochs than any fold runs
 FOLD_BASE = 1_000_000  # above every epoch step (fewer than 1000 folds)
+GROUP_ATTR = "prune_group"  # the trial's user attribute: which trials it may be compared with
 
 
 def epoch_step(fold: int, epoch: int) -> int:
@@ -36,6 +47,13 @@ def epoch_step(fold: int, epoch: int) -> int:
 
 def fold_step(fold: int) -> int:
     return FOLD_BASE + fold
+
+
+def prune_group(entry: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's group: its entry and the shape of its learning curve. Only trials with an equal
+    group are compared (the dict is stored as JSON in the study, and compared as such)."""
+    return {"entry": str(entry), "epochs": int(config["epochs"]), "head_epochs": int(config.get("head_epochs") or 0),
+            "schedule": str(config.get("schedule")), "warmup_epochs": int(config.get("warmup_epochs") or 0)}
 
 
 def describe_step(step: int) -> tuple[str, int, int]:
@@ -75,10 +93,15 @@ class StepPruner(optuna.pruners.BasePruner):
         if step is None:
             return False
         maximize = study.direction == StudyDirection.MAXIMIZE
-        peers = [t for t in study.get_trials(deepcopy=False, states=self.peer_states) if t.number != trial.number]
+        # Trials without a group (studies written before groups, hand-made ones) form one group.
+        group = trial.user_attrs.get(GROUP_ATTR)
+        peers = [t for t in study.get_trials(deepcopy=False, states=self.peer_states)
+                 if t.number != trial.number and t.user_attrs.get(GROUP_ATTR) == group]
         kind, fold, epoch = describe_step(step)
         if kind == "fold":
             return self.prune_fold(trial, peers, fold, maximize)
+        if epoch < int((group or {}).get("head_epochs", 0)):
+            return False  # the head-only phase: the backbone has not started to learn yet
         return self.prune_epoch(trial, peers, fold, epoch, maximize)
 
     def prune_epoch(self, trial: FrozenTrial, peers: list[FrozenTrial], fold: int, epoch: int, maximize: bool) -> bool:
@@ -93,18 +116,29 @@ def _worse(value: float, reference: float, maximize: bool) -> bool:
 
 
 class CurveMedianPruner(StepPruner):
-    """Prune a trial whose curve is below the median of the finished trials at the same point.
+    """Prune a trial whose curve is below the median of its group's finished trials at the same point.
 
     Epoch steps: the trial's best inner-validation value so far in this fold against the median
-    of the completed trials' at the same fold and epoch, from epoch ``warmup_epochs + 1`` of every
-    fold on. Fold steps: the mean of its outer-fold scores so far against the completed trials'
-    means over the same folds. Acts once ``n_startup_trials`` completed trials reached that point:
-    at 3 folds and 3 epochs a trial below the median is cut after its second epoch.
+    of its group's completed trials' at the same fold and epoch; in the first fold only once
+    ``first_fold_share`` of its epochs ran (half: a curve that rises late is given its chance),
+    in later folds from epoch ``warmup_epochs + 1``. Fold steps: the mean of its outer-fold scores
+    so far against the group's completed trials' means over the same folds. Acts once
+    ``n_startup_trials`` completed trials of the group reached that point: at 3 folds and 3
+    epochs a trial below its group's median is cut after its second epoch.
     """
 
-    def __init__(self, n_startup_trials: int = 3, warmup_epochs: int = 1) -> None:
+    def __init__(self, n_startup_trials: int = 3, warmup_epochs: int = 1, first_fold_share: float = 0.5) -> None:
+        if not 0.0 <= first_fold_share <= 1.0:
+            raise ConfigError(f"first_fold_share must be a share of the first fold's epochs in [0, 1], "
+                              f"got {first_fold_share!r}.")
         self.n_startup_trials = n_startup_trials
         self.warmup_epochs = warmup_epochs
+        self.first_fold_share = first_fold_share
+
+    def _too_early(self, trial: FrozenTrial, fold: int, epoch: int) -> bool:
+        budget = (trial.user_attrs.get(GROUP_ATTR) or {}).get("epochs")
+        # The epoch as a share of the trial's own budget: epoch 2 is early for 30, late for 3.
+        return fold == 0 and budget is not None and epoch + 1 < math.ceil(self.first_fold_share * int(budget))
 
     def prune_epoch(self, trial: FrozenTrial, peers: list[FrozenTrial], fold: int, epoch: int, maximize: bool) -> bool:
         if epoch < self.warmup_epochs:
@@ -113,7 +147,9 @@ class CurveMedianPruner(StepPruner):
         if mine is None:
             return False
         if math.isnan(mine):
-            return True  # nothing finite so far: a diverged trial
+            return True  # nothing finite so far: a diverged trial, whatever its peers
+        if self._too_early(trial, fold, epoch):
+            return False
         others = [v for t in peers if (v := _best_in_fold(t, fold, epoch, maximize)) is not None and math.isfinite(v)]
         return len(others) >= self.n_startup_trials and _worse(mine, float(np.median(others)), maximize)
 
@@ -192,9 +228,10 @@ class FoldWilcoxonPruner(StepPruner):
 
 PRUNERS: dict[str, tuple[Callable[[], optuna.pruners.BasePruner], str]] = {
     "median": (CurveMedianPruner,
-               "default: a trial below the median of the finished trials, on an epoch of any fold (inner "
-               "validation split, from the second epoch) or on its mean fold score so far; acts after 3 "
-               "finished trials"),
+               "default: a trial below the median of the finished trials of its group (same entry, epochs, "
+               "head-only phase, schedule and warm-up), on an epoch of any fold (inner validation split; in "
+               "the first fold from half its epochs, never in a head-only phase) or on its mean fold score "
+               "so far; acts after 3 finished trials of the group"),
     "halving": (CurveHalvingPruner,
                 "successive halving on the first fold's epochs 1, 3, 9, ...: only the best third go on"),
     "wilcoxon": (FoldWilcoxonPruner,

@@ -40,13 +40,17 @@ from filelock import FileLock
 from bench import paths
 from bench.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from bench.errors import ConfigError
+from bench.models import get_backbone
+from bench.models.preprocess import preprocessing_identity
 from bench.results import FEATURES_CACHED, FEATURES_COMPUTED
 
 log = logging.getLogger(__name__)
 
 BUDGET_ENV = "BENCH_FEATURE_CACHE_GB"
 DEFAULT_BUDGET_GB = 4.0
-# Bump when what a feature array holds changes (its layer, dtype, preprocessing), so old entries are not reused.
+# Bump when what a feature array holds changes in a way the key cannot see (which layer is cached,
+# a backbone builder's own code), so old entries are not reused. The key itself reads the dtype
+# policy, the Keras backend and what the backbone's preprocessing computes.
 FEATURES_VERSION = 1
 _CHUNK = 256  # images per forward call while building: large calls amortise dispatch
 
@@ -114,8 +118,15 @@ def weights_identity(weights_file: str | None, base: keras.Model) -> str:
 
 
 def feature_key(images_id: str, size: int, resize: str, backbone: str, weights_id: str) -> str:
-    """The entry's file stem: readable at a glance, unique by a digest of every part."""
-    parts = f"{images_id}\0{size}\0{resize}\0{backbone}\0{weights_id}\0{keras.__version__}\0{FEATURES_VERSION}"
+    """The entry's file stem: readable at a glance, unique by a digest of every part.
+
+    Besides the arguments, what else changes the features: the dtype policy (``--precision``
+    mixed_float16 computes them in float16), the Keras backend (kernels differ), and the
+    backbone's preprocessing (by what it computes, so an edited mode makes new entries)."""
+    parts = "\0".join(str(p) for p in (
+        images_id, size, resize, backbone, weights_id, keras.__version__, FEATURES_VERSION,
+        keras.config.dtype_policy().name, keras.backend.backend(),
+        preprocessing_identity(get_backbone(backbone).preprocess)))
     digest = hashlib.sha256(parts.encode()).hexdigest()[:20]
     return f"{backbone}-{size}px-{resize}-{digest}"
 
@@ -216,7 +227,8 @@ def _build(extractor: keras.Model, images: np.ndarray, shape: tuple[int, ...], n
     # The meta is the commit point: an entry without it (or not matching it) is rebuilt.
     write_text_atomic(meta_path, json.dumps({
         "shape": list(shape), "digest": digest, "seconds": round(seconds, 4),
-        "seconds_per_image": per_image, "keras": keras.__version__,
+        "seconds_per_image": per_image, "keras": keras.__version__, "backend": keras.backend.backend(),
+        "dtype_policy": keras.config.dtype_policy().name,
     }))
 
 
