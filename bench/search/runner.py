@@ -79,6 +79,7 @@ class SearchOptions:
     resize: str | None = None
     strict: bool = False
     group_regex: str | None = None
+    group_column: str | None = None
     registry: str | None = None
     test_fraction: float | None = None
     official_test: str = "clean"

@@ -1,0 +1,83 @@
+"""Bad input and faults of issue 23 (items 3, 6-12, 14), each probe as a new user would try it.
+
+Every case uses real files made here, real training where a command trains, and the real CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.data.registry import resolve
+from bench.data.sources import build_index
+from bench.errors import DataError
+from bench.training.experiment import prepare_data
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+def write_manifest(root: Path, header: tuple[str, ...], rows: list[tuple]) -> Path:
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return root / "manifest.csv"
+
+
+# ---- 3. a patient column under another name ------------------------------------------------------
+def _three_per_patient(root: Path, column: str) -> None:
+    """12 images per class, 3 per patient: 4 patients a class."""
+    write_manifest(root, ("path", "label", column),
+                   [(f"{c}/p{i:03d}_{c}.png", c, f"{c}-pt{i // 3}") for c in "ab" for i in range(12)])
+
+
+@pytest.mark.parametrize("column", ["PatientID", "Patient", "patient id", "subject_id", "case", "Subject-ID"])
+def test_a_patient_column_in_any_usual_spelling_groups_the_images(make_folder, column):
+    root = make_folder({"a": 12, "b": 12})
+    _three_per_patient(root, column)
+    spec, folder = resolve(str(root))
+    assert (spec.groups.kind, spec.groups.column) == ("column", column)
+    index = build_index(spec, folder)
+    assert len(set(index.groups)) == 8 and index.warnings == ()
+
+
+def test_a_patient_column_keeps_patients_in_one_fold_through_cv(make_folder, capsys, tmp_path):
+    root = make_folder({"a": 12, "b": 12})
+    _three_per_patient(root, "PatientID")
+    code, out, err = run_main(capsys, "cv", "--dataset", root, "--backbone", "simple_cnn", "--size", "32",
+                              "--folds", "2", "--epochs", "1", "--weights", "none", "--out", tmp_path / "run")
+    assert code == 0, err
+    splits = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert splits["dataset"]["groups"] == 8 and splits["dataset"]["group_rule"] == "column"
+
+
+def test_an_unused_id_like_column_is_named_with_the_flag_that_uses_it(make_folder, capsys):
+    root = make_folder({"a": 12, "b": 12})
+    write_manifest(root, ("path", "label", "MRN", "sex"),
+                   [(f"{c}/p{i:03d}_{c}.png", c, f"{c}{i // 3}", "FM"[i % 2]) for c in "ab" for i in range(12)])
+    spec, folder = resolve(str(root))
+    index = build_index(spec, folder)
+    assert len(set(index.groups)) == 24
+    assert len(index.warnings) == 1  # MRN, not sex (two values: a category, not an id)
+    assert "column 'MRN' is not used" in index.warnings[0] and "--group-column 'MRN'" in index.warnings[0]
+
+    data = prepare_data(str(root), folds=2, size=16, group_column="MRN")
+    assert len(set(data.index.groups)) == 8 and data.index.warnings == ()
+    assert data.settings.group_column == "MRN"  # recorded, so `bench final` rebuilds the same groups
+
+
+def test_group_column_names_what_is_wrong(make_folder, capsys):
+    root = make_folder({"a": 4, "b": 4})
+    code, _, err = run_main(capsys, "audit", "--dataset", root, "--group-column", "MRN", "--size", "16")
+    assert code == 2 and "has no manifest.csv" in err and "--group-regex" in err
+    write_manifest(root, ("path", "label", "MRNo"), [(f"{c}/p{i:03d}_{c}.png", c, "x") for c in "ab" for i in range(4)])
+    with pytest.raises(DataError, match=r"--group-column MRN: .*manifest.csv has no such column .*'MRNo'"):
+        resolve(str(root), group_column="MRN")
