@@ -81,3 +81,26 @@ def test_group_column_names_what_is_wrong(make_folder, capsys):
     write_manifest(root, ("path", "label", "MRNo"), [(f"{c}/p{i:03d}_{c}.png", c, "x") for c in "ab" for i in range(4)])
     with pytest.raises(DataError, match=r"--group-column MRN: .*manifest.csv has no such column .*'MRNo'"):
         resolve(str(root), group_column="MRN")
+
+
+# ---- 7. links to nothing named like images -----------------------------------------------------
+def test_a_dangling_link_and_a_self_link_are_passed_over_with_the_reason(make_folder, capsys, tmp_path):
+    from bench.deploy.predict import collect_images
+
+    root = make_folder({"a": 6, "b": 6})
+    (root / "a" / "gone.jpeg").symlink_to("nowhere.jpeg")
+    (root / "b" / "self.jpeg").symlink_to("self.jpeg")
+    code, _, err = run_main(capsys, "cv", "--dataset", root, "--backbone", "simple_cnn", "--size", "32",
+                            "--folds", "2", "--epochs", "1", "--weights", "none", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "passed over" in err and "a link to nowhere.jpeg, which does not exist" in err
+    assert "a loop of links" in err
+    facts = json.loads((tmp_path / "run" / "manifest.json").read_text())["dataset"]
+    assert facts["images"] == 12
+    assert sorted(p for p, _ in facts["passed_over"]) == ["a/gone.jpeg", "b/self.jpeg"]
+    # `bench audit` prepares the data the same way: no traceback either.
+    code, _, err = run_main(capsys, "audit", "--dataset", root, "--size", "16", "--folds", "2",
+                            "--out", tmp_path / "audit")
+    assert code == 0 and "a loop of links" in err
+    items, unreadable = collect_images([root], ["a", "b"])
+    assert len(items) == 12 and len(unreadable) == 2
