@@ -6,6 +6,7 @@ Every case uses real files made here, real training where a command trains, and 
 from __future__ import annotations
 
 import csv
+import os
 import json
 from pathlib import Path
 
@@ -104,3 +105,60 @@ def test_a_dangling_link_and_a_self_link_are_passed_over_with_the_reason(make_fo
     assert code == 0 and "a loop of links" in err
     items, unreadable = collect_images([root], ["a", "b"])
     assert len(items) == 12 and len(unreadable) == 2
+
+
+# ---- 11. staged copies of the same data --------------------------------------------------------
+def _join_study(dataset: Path, storage: str, out: Path) -> None:
+    """What `bench run` does before its first trial on a shared study: prepare, open, check identity."""
+    from rich.console import Console
+
+    from bench.search.runner import SearchOptions, Supervisor
+
+    space = out.parent / "tiny.toml"
+    space.write_text('name = "tiny"\n[params]\nbackbone = "simple_cnn"\nweights = "none"\nsize = 32\nepochs = 1\n'
+                     '[params.lr]\ntype = "float"\nlow = 1e-3\nhigh = 1e-2\nlog = true\n')
+    options = SearchOptions(dataset=str(dataset), trials=1, space=str(space), folds=2, storage=storage,
+                            study="shared", out=out)
+    Supervisor(options, Console(file=open(os.devnull, "w"))).prepare()
+
+
+def test_two_copies_made_at_different_times_join_one_study_and_a_changed_copy_names_its_files(
+        make_folder, tmp_path):
+    import shutil
+
+    from bench.errors import ConfigError
+    from tests.conftest import write_image
+
+    original = make_folder({"a": 6, "b": 6})
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    # Staged as on two nodes: plain copies (new mtimes), the second one a day older than the first.
+    node1 = shutil.copytree(original, tmp_path / "node1" / "ds", copy_function=shutil.copy)
+    node2 = shutil.copytree(original, tmp_path / "node2" / "ds", copy_function=shutil.copy)
+    for f in node2.rglob("*.png"):
+        os.utime(f, (f.stat().st_mtime - 86400,) * 2)
+    _join_study(node1, storage, tmp_path / "run1")
+    _join_study(node2, storage, tmp_path / "run2")  # was: refused as "a different setup"
+
+    node3 = shutil.copytree(original, tmp_path / "node3" / "ds", copy_function=shutil.copy)
+    write_image(node3 / "a" / "p002_a.png", 10, 16, noise_seed=4242)  # other pixels, same name
+    (node3 / "b" / "p005_b.png").unlink()
+    with pytest.raises(ConfigError) as info:
+        _join_study(node3, storage, tmp_path / "run3")
+    msg = str(info.value)
+    assert "dataset_fingerprint" in msg
+    assert "1 files only in the recorded copy: b/p005_b.png" in msg
+    assert "1 files whose content, size or label differ: a/p002_a.png" in msg
+
+
+def test_file_digests_are_read_once_per_file_state(make_folder, monkeypatch):
+    from bench.data import digests
+
+    root = make_folder({"a": 3, "b": 3})
+    rels = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    first = digests.content_digests(root, rels)
+    read: list[Path] = []
+    real = digests._digest
+    monkeypatch.setattr(digests, "_digest", lambda p: read.append(p) or real(p))
+    assert digests.content_digests(root, rels) == first and read == []  # all from the kept digests
+    os.utime(root / rels[0], (1, 1))
+    assert digests.content_digests(root, rels) == first and read == [root / rels[0]]

@@ -1,7 +1,9 @@
 """Decode once: a uint8 image array per (dataset fingerprint, size, resize mode), memory-mapped.
 
-The fingerprint covers every file's relative path, byte size and mtime, so any change to the
-dataset gives a new cache entry rather than stale pixels. Where the pixels come from is the
+The fingerprint covers every file's relative path, byte size and content digest (and label), so
+any change to the dataset gives a new cache entry rather than stale pixels, while the same files
+staged elsewhere or at another time match (``bench.data.digests`` keeps the digests, so a file is
+read again only when its size or mtime changes). Where the pixels come from is the
 index's ``pixels`` source: image files by default (decoded here), or whatever a source kind
 puts there instead (MedMNIST's npz arrays, read by ``bench.data.medmnist``, fingerprinted by the
 npz file rather than by a stat() per image). The array is written to a temporary
@@ -24,7 +26,7 @@ from filelock import FileLock
 
 from bench import paths
 from bench.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
-from bench.data import images
+from bench.data import digests, images
 from bench.data.index import DatasetIndex, OnError
 from bench.errors import DataError
 
@@ -56,11 +58,11 @@ class ImageFiles:
     """The default pixel source: one image file per row, at ``index.root / path``."""
 
     def fingerprint(self, index: DatasetIndex, size: int | None) -> str:
-        """Digest of relative paths, sizes and mtimes (and labels: a relabelled file is a new dataset)."""
+        """Digest of relative paths, sizes and contents (and labels: a relabelled file is a new dataset)."""
         h = hashlib.sha256()
-        for rel, label in zip(index.paths, index.labels):
-            st = (index.root / rel).stat()
-            line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n"
+        for rel, label, (nbytes, digest) in zip(index.paths, index.labels,
+                                                digests.content_digests(index.root, index.paths)):
+            line = f"{rel}\0{nbytes}\0{digest}\0{index.classes[label]}\n"
             # surrogateescape: a name that is not UTF-8 hashes as its own bytes, losslessly.
             h.update(line.encode("utf-8", "surrogateescape"))
         return h.hexdigest()
