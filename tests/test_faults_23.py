@@ -19,6 +19,22 @@ from bench.errors import DataError
 from bench.training.experiment import prepare_data
 
 
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A read-only tmpfs: permission bits do not stop root, a read-only mount does."""
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -162,3 +178,20 @@ def test_file_digests_are_read_once_per_file_state(make_folder, monkeypatch):
     assert digests.content_digests(root, rels) == first and read == []  # all from the kept digests
     os.utime(root / rels[0], (1, 1))
     assert digests.content_digests(root, rels) == first and read == [root / rels[0]]
+
+
+# ---- 9. bench predict --csv to a place that cannot take it -------------------------------------
+def test_predict_csv_to_a_folder_or_an_unwritable_place_is_refused_before_predicting(tmp_path, capsys,
+                                                                                     readonly_dir):
+    # The model is not a model: each refusal below comes before it is even opened.
+    model = tmp_path / "m.keras"
+    model.write_text("not a model")
+    images = tmp_path / "img"
+    images.mkdir()
+    (tmp_path / "afile").write_text("x")
+    for csv_arg, expected in ((tmp_path, "is a folder: give the name of a file to write (e.g. "),
+                              (tmp_path / "afile" / "p.csv", "afile is a file, not a folder"),
+                              (readonly_dir / "p.csv", "Read-only file system")):
+        code, _, err = run_main(capsys, "predict", model, images, "--csv", csv_arg)
+        assert code == 2 and "--csv" in err and expected in err and "not a Keras model" not in err, err
+        assert "Traceback" not in err
