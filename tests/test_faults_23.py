@@ -195,3 +195,28 @@ def test_predict_csv_to_a_folder_or_an_unwritable_place_is_refused_before_predic
         code, _, err = run_main(capsys, "predict", model, images, "--csv", csv_arg)
         assert code == 2 and "--csv" in err and expected in err and "not a Keras model" not in err, err
         assert "Traceback" not in err
+
+
+# ---- 8. a read-only --out, BENCH_RUNS or BENCH_CACHE -------------------------------------------
+def test_read_only_run_and_cache_folders_are_refused_before_decoding(make_folder, tmp_path, capsys, readonly_dir,
+                                                                    monkeypatch):
+    root = make_folder({"a": 6, "b": 6})
+    cache = Path(os.environ["BENCH_CACHE"])
+    cv = ("cv", "--dataset", root, "--backbone", "simple_cnn", "--size", "32", "--folds", "2", "--epochs", "1",
+          "--weights", "none")
+    code, _, err = run_main(capsys, *cv, "--out", readonly_dir / "run")
+    assert code == 2 and f"--out {readonly_dir / 'run'} cannot be written" in err and "Read-only" in err
+    code, _, err = run_main(capsys, "run", "--dataset", root, "--trials", "1", "--out", readonly_dir / "run")
+    assert code == 2 and "--out" in err and "Read-only" in err
+    code, _, err = run_main(capsys, "audit", "--dataset", root, "--size", "16", "--out", readonly_dir / "audit")
+    assert code == 2 and "--out" in err and "Read-only" in err
+    assert not list(cache.glob("*.npy"))  # refused before anything was decoded
+
+    monkeypatch.setenv("BENCH_RUNS", str(readonly_dir / "runs"))
+    code, _, err = run_main(capsys, *cv)
+    assert code == 2 and "BENCH_RUNS" in err and "Set BENCH_RUNS to a folder you can write to" in err
+    monkeypatch.setenv("BENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("BENCH_CACHE", str(readonly_dir / "cache"))
+    code, _, err = run_main(capsys, *cv, "--out", tmp_path / "run")
+    assert code == 2 and f"image cache folder (BENCH_CACHE) {readonly_dir / 'cache'} cannot be written" in err
+    assert "Set BENCH_CACHE" in err and "Traceback" not in err

@@ -109,6 +109,21 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
                 near_threshold=check_threshold(args.near_threshold), validation=args.validation)
 
 
+def check_run_place(out: Path | None, runs_dir: Path | None = None) -> None:
+    """Before any decoding or training: the run directory (``--out``, else under ``--runs-dir`` or
+    BENCH_RUNS) can be written. Found out only when the results are written, the work is lost."""
+    from bench import paths
+    from bench.atomic import check_writable
+
+    if out is not None:
+        check_writable(out, "--out", "Give another --out, a folder you can write to.", folder=True)
+    elif runs_dir is not None:
+        check_writable(runs_dir, "--runs-dir", "Give another --runs-dir, or --out.", folder=True)
+    else:
+        check_writable(paths.runs_dir(), "the runs folder (BENCH_RUNS, else ./runs)",
+                       "Set BENCH_RUNS to a folder you can write to, or give --out.", folder=True)
+
+
 def add_mlflow(parser: Any, what: str) -> None:
     from bench.search.tracking import ENV, INSTALL
 

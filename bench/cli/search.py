@@ -14,6 +14,7 @@ from bench.cli._base import (
     Command,
     add_data_arguments,
     add_mlflow,
+    check_run_place,
     data_settings,
     mlflow_uri,
     quiet_frameworks,
@@ -76,6 +77,7 @@ class CVCommand(Command):
         from bench.training.experiment import prepare_data
 
         t_start = time.perf_counter()
+        check_run_place(args.out, args.runs_dir)
         if args.from_trial is not None:
             return self.rerun_trial(args, t_start)
         if not args.dataset:
@@ -253,6 +255,7 @@ class RunCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         quiet_frameworks()
+        check_run_place(args.out, args.runs_dir)
         options = dict(
             trials=args.trials, space=args.space, size=args.size, **data_settings(args), storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
             sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,

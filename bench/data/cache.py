@@ -25,7 +25,7 @@ import numpy as np
 from filelock import FileLock
 
 from bench import paths
-from bench.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
+from bench.atomic import atomic_path, check_writable, remove_stale_temporaries, write_text_atomic
 from bench.data import digests, images
 from bench.data.index import DatasetIndex, OnError
 from bench.errors import DataError
@@ -125,12 +125,14 @@ def load_or_build(
 ) -> ImageCache:
     """The decoded images of ``index`` at ``size``; decodes only when no valid cache exists."""
     root = cache_dir or paths.cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(index, size)
     key = _key(index, fp, size, resize)
     npy, meta_path = root / f"{key}.npy", root / f"{key}.json"
-    if npy.is_file() and meta_path.is_file():
+    if npy.is_file() and meta_path.is_file():  # a cache built earlier may be read from a read-only place
         return _load(npy, meta_path, key, fp, built=False)
+    check_writable(root, "the image cache folder (BENCH_CACHE)",
+                   "Set BENCH_CACHE to a folder you can write to (node-local scratch will do).", folder=True)
+    root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{key}.lock")):
         if npy.is_file() and meta_path.is_file():  # another process built it while we waited
             return _load(npy, meta_path, key, fp, built=False)
