@@ -220,3 +220,15 @@ def test_read_only_run_and_cache_folders_are_refused_before_decoding(make_folder
     code, _, err = run_main(capsys, *cv, "--out", tmp_path / "run")
     assert code == 2 and f"image cache folder (BENCH_CACHE) {readonly_dir / 'cache'} cannot be written" in err
     assert "Set BENCH_CACHE" in err and "Traceback" not in err
+
+
+# ---- 14. a registry root that leaves the entry's folder ----------------------------------------
+@pytest.mark.parametrize("root", ["../other", "histo/../../other", "/etc"])
+def test_a_registry_root_leading_out_of_the_entrys_folder_is_refused(tmp_path, capsys, root):
+    reg = tmp_path / "registry.toml"
+    reg.write_text(f'[histo]\ntitle = "Toy"\ntask = "binary"\nimage_size = 32\n'
+                   f'source = {{ kind = "archive", url = "file:///nowhere/histo.zip", root = "{root}" }}\n')
+    for command in (["datasets"], ["fetch", "histo"]):
+        code, out, err = run_main(capsys, *command, "--registry", reg)
+        assert code == 2 and "ready" not in out, (command, out, err)
+        assert f"[histo].source: 'root' is '{root}'" in err and "neither absolute nor contain '..'" in err
