@@ -232,3 +232,41 @@ def test_a_registry_root_leading_out_of_the_entrys_folder_is_refused(tmp_path, c
         code, out, err = run_main(capsys, *command, "--registry", reg)
         assert code == 2 and "ready" not in out, (command, out, err)
         assert f"[histo].source: 'root' is '{root}'" in err and "neither absolute nor contain '..'" in err
+
+
+# ---- 12. a moved run directory ------------------------------------------------------------------
+def _search_dir(run_path: Path, storage_spec: str | None) -> None:
+    """A run directory as `bench run` leaves it: a real Optuna study, the storage in manifest.json."""
+    import optuna
+
+    from bench.results import RunDir
+    from bench.search.storage import describe_storage, open_storage
+
+    run = RunDir.open_or_create(run_path)
+    storage = open_storage(storage_spec, run.path)
+    optuna.create_study(study_name="s", storage=storage)
+    run.write_manifest({"kind": "search", "engine": "optuna", "study": "s", "storage": describe_storage(storage)})
+
+
+def test_a_moved_run_directory_finds_its_study_or_says_to_give_storage(tmp_path):
+    import shutil
+
+    from bench.results import RunDir
+    from bench.search.shared import shared_study
+
+    # Its own study.db moved with it: that is the study (was: "cannot open storage" at the old path).
+    _search_dir(tmp_path / "old" / "run", None)
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    assert shared_study(RunDir.open(tmp_path / "new" / "run")) is None  # the local study, as before the move
+
+    # A journal beside it that moved too: said so, with the option that fixes it.
+    _search_dir(tmp_path / "run2", f"journal:{tmp_path / 'shared' / 'study.log'}")
+    shutil.move(tmp_path / "shared", tmp_path / "shared2")
+    run = RunDir.open(tmp_path / "run2")
+    with pytest.raises(DataError) as info:
+        shared_study(run)
+    msg = str(info.value)
+    assert f"storage {tmp_path / 'shared' / 'study.log'} (recorded in its manifest.json) is not there" in msg
+    assert "--storage journal:NEW/PATH/study.log" in msg
+    assert not (tmp_path / "shared").exists()  # nothing created at the old place
+    assert shared_study(run, f"journal:{tmp_path / 'shared2' / 'study.log'}").study_name == "s"
