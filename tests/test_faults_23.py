@@ -270,3 +270,33 @@ def test_a_moved_run_directory_finds_its_study_or_says_to_give_storage(tmp_path)
     assert "--storage journal:NEW/PATH/study.log" in msg
     assert not (tmp_path / "shared").exists()  # nothing created at the old place
     assert shared_study(run, f"journal:{tmp_path / 'shared2' / 'study.log'}").study_name == "s"
+
+
+# ---- 10. --size without an upper bound ----------------------------------------------------------
+def test_a_size_that_cannot_fit_is_refused_with_the_bytes_before_any_cache(make_folder, tmp_path, capsys):
+    root = make_folder({"a": 6, "b": 6})
+    cache = Path(os.environ["BENCH_CACHE"])
+    cv = ("cv", "--dataset", root, "--backbone", "simple_cnn", "--weights", "none", "--folds", "2", "--epochs", "1",
+          "--out", tmp_path / "run")
+    for size in ("20000", "100000"):  # was: a 29 GB cache started; exit 1 with no message
+        code, _, err = run_main(capsys, *cv, "--size", size)
+        assert code == 2 and f"--size {size} is too large for 'simple_cnn'" in err and "bytes of activations" in err
+        assert "Use --size" in err
+    # The backbone's own limit, before the cache (was: after decoding every image).
+    code, _, err = run_main(capsys, "cv", "--dataset", root, "--backbone", "mobilenet_v2", "--size", "8",
+                            "--folds", "2", "--out", tmp_path / "run")
+    assert code == 2 and "too small for backbone 'mobilenet_v2'" in err
+    assert not list(cache.glob("*.npy")) and not (tmp_path / "run").exists()
+
+
+def test_the_cache_is_refused_when_it_cannot_fit_memory_or_disk(make_folder, tmp_path):
+    import math
+
+    from bench.data.room import memory_bytes
+
+    root = make_folder({"a": 6, "b": 6})
+    too_big = math.isqrt(memory_bytes() // (2 * 3 * 12)) + 1  # twice the decoded images exceed the memory
+    with pytest.raises(DataError, match=rf"12 images of ds at {too_big} px are [\d,]+ bytes decoded; training holds "
+                                        rf"them in memory twice, and this machine has [\d,]+ bytes. Use --size"):
+        prepare_data(str(root), folds=2, size=too_big)
+    assert not list(Path(os.environ["BENCH_CACHE"]).glob("*.npy*"))

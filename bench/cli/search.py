@@ -92,7 +92,7 @@ class CVCommand(Command):
                 bn = float(bn)
             except ValueError:
                 raise ConfigError(f"--bn-momentum must be 'auto', 'keep' or a number, got {bn!r}.") from None
-        data = prepare_data(size=args.size, **data_settings(args))
+        data = prepare_data(size=args.size, **data_settings(args), before_decoding=lambda size: check_shape(args, size))
         from bench.training.train import TrainConfig
 
         config = TrainConfig(
@@ -122,6 +122,13 @@ class CVCommand(Command):
         config = TrainConfig(**configs[args.from_trial])  # the trial's own seed comes with it
         data = prepare_data_from_manifest(manifest, size=config.size, registry=args.registry)
         return run_cv_command(args, data, config, t_start)
+
+
+def check_shape(args: argparse.Namespace, size: int) -> None:
+    """The backbone's own size limits and one batch's memory, before any image is decoded."""
+    from bench.models import check_fits, get_backbone
+
+    check_fits(get_backbone(args.backbone), size, args.batch_size)
 
 
 def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: float) -> int:

@@ -28,6 +28,7 @@ from bench import paths
 from bench.atomic import atomic_path, check_writable, remove_stale_temporaries, write_text_atomic
 from bench.data import digests, images
 from bench.data.index import DatasetIndex, OnError
+from bench.data.room import check_room
 from bench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def load_or_build(
     check_writable(root, "the image cache folder (BENCH_CACHE)",
                    "Set BENCH_CACHE to a folder you can write to (node-local scratch will do).", folder=True)
     root.mkdir(parents=True, exist_ok=True)
+    check_room(index.name, len(index), size, root)
     with FileLock(str(root / f"{key}.lock")):
         if npy.is_file() and meta_path.is_file():  # another process built it while we waited
             return _load(npy, meta_path, key, fp, built=False)

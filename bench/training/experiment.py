@@ -198,7 +198,10 @@ def prepare_data(
     dedupe: str = "exact",
     near_threshold: int = DEFAULT_THRESHOLD,
     validation: str = "kfold",
+    before_decoding: Callable[[int], None] | None = None,
 ) -> PreparedData:
+    """The dataset indexed, decoded once, split. ``before_decoding(size)`` is called once the image size
+    is known and before the cache is built: checks of the size (a backbone's limits) fail there, cheaply."""
     check_dedupe(dedupe)
     check_threshold(near_threshold)  # before anything is decoded
     registry_path = Path(registry).expanduser().resolve() if registry else None
@@ -222,6 +225,8 @@ def prepare_data(
     if len(index.passed_over) > _SHOWN:
         print(f"warning: ... and {len(index.passed_over) - _SHOWN} more passed over (all in the run's "
               f"manifest.json)", file=sys.stderr)
+    if before_decoding is not None:
+        before_decoding(size)
     cached = image_cache.load_or_build(index, size, resize, cache_dir=cache_dir)
     skipped = tuple((index.paths[i], reason) for i, reason in sorted(cached.failed.items()))
     if skipped and strict:
