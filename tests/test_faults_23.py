@@ -300,3 +300,49 @@ def test_the_cache_is_refused_when_it_cannot_fit_memory_or_disk(make_folder, tmp
                                         rf"them in memory twice, and this machine has [\d,]+ bytes. Use --size"):
         prepare_data(str(root), folds=2, size=too_big)
     assert not list(Path(os.environ["BENCH_CACHE"]).glob("*.npy*"))
+
+
+# ---- 6. the cache's space reservation on a nearly full disk -------------------------------------
+@pytest.fixture
+def small_ext4(tmp_path):
+    """A real 24 MiB ext4 (a loop mount): a failed posix_fallocate there keeps what it got."""
+    import subprocess
+
+    image, folder = tmp_path / "ext4.img", tmp_path / "ext4"
+    folder.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(24 * 2**20)
+    steps = (["mkfs.ext4", "-q", "-F", str(image)], ["mount", "-o", "loop", str(image), str(folder)])
+    for step in steps:
+        done = subprocess.run(step, capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a loop-mounted ext4 here (needs root and loop devices): {done.stderr.decode()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_the_cache_checks_free_space_first_and_gives_back_a_failed_reservation(make_folder, small_ext4,
+                                                                               monkeypatch):
+    import shutil
+
+    from bench.data import cache
+
+    root = make_folder({"a": 6, "b": 6})
+    (small_ext4 / "cache").mkdir()
+    monkeypatch.setenv("BENCH_CACHE", str(small_ext4 / "cache"))
+    free = shutil.disk_usage(small_ext4).free
+    # 12 images at 800 px are 23,040,000 bytes: more than this disk has. Said first, with the numbers.
+    with pytest.raises(DataError, match=r"it needs 23,040,000 bytes \(22.0 MiB\) and [\d,]+ to spare, and [\d,]+ are free"):
+        prepare_data(str(root), folds=2, size=800)
+
+    # Another process may take the room between the check and the reservation: then the real
+    # posix_fallocate fails, and what it got must be given back before the error is reported.
+    monkeypatch.setattr(cache, "check_room", lambda *a: None)
+    with pytest.raises(DataError, match="No space left in") as info:
+        prepare_data(str(root), folds=2, size=800)
+    assert shutil.disk_usage(small_ext4).free > 0.9 * free  # was: 0 bytes free until the process ended
+    assert "bytes; " in str(info.value) and "are free now" in str(info.value)
+    assert str(small_ext4) not in Path("/proc/self/maps").read_text()  # no map keeps the temporary alive
+    assert not list((small_ext4 / "cache").glob("*.npy*"))

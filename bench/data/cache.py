@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,15 +104,34 @@ def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCa
     )
 
 
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) memmap file now.
+
+    Writing a sparse file's pages on a full disk would kill the process with SIGBUS; reserving
+    first turns that into an OSError (ENOSPC) here. A failed ``posix_fallocate`` on ext4 keeps what
+    it got, often all the free space, so the file is cut back to nothing before the error goes on:
+    other processes (and the disk stderr may be on) get their room back at once.
+    """
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError:
+            f.truncate(0)
+            raise
+
+
 def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Path, workers: int | None) -> None:
     n = len(index)
     failed: dict[int, str] = {}
     with atomic_path(npy) as tmp:  # the rename onto the .npy is the commit point: readers look for it
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        # The memmap file is sparse: on a full disk, writing its pages would kill the process with
-        # SIGBUS. Reserving the blocks first turns that into an OSError (ENOSPC) here.
-        with open(tmp, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        try:
+            _reserve(tmp)
+        except OSError:
+            # The map would keep the unlinked temporary's blocks until the process ends (the
+            # traceback holds this frame): close it before anything is reported.
+            del out
+            raise
         source = (index.pixels or FILES).fill(index, size, resize, out, failed.__setitem__, workers)
         out.flush()
         hashes = [hashlib.blake2b(out[i].tobytes(), digest_size=16).hexdigest() for i in range(n)]
@@ -147,8 +167,9 @@ def load_or_build(
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            need = len(index) * size * size * 3 / 2**20
+            need = len(index) * size * size * 3
             raise DataError(f"No space left in {root} for the image cache of {index.name} at {size} px "
-                            f"({need:.1f} MiB): free some space there, or point BENCH_CACHE at a folder with "
-                            "room. Nothing partial was kept.") from None
+                            f"({need / 2**20:.1f} MiB, {need:,} bytes; {shutil.disk_usage(root).free:,} are free "
+                            f"now): free some space there, or point BENCH_CACHE at a folder with room. Nothing "
+                            f"partial was kept.") from None
     return _load(npy, meta_path, key, fp, built=True)
