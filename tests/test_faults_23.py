@@ -251,6 +251,7 @@ def _search_dir(run_path: Path, storage_spec: str | None) -> None:
 def test_a_moved_run_directory_finds_its_study_or_says_to_give_storage(tmp_path):
     import shutil
 
+    from bench.errors import ConfigError
     from bench.results import RunDir
     from bench.search.shared import shared_study
 
@@ -270,6 +271,12 @@ def test_a_moved_run_directory_finds_its_study_or_says_to_give_storage(tmp_path)
     assert "--storage journal:NEW/PATH/study.log" in msg
     assert not (tmp_path / "shared").exists()  # nothing created at the old place
     assert shared_study(run, f"journal:{tmp_path / 'shared2' / 'study.log'}").study_name == "s"
+
+    # A recorded storage that is there but cannot be opened: the error says --storage gives another.
+    _search_dir(tmp_path / "run3", f"sqlite:///{tmp_path / 'other.db'}")
+    (tmp_path / "other.db").write_text("replaced by something that is not a database")
+    with pytest.raises(ConfigError, match=r"cannot open storage .*manifest.json recorded; give another with --storage"):
+        shared_study(RunDir.open(tmp_path / "run3"))
 
 
 # ---- 10. --size without an upper bound ----------------------------------------------------------
