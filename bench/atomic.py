@@ -23,7 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "default_mode", "remove_stale_temporaries", "write_atomic", "write_text_atomic"]
+from bench.errors import ConfigError
+
+__all__ = ["atomic_path", "check_writable", "default_mode", "remove_stale_temporaries", "write_atomic",
+           "write_text_atomic"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]*\.tmp$")
@@ -83,3 +86,32 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def check_writable(path: Path, what: str, fix: str, *, folder: bool = False, example: str = "") -> Path:
+    """``path`` if a file (or, with ``folder``, files in a folder) can be written there; a ConfigError now if not.
+
+    Called before the work whose result goes there, so a read-only place, a folder given for a file
+    or a path under a regular file is said at once, not after everything was computed. The test is
+    creating a temporary file in the nearest existing folder (an atomic write's rename needs only
+    that): permission bits say nothing for root, and a read-only mount only shows on writing.
+    ``what`` names the option or variable, ``fix`` says what to do; ``example`` is a file name to
+    suggest when a folder was given for a file.
+    """
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        hint = f" (e.g. {path / example})" if example else ""
+        raise ConfigError(f"{what} {path} is a folder: give the name of a file to write{hint}.")
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder. {fix}")
+    probe = path if folder else path.parent
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {probe} is a file, not a folder. {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{what} {path} cannot be written: {probe}: {err.strerror or err}. {fix}") from None
+    return path

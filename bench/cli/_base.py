@@ -73,6 +73,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     g.add_argument("--seed", type=whole, default=0, help="seed for splits, initialisation and shuffling")
     g.add_argument("--test-fraction", type=fraction, help="held-out fraction when the dataset has no official test split")
     g.add_argument("--group-regex", help="regex on file names whose first group is the patient id (overrides the registry)")
+    g.add_argument("--group-column", metavar="COLUMN",
+                   help="the manifest column holding patient ids (overrides the registry; without it a folder's "
+                        "manifest.csv uses a column named like patient, patient_id, subject, case, group or video)")
     g.add_argument("--official-test", choices=OFFICIAL_TEST_POLICIES, default="clean",
                    help="clean (default): images whose patient (or duplicate group) also has images in the official "
                         "test set leave the CV pool; as-published: keep them (the report warns)")
@@ -100,10 +103,25 @@ def data_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.min_class_images < 0:
         raise ConfigError(f"--min-class-images must be 0 (keep every class) or more, got {args.min_class_images}.")
     return dict(dataset=args.dataset, folds=args.folds, seed=args.seed, resize=args.resize, strict=args.strict,
-                group_regex=args.group_regex, registry=str(args.registry) if args.registry else None,
+                group_regex=args.group_regex, group_column=args.group_column, registry=str(args.registry) if args.registry else None,
                 test_fraction=args.test_fraction, official_test=args.official_test,
                 min_class_images=args.min_class_images, dedupe=args.dedupe,
                 near_threshold=check_threshold(args.near_threshold), validation=args.validation)
+
+
+def check_run_place(out: Path | None, runs_dir: Path | None = None) -> None:
+    """Before any decoding or training: the run directory (``--out``, else under ``--runs-dir`` or
+    BENCH_RUNS) can be written. Found out only when the results are written, the work is lost."""
+    from bench import paths
+    from bench.atomic import check_writable
+
+    if out is not None:
+        check_writable(out, "--out", "Give another --out, a folder you can write to.", folder=True)
+    elif runs_dir is not None:
+        check_writable(runs_dir, "--runs-dir", "Give another --runs-dir, or --out.", folder=True)
+    else:
+        check_writable(paths.runs_dir(), "the runs folder (BENCH_RUNS, else ./runs)",
+                       "Set BENCH_RUNS to a folder you can write to, or give --out.", folder=True)
 
 
 def add_mlflow(parser: Any, what: str) -> None:

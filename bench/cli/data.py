@@ -197,12 +197,16 @@ class AuditCommand(Command):
             run_audit,
             write_csv,
         )
+        from bench.atomic import check_writable
         from bench.training.experiment import prepare_data
 
         t_start = time.perf_counter()
         settings = data_settings(args)
         if args.min_cosine is not None and not args.features:
             raise ConfigError("--min-cosine only applies with --features.")
+        # Checked before the data is decoded: the default folder is reports/audit/<dataset>.
+        check_writable(args.out or Path("reports"), "--out", "Give another --out, a folder you can write to.",
+                       folder=True)
         data = prepare_data(size=args.size, **settings)
         audit = run_audit(data, settings["near_threshold"],
                           min_cosine=(args.min_cosine or DEFAULT_MIN_COSINE) if args.features else None)

@@ -14,6 +14,7 @@ from bench.cli._base import (
     Command,
     add_data_arguments,
     add_mlflow,
+    check_run_place,
     data_settings,
     mlflow_uri,
     quiet_frameworks,
@@ -76,6 +77,7 @@ class CVCommand(Command):
         from bench.training.experiment import prepare_data
 
         t_start = time.perf_counter()
+        check_run_place(args.out, args.runs_dir)
         if args.from_trial is not None:
             return self.rerun_trial(args, t_start)
         if not args.dataset:
@@ -90,7 +92,7 @@ class CVCommand(Command):
                 bn = float(bn)
             except ValueError:
                 raise ConfigError(f"--bn-momentum must be 'auto', 'keep' or a number, got {bn!r}.") from None
-        data = prepare_data(size=args.size, **data_settings(args))
+        data = prepare_data(size=args.size, **data_settings(args), before_decoding=lambda size: check_shape(args, size))
         from bench.training.train import TrainConfig
 
         config = TrainConfig(
@@ -120,6 +122,13 @@ class CVCommand(Command):
         config = TrainConfig(**configs[args.from_trial])  # the trial's own seed comes with it
         data = prepare_data_from_manifest(manifest, size=config.size, registry=args.registry)
         return run_cv_command(args, data, config, t_start)
+
+
+def check_shape(args: argparse.Namespace, size: int) -> None:
+    """The backbone's own size limits and one batch's memory, before any image is decoded."""
+    from bench.models import check_fits, get_backbone
+
+    check_fits(get_backbone(args.backbone), size, args.batch_size)
 
 
 def run_cv_command(args: argparse.Namespace, data: Any, config: Any, t_start: float) -> int:
@@ -253,6 +262,7 @@ class RunCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         quiet_frameworks()
+        check_run_place(args.out, args.runs_dir)
         options = dict(
             trials=args.trials, space=args.space, size=args.size, **data_settings(args), storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
             sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,

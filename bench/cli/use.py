@@ -80,8 +80,11 @@ class PredictCommand(Command):
         from rich.markup import escape
         from rich.table import Table
 
+        from bench.atomic import check_writable
         from bench.deploy.predict import predict_paths
 
+        if args.csv:  # before any prediction: a place that cannot take the CSV would waste them all
+            check_writable(args.csv, "--csv", "Give a file in a folder you can write to.", example="predictions.csv")
         result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify,
                                operating_point=args.operating_point)
         console = stdout_console()

@@ -1,7 +1,9 @@
 """Decode once: a uint8 image array per (dataset fingerprint, size, resize mode), memory-mapped.
 
-The fingerprint covers every file's relative path, byte size and mtime, so any change to the
-dataset gives a new cache entry rather than stale pixels. Where the pixels come from is the
+The fingerprint covers every file's relative path, byte size and content digest (and label), so
+any change to the dataset gives a new cache entry rather than stale pixels, while the same files
+staged elsewhere or at another time match (``bench.data.digests`` keeps the digests, so a file is
+read again only when its size or mtime changes). Where the pixels come from is the
 index's ``pixels`` source: image files by default (decoded here), or whatever a source kind
 puts there instead (MedMNIST's npz arrays, read by ``bench.data.medmnist``, fingerprinted by the
 npz file rather than by a stat() per image). The array is written to a temporary
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +26,10 @@ import numpy as np
 from filelock import FileLock
 
 from bench import paths
-from bench.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
-from bench.data import images
+from bench.atomic import atomic_path, check_writable, remove_stale_temporaries, write_text_atomic
+from bench.data import digests, images
 from bench.data.index import DatasetIndex, OnError
+from bench.data.room import check_room
 from bench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,11 +60,11 @@ class ImageFiles:
     """The default pixel source: one image file per row, at ``index.root / path``."""
 
     def fingerprint(self, index: DatasetIndex, size: int | None) -> str:
-        """Digest of relative paths, sizes and mtimes (and labels: a relabelled file is a new dataset)."""
+        """Digest of relative paths, sizes and contents (and labels: a relabelled file is a new dataset)."""
         h = hashlib.sha256()
-        for rel, label in zip(index.paths, index.labels):
-            st = (index.root / rel).stat()
-            line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{index.classes[label]}\n"
+        for rel, label, (nbytes, digest) in zip(index.paths, index.labels,
+                                                digests.content_digests(index.root, index.paths)):
+            line = f"{rel}\0{nbytes}\0{digest}\0{index.classes[label]}\n"
             # surrogateescape: a name that is not UTF-8 hashes as its own bytes, losslessly.
             h.update(line.encode("utf-8", "surrogateescape"))
         return h.hexdigest()
@@ -100,15 +104,34 @@ def _load(npy: Path, meta_path: Path, key: str, fp: str, built: bool) -> ImageCa
     )
 
 
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) memmap file now.
+
+    Writing a sparse file's pages on a full disk would kill the process with SIGBUS; reserving
+    first turns that into an OSError (ENOSPC) here. A failed ``posix_fallocate`` on ext4 keeps what
+    it got, often all the free space, so the file is cut back to nothing before the error goes on:
+    other processes (and the disk stderr may be on) get their room back at once.
+    """
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError:
+            f.truncate(0)
+            raise
+
+
 def _build(index: DatasetIndex, size: int, resize: str, npy: Path, meta_path: Path, workers: int | None) -> None:
     n = len(index)
     failed: dict[int, str] = {}
     with atomic_path(npy) as tmp:  # the rename onto the .npy is the commit point: readers look for it
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        # The memmap file is sparse: on a full disk, writing its pages would kill the process with
-        # SIGBUS. Reserving the blocks first turns that into an OSError (ENOSPC) here.
-        with open(tmp, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        try:
+            _reserve(tmp)
+        except OSError:
+            # The map would keep the unlinked temporary's blocks until the process ends (the
+            # traceback holds this frame): close it before anything is reported.
+            del out
+            raise
         source = (index.pixels or FILES).fill(index, size, resize, out, failed.__setitem__, workers)
         out.flush()
         hashes = [hashlib.blake2b(out[i].tobytes(), digest_size=16).hexdigest() for i in range(n)]
@@ -123,12 +146,15 @@ def load_or_build(
 ) -> ImageCache:
     """The decoded images of ``index`` at ``size``; decodes only when no valid cache exists."""
     root = cache_dir or paths.cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(index, size)
     key = _key(index, fp, size, resize)
     npy, meta_path = root / f"{key}.npy", root / f"{key}.json"
-    if npy.is_file() and meta_path.is_file():
+    if npy.is_file() and meta_path.is_file():  # a cache built earlier may be read from a read-only place
         return _load(npy, meta_path, key, fp, built=False)
+    check_writable(root, "the image cache folder (BENCH_CACHE)",
+                   "Set BENCH_CACHE to a folder you can write to (node-local scratch will do).", folder=True)
+    root.mkdir(parents=True, exist_ok=True)
+    check_room(index.name, len(index), size, root)
     with FileLock(str(root / f"{key}.lock")):
         if npy.is_file() and meta_path.is_file():  # another process built it while we waited
             return _load(npy, meta_path, key, fp, built=False)
@@ -141,8 +167,9 @@ def load_or_build(
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            need = len(index) * size * size * 3 / 2**20
+            need = len(index) * size * size * 3
             raise DataError(f"No space left in {root} for the image cache of {index.name} at {size} px "
-                            f"({need:.1f} MiB): free some space there, or point BENCH_CACHE at a folder with "
-                            "room. Nothing partial was kept.") from None
+                            f"({need / 2**20:.1f} MiB, {need:,} bytes; {shutil.disk_usage(root).free:,} are free "
+                            f"now): free some space there, or point BENCH_CACHE at a folder with room. Nothing "
+                            f"partial was kept.") from None
     return _load(npy, meta_path, key, fp, built=True)

@@ -62,6 +62,7 @@ class DatasetIndex:
     pixels: PixelSource | None = None  # None: the image files at root / path
     # bool per image, when the registry names a published validation split (--validation official)
     official_validation: np.ndarray | None = None
+    warnings: tuple[str, ...] = field(default=())  # what the user should know about the index (printed)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -85,6 +86,7 @@ class DatasetIndex:
             passed_over=self.passed_over,
             pixels=self.pixels,
             official_validation=None if self.official_validation is None else self.official_validation[idx],
+            warnings=self.warnings,
         )
 
     def without_classes(self, names: set[str] | list[str]) -> tuple[DatasetIndex, np.ndarray]:
@@ -211,6 +213,32 @@ def _groups(spec: DatasetSpec, paths: list[str], rows: list[dict]) -> list[str]:
     return list(paths)
 
 
+def _unused_id_columns(spec: DatasetSpec, root: Path, rows: list[dict], n_classes: int) -> list[str]:
+    """A warning per manifest column that is not used yet whose values repeat like patient ids.
+
+    Without a group rule every image is its own group, so a patient id under a name nobody
+    recognised would let one patient's images sit in several folds without a word.
+    """
+    if spec.layout.kind != "manifest" or spec.groups.kind != "none" or not rows:
+        return []
+    used = {spec.layout.path_column, spec.layout.label_column,
+            *(t.column for t in (spec.test, spec.validation) if t is not None and t.column)}
+    out = []
+    for column in rows[0]:
+        if column is None or column in used:
+            continue
+        values = [str(row.get(column) or "").strip() for row in rows]
+        distinct = len(set(v for v in values if v))
+        # Repeats (fewer distinct values than rows), yet more values than a category like sex or
+        # the label would have: that is what an id with several images per patient looks like.
+        if max(3, n_classes + 1) <= distinct < len(values):
+            out.append(f"{root / spec.layout.file}: column '{column}' is not used, yet its values repeat "
+                       f"across rows ({distinct} distinct in {len(values)} rows) as patient ids do; every "
+                       f"image is its own group now, so one patient's images can land in several folds. "
+                       f"If it identifies patients, pass --group-column '{column}'.")
+    return out
+
+
 def _official_test(spec: DatasetSpec, root: Path, paths: list[str], rows: list[dict]) -> np.ndarray | None:
     return _published_split(spec, spec.test, root, paths, rows)
 
@@ -297,6 +325,7 @@ def build_folder_index(spec: DatasetSpec, root: Path) -> DatasetIndex:
         ignored=tuple(walk.others),
         passed_over=tuple(walk.passed_over),
         official_validation=_published_split(spec, spec.validation, root, paths, rows),
+        warnings=tuple(_unused_id_columns(spec, root, rows, len(classes))),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bench.data import baselines as published
@@ -252,6 +252,11 @@ def validate(spec: DatasetSpec, where: str) -> DatasetSpec:
         raise ConfigError(f"{where}.source: kind 'archive' needs 'url'.")
     if src.kind in ("embedded", "local") and not src.path:
         raise ConfigError(f"{where}.source: kind '{src.kind}' needs 'path'.")
+    if src.root and (PurePosixPath(src.root).is_absolute() or ".." in PurePosixPath(src.root.replace("\\", "/")).parts):
+        # The folder is joined to BENCH_DATA/<name>: '..' would reach another entry's data, or any folder.
+        raise ConfigError(f"{where}.source: 'root' is {src.root!r}; it names a folder inside the unpacked archive, "
+                          f"so it can be neither absolute nor contain '..'. Give the folder as the archive holds "
+                          f"it (e.g. 'histo' or 'data/images'), or '' for the archive's top.")
     if src.sha256 and not re.fullmatch(r"[0-9a-f]{64}", src.sha256):
         raise ConfigError(f"{where}.source: 'sha256' must be 64 lowercase hex digits, got {src.sha256!r}.")
     if src.kind == "medmnist":

@@ -7,6 +7,8 @@ time under an invented class ``pn``. Links to single files are kept wherever the
 folder of links into a shared image store is a common way to build a dataset); a file reached
 twice that way is an exact duplicate, which the splits group and the label-conflict check reports.
 
+A link to a file that does not exist, or a loop of links, is passed over with the reason too.
+
 File and folder names that are not valid UTF-8 are passed over with a reason rather than
 listed: they cannot be written to the UTF-8 CSVs and manifests every run produces, and a name
 that cannot be shown cannot be reported usefully either. Hidden files and folders are skipped
@@ -15,6 +17,7 @@ silently, as everywhere in bench.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -67,11 +70,31 @@ def walk_files(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
             if name.startswith("."):
                 continue
             rel = (rel_dir / name).as_posix()
-            if is_utf8(name):
+            reason = None if is_utf8(name) else NOT_UTF8
+            if reason is None:
+                reason = broken_link(here / name)
+            if reason is None:
                 files.append(rel)
             else:
-                passed.append((printable(rel), NOT_UTF8))
+                passed.append((printable(rel), reason))
     return files, passed
+
+
+def broken_link(path: Path) -> str | None:
+    """Why ``path`` is a link that leads to no file (dangling, or a loop of links), else None.
+
+    Such a name looks like an image but has no bytes behind it; every later step (fingerprint,
+    decode) would fail on it, so the walk passes over it with the reason.
+    """
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a link that leads back to itself (a loop of links): not followed"
+        return f"a link to {printable(os.readlink(path))}, which does not exist: not followed"
+    return None
 
 
 def _claim(path: Path, rel: str, top: Path, seen: dict[Path, str]) -> str | None:

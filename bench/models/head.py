@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from bench.data.room import memory_bytes
 from bench.errors import ConfigError, close_matches
 from bench.models.blocks import blocks, cut_points, iter_layers, set_unfrozen
 from bench.models.frozen import run_frozen_in_inference
@@ -113,6 +114,42 @@ def check_size(backbone: Backbone, size: int) -> int:
             f"{(size // m + 1) * m})."
         )
     return size
+
+
+def check_fits(backbone: Backbone, size: int, batch_size: int) -> int:
+    """``size`` if the backbone takes it and one training batch's activations fit this machine's memory.
+
+    Built once without weights (cheap: nothing runs), the network's layer outputs are counted: a
+    training step keeps every one of them, in float32, for the backward pass. More than the memory
+    and the process would be killed after the images were decoded; a ConfigError now says the bytes.
+    """
+    check_size(backbone, size)
+    memory = memory_bytes()
+    if memory is None:
+        return size
+    model = backbone.build((size, size, 3), None)
+    per_image = size * size * 3 + sum(_elements(t) for layer in model.layers[1:] for t in _outputs(layer))
+    del model
+    # Layer names are numbered per session: the model trained next is named as if none was built here.
+    keras.backend.clear_session()
+    need = per_image * 4 * batch_size
+    if need > memory:
+        # Activations grow with the image's area.
+        largest = max(backbone.min_size, int(size * (memory / need) ** 0.5) // backbone.size_multiple
+                      * backbone.size_multiple)
+        raise ConfigError(f"--size {size} is too large for {backbone.name!r} at --batch-size {batch_size}: a training "
+                          f"step keeps about {need:,} bytes of activations, and this machine has {memory:,} bytes. "
+                          f"Use --size {largest} or less, or a smaller --batch-size.")
+    return size
+
+
+def _outputs(layer: Any) -> list[Any]:
+    out = layer.output
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _elements(tensor: Any) -> int:
+    return int(np.prod([d or 1 for d in tensor.shape[1:]]))
 
 
 def set_bn_momentum(model: keras.Model, momentum: float) -> int:

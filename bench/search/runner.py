@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench import __version__, paths
+from bench.data import digests
 from bench.data.spec import DEFAULT_NEAR_THRESHOLD
 from bench.errors import BenchError, ConfigError
 from bench.results import RunDir, trial_record
@@ -51,6 +52,8 @@ from bench.training.experiment import DataSettings
 
 MAX_RETRIES = 1  # a trial whose worker died is run once more; a second death is its result
 # Study attributes a resumed run must match: changing any of them changes what a trial means.
+# The study attribute holding the dataset's packed file listing (bench.data.digests.pack).
+FILES_ATTR = "dataset_files"
 IDENTITY_KEYS = ("dataset", "dataset_fingerprint", "splits_digest", "space_fingerprint", "folds", "seed", "metric")
 IDENTITY_WAIT_SECONDS = 30.0  # how long a machine waits for another's half-written study setup
 
@@ -79,6 +82,7 @@ class SearchOptions:
     resize: str | None = None
     strict: bool = False
     group_regex: str | None = None
+    group_column: str | None = None
     registry: str | None = None
     test_fraction: float | None = None
     official_test: str = "clean"
@@ -184,15 +188,26 @@ class Supervisor:
         if not any(k in theirs for k in IDENTITY_KEYS):
             for key, value in mine.items():
                 self.study.set_user_attr(key, value)
+            files = digests.listing(self.data.index)
+            if files is not None:  # so that a machine whose copy differs is told which files do
+                self.study.set_user_attr(FILES_ATTR, digests.pack(files))
             return
         differ = [k for k in IDENTITY_KEYS if theirs.get(k) != mine[k]]
         if differ:
             lines = "; ".join(f"{k}: study has {theirs.get(k)!r}, this command {mine[k]!r}" for k in differ)
+            if "dataset_fingerprint" in differ:
+                lines += f"; {self._files_differing(theirs.get(FILES_ATTR))}"
             raise ConfigError(
                 f"Study '{self.study_name}' in {describe_storage(self.storage)} was created with a different "
                 f"setup ({lines}). Its trials would not be comparable. Use the original dataset, space, "
                 f"--folds and --seed to continue it, or a new --study name."
             )
+
+    def _files_differing(self, recorded: str | None) -> str:
+        files = digests.listing(self.data.index)
+        if recorded is None or files is None:
+            return "the study records no file listing to say which files differ"
+        return f"compared with the study's copy of the dataset: {digests.differences(recorded, files)}"
 
     def _seed_each_backbone(self) -> None:
         """A new study first tries every backbone once (the sampler picks the other parameters).

@@ -83,6 +83,7 @@ __all__ = [
     "list_studies",
     "open_storage",
     "redact",
+    "storage_file",
     "supports_heartbeat",
 ]
 
@@ -349,6 +350,18 @@ def _classify(spec: str) -> tuple[str, str]:
         "postgresql://user@host:port/db, sqlite:///path/study.db, journal:PATH (or a file ending "
         "in .log/.journal/.db), or leave --storage out to use <run dir>/study.db."
     )
+
+
+def storage_file(spec: str) -> Path | None:
+    """The file a SQLite or journal storage lives in (None for a server, or a spec that names none)."""
+    try:
+        scheme, target = _classify(spec.strip())
+        if scheme == "journal":
+            return Path(target).expanduser()
+        database = make_url(target).database if scheme == "sqlite" else None
+    except (ConfigError, sqlalchemy.exc.ArgumentError, ValueError):
+        return None
+    return Path(database).expanduser() if database and database != ":memory:" else None
 
 
 def _validate_heartbeat(interval: int, grace: int | None, max_retry: int) -> _Heartbeat:

@@ -65,6 +65,7 @@ class DataSettings:
     resize: str | None = None
     strict: bool = False
     group_regex: str | None = None
+    group_column: str | None = None  # the manifest column of patient ids (--group-column)
     registry: str | None = None  # another datasets.toml
     test_fraction: float | None = None
     official_test: str = "clean"  # OFFICIAL_TEST_POLICIES
@@ -126,6 +127,7 @@ class PreparedData:
                 "duplicate_groups_merged": s.duplicate_groups_merged,
                 "label_conflicts": [c.as_dict() for c in self.conflicts],
                 "passed_over": [list(p) for p in idx.passed_over],
+                "warnings": list(idx.warnings),
                 "positive": None if self.positive is None else idx.classes[self.positive],
                 "source": self.spec.source.kind,
                 # Published results the report sets beside the held-out ones (bench/data/baselines/).
@@ -187,6 +189,7 @@ def prepare_data(
     resize: str | None = None,
     strict: bool = False,
     group_regex: str | None = None,
+    group_column: str | None = None,
     registry: Path | str | None = None,
     cache_dir: Path | None = None,
     test_fraction: float | None = None,
@@ -195,11 +198,14 @@ def prepare_data(
     dedupe: str = "exact",
     near_threshold: int = DEFAULT_THRESHOLD,
     validation: str = "kfold",
+    before_decoding: Callable[[int], None] | None = None,
 ) -> PreparedData:
+    """The dataset indexed, decoded once, split. ``before_decoding(size)`` is called once the image size
+    is known and before the cache is built: checks of the size (a backbone's limits) fail there, cheaply."""
     check_dedupe(dedupe)
     check_threshold(near_threshold)  # before anything is decoded
     registry_path = Path(registry).expanduser().resolve() if registry else None
-    spec, root = resolve(dataset, registry_path=registry_path, group_regex=group_regex)
+    spec, root = resolve(dataset, registry_path=registry_path, group_regex=group_regex, group_column=group_column)
     folds_from = FOLDS_FROM[0] if folds is not None else FOLDS_FROM[1] if spec.folds is not None else FOLDS_FROM[2]
     folds = folds if folds is not None else spec.folds or DEFAULT_FOLDS
     protocol = Protocol.parse(validation)
@@ -212,11 +218,15 @@ def prepare_data(
                         f"or use --validation holdout or kfold.")
     size = size if size is not None else spec.image_size  # 0 is an error, never "the default"
     resize = resize or spec.resize
+    for line in index.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     for path, reason in index.passed_over[:_SHOWN]:
         print(f"warning: passed over {index.root / path}: {reason}", file=sys.stderr)
     if len(index.passed_over) > _SHOWN:
         print(f"warning: ... and {len(index.passed_over) - _SHOWN} more passed over (all in the run's "
               f"manifest.json)", file=sys.stderr)
+    if before_decoding is not None:
+        before_decoding(size)
     cached = image_cache.load_or_build(index, size, resize, cache_dir=cache_dir)
     skipped = tuple((index.paths[i], reason) for i, reason in sorted(cached.failed.items()))
     if skipped and strict:
@@ -264,7 +274,7 @@ def prepare_data(
     images = np.asarray(cached.array[np.flatnonzero(keep)]) if not keep.all() else np.asarray(cached.array)
     settings = DataSettings(
         dataset=dataset, folds=folds, seed=seed, resize=resize, strict=strict, group_regex=group_regex,
-        registry=str(registry_path) if registry_path else None, test_fraction=test_fraction,
+        group_column=group_column, registry=str(registry_path) if registry_path else None, test_fraction=test_fraction,
         official_test=official_test, min_class_images=min_class_images, dedupe=dedupe,
         near_threshold=near_threshold, validation=str(protocol),
     )
