@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from bench.data.images import resize_array
-from bench.data.near import near_clusters
+from bench.data.near import near_clusters, pairs_file
 from bench.data.spec import DEFAULT_NEAR_THRESHOLD
 from bench.training.experiment import prepare_data
 
@@ -124,3 +124,22 @@ def test_no_two_patients_of_the_real_xrays_merge_at_the_default(real_xrays):
              if len(set(patients[cluster == c])) > 1]
     assert mixed == []
     assert len(hashes) == 976
+
+
+def test_the_near_pairs_are_found_once_per_image_cache_and_threshold(real_xrays, tmp_path):
+    root = make_copies_dataset(real_xrays, tmp_path / "copies")
+    first = prepare_data(str(root), folds=2, size=32, dedupe="near")
+    stored = pairs_file(first.cache.path, DEFAULT_NEAR_THRESHOLD)
+    with np.load(stored) as f:
+        assert int(f["images"]) == len(first.index) and len(f["i"]) >= ORIGINALS * len(COPIES)
+    # A second preparation (a search's worker, bench final) reads the stored pairs instead of
+    # comparing again: with the file emptied by hand it finds no cluster at all.
+    np.savez(stored, images=len(first.index), i=np.zeros(0, np.int64), j=np.zeros(0, np.int64))
+    assert prepare_data(str(root), folds=2, size=32, dedupe="near").near.clusters == 0
+    # Another threshold is another file; an unreadable one is found again, not an error.
+    stored.write_bytes(b"not an npz")
+    again = prepare_data(str(root), folds=2, size=32, dedupe="near")
+    assert again.near == first.near and again.splits_digest == first.splits_digest
+    assert not pairs_file(first.cache.path, 28).exists()
+    assert prepare_data(str(root), folds=2, size=32, dedupe="near", near_threshold=28).near.clusters == ORIGINALS
+    assert pairs_file(first.cache.path, 28).exists()
