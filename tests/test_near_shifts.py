@@ -39,7 +39,8 @@ def _crop(arr: np.ndarray, where: str) -> np.ndarray:
     """5% of the side cut off (centred, or at one corner) and resized back to the original size."""
     side = arr.shape[0]
     keep = round(side * 0.95)
-    at = {"centre": (side - keep) // 2, "top-left": 0, "bottom-right": side - keep}[where]
+    at = {"centre": (side - keep) // 2, "top-left": 0, "bottom-right": side - keep,
+          "off-centre": (side - keep) // 4}[where]  # between the windows hashed: the hardest
     return np.asarray(Image.fromarray(arr[at:at + keep, at:at + keep]).resize((side, side), Image.BILINEAR))
 
 
@@ -47,7 +48,7 @@ COPIES = {
     **{f"shift{k}x": (lambda a, k=k: _shift(a, k, 0)) for k in (1, 2, 3)},
     **{f"shift{k}y": (lambda a, k=k: _shift(a, 0, k)) for k in (1, 2, 3)},
     **{f"shift{k}d": (lambda a, k=k: _shift(a, k, -k)) for k in (1, 2, 3)},
-    **{f"crop-{w}": (lambda a, w=w: _crop(a, w)) for w in ("centre", "top-left", "bottom-right")},
+    **{f"crop-{w}": (lambda a, w=w: _crop(a, w)) for w in ("centre", "top-left", "bottom-right", "off-centre")},
 }
 
 

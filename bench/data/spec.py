@@ -32,7 +32,7 @@ OFFICIAL_TEST_POLICIES = ("clean", "as-published")
 # --dedupe: which copies share a group before splitting: identical pixels, or also near-copies
 # within DEFAULT_NEAR_THRESHOLD bits of a shift-tolerant perceptual hash (data/phash.py measures it).
 DEDUPE_MODES = ("exact", "near")
-DEFAULT_NEAR_THRESHOLD = 30
+DEFAULT_NEAR_THRESHOLD = 32
 RESIZE_MODES = ("squash", "pad", "crop")
 
 
