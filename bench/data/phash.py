@@ -71,13 +71,9 @@ def _projections(side: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     along that axis; every (scale, offset) span is one block of HASH_SIZE rows.
     """
     dct = _dct_rows()
-    spans: dict[tuple[float, float], int] = {}
-    blocks = []
-    for scale, dy, dx in WINDOWS:
-        pair = []
-        for offset in (dy, dx):
-            pair.append(spans.setdefault((scale, offset), len(spans)))
-        blocks.append((pair[0], pair[1]))
+    spans: dict[tuple[float, float], int] = {}  # (scale, offset) -> block number
+    blocks = [(spans.setdefault((scale, dy), len(spans)), spans.setdefault((scale, dx), len(spans)))
+              for scale, dy, dx in WINDOWS]
     rows = []
     for (scale, offset) in spans:  # insertion order = block number
         half = (1 - 2 * MARGIN) * scale / 2
