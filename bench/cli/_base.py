@@ -89,10 +89,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
                         "under different labels instead of warning")
     g.add_argument("--dedupe", choices=DEDUPE_MODES, default="exact",
                    help="exact (default): identical images share a group for splitting; near: near-copies too "
-                        "(perceptual hashes within --near-threshold; see `bench audit`)")
+                        "(perceptual hashes within --near-threshold under small shifts and crops; see `bench audit`)")
     g.add_argument("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD, metavar="BITS",
-                   help=f"Hamming distance of the 256-bit perceptual hash up to which two images are near-copies "
-                        f"(default {DEFAULT_NEAR_THRESHOLD})")
+                   help=f"Hamming distance of the 256-bit perceptual hash (the closest of a few shifted and "
+                        f"cropped windows) up to which two images are near-copies (default {DEFAULT_NEAR_THRESHOLD})")
     g.add_argument("--registry", type=Path, help="another datasets.toml")
 
 

@@ -1,16 +1,15 @@
-"""Near-duplicate images: perceptual hashes of the decoded cache, clustered by Hamming distance.
+"""Near-duplicate images: shift-tolerant perceptual hashes of the decoded cache, clustered by distance.
 
 Exact copies share a group already (``splits.merge_duplicates``); a copy that was re-encoded,
-resized or shifted by a pixel has other pixels and slips through, and when it lands in another
-fold than its original every score is inflated. A perceptual hash (pHash: the signs of an
-image's lowest DCT frequencies against their median) barely changes under such edits.
+resized, shifted by a few pixels or cropped has other pixels and slips through, and when it
+lands in another fold than its original every score is inflated. Consecutive video frames are
+such copies. ``bench.data.phash`` hashes each image in a few shifted and shrunk windows and
+measures two images by the closest of them, in bits of a 256-bit pHash.
 
-The hash is 16 x 16 = 256 bits, not imagehash's default 8 x 8: chest X-rays all look alike at
-64 bits (on the 976 shared X-rays, different patients came as close as 2 bits of 64, while a
-1-pixel shift moved an image by up to 6). At 256 bits no two of those X-rays came closer than 40
-bits, while on 98 of them (128 px files, hashed at 224 and 64 px) JPEG re-encoding at quality 70
-moved an image by at most 8 bits, resizing to 3/4 by at most 6 and a 1-pixel shift by at most 30.
-``DEFAULT_THRESHOLD`` (32, ``bench.data.spec.DEFAULT_NEAR_THRESHOLD``) sits in that gap.
+On the 976 shared X-rays (see ``bench.data.phash`` for the whole measurement), no two images of
+different patients came closer than 40 bits, while 1, 2 and 3 px shifts of them stayed within 20
+and 5% crops within 26; ``DEFAULT_THRESHOLD`` (32, ``bench.data.spec.DEFAULT_NEAR_THRESHOLD``)
+sits in that gap. JPEG re-encoding and resizing move the hash less than a 1 px shift does.
 
 Clusters are the connected components of "within the threshold" (single linkage, as a union
 of pairs): a chain of small edits stays one cluster even when its ends are further apart.
@@ -20,22 +19,25 @@ clustered by the same ``clusters_from_pairs``.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from bench.atomic import write_atomic
+from bench.data.phash import HASH_BITS, shift_hashes, shift_pairs
 from bench.data.spec import DEDUPE_MODES
 from bench.data.spec import (
     DEFAULT_NEAR_THRESHOLD as DEFAULT_THRESHOLD,  # bits of HASH_BITS (see above)
 )
 from bench.errors import ConfigError
 
-HASH_SIZE = 16  # pHash side: HASH_SIZE**2 bits per image
-HASH_BITS = HASH_SIZE * HASH_SIZE
 # Above a quarter of the bits, two unrelated images of a dataset pass for copies.
 MAX_THRESHOLD = HASH_BITS // 4
-_BLOCK = 512  # rows compared at a time: the distance block stays a few MB for any dataset
+# Bump when the hashing (bench.data.phash) changes which pairs come out, so stored pairs are not reused.
+PAIRS_VERSION = 1
 
 
 def check_threshold(threshold: int) -> int:
@@ -51,43 +53,6 @@ def check_dedupe(mode: str) -> str:
     if mode not in DEDUPE_MODES:
         raise ConfigError(f"--dedupe must be one of {', '.join(DEDUPE_MODES)}, got {mode!r}.")
     return mode
-
-
-def perceptual_hashes(images: np.ndarray) -> np.ndarray:
-    """(n, HASH_BITS) bool: the pHash of each (size, size, 3) uint8 row of the image cache."""
-    import imagehash
-    from PIL import Image
-
-    out = np.zeros((len(images), HASH_BITS), dtype=bool)
-    for i, image in enumerate(images):
-        out[i] = imagehash.phash(Image.fromarray(np.asarray(image)), hash_size=HASH_SIZE).hash.ravel()
-    return out
-
-
-def hamming(hashes: np.ndarray, rows: np.ndarray | slice, to: np.ndarray | None = None) -> np.ndarray:
-    """Hamming distances (int) between ``hashes[rows]`` and every row of ``to`` (default: ``hashes``).
-
-    As a product of +-1 vectors (bits - agreements + disagreements = 2 x distance), which BLAS does
-    fast and exactly in float32 at these sizes.
-    """
-    a = hashes[rows].astype(np.float32) * 2 - 1
-    b = (hashes if to is None else to).astype(np.float32) * 2 - 1
-    return np.rint((hashes.shape[1] - a @ b.T) / 2).astype(np.int64)
-
-
-def hash_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(i, j)`` with i < j for every pair of rows within ``threshold`` bits of each other."""
-    found_i, found_j = [], []
-    for start in range(0, len(hashes), _BLOCK):
-        d = hamming(hashes, slice(start, start + _BLOCK))
-        i, j = np.nonzero(d <= threshold)
-        i += start
-        keep = i < j
-        found_i.append(i[keep])
-        found_j.append(j[keep])
-    if not found_i:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(found_i), np.concatenate(found_j)
 
 
 def clusters_from_pairs(n: int, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -109,9 +74,37 @@ def clusters_from_pairs(n: int, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) 
 
 
 def near_clusters(images: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(cluster, hashes)``: cluster id per image (-1 alone) by pHash distance, and the hashes."""
-    hashes = perceptual_hashes(images)
-    return clusters_from_pairs(len(hashes), [hash_pairs(hashes, check_threshold(threshold))]), hashes
+    """``(cluster, hashes)``: cluster id per image (-1 alone) by shift-tolerant pHash distance, and the hashes."""
+    hashes = shift_hashes(images)
+    return clusters_from_pairs(len(hashes), [shift_pairs(hashes, check_threshold(threshold))]), hashes
+
+
+def pairs_file(image_cache: Path, threshold: int) -> Path:
+    """Where the near pairs of the image cache ``image_cache`` (its .npy) at ``threshold`` are stored."""
+    return image_cache.with_name(f"{image_cache.stem}.near{PAIRS_VERSION}-{threshold}.npz")
+
+
+def stored_near_clusters(images: np.ndarray, threshold: int, image_cache: Path) -> np.ndarray:
+    """Cluster id per image, as ``near_clusters``, with the pairs kept beside the image cache.
+
+    Comparing every pair is quadratic (about 1 s for 1,000 images, 2 minutes for 10,000 on two
+    busy cores) and a search prepares the same data in its supervisor, in every worker and in
+    ``bench final``: the pairs of one decoded cache at one threshold are found once. The cache's
+    key already covers the files, the size and the decoder, so the images cannot have changed.
+    """
+    path = pairs_file(image_cache, check_threshold(threshold))
+    try:
+        with np.load(path) as stored:
+            if int(stored["images"]) == len(images):
+                return clusters_from_pairs(len(images), [(stored["i"], stored["j"])])
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+        pass  # not there yet, or unreadable: find the pairs again
+    i, j = shift_pairs(shift_hashes(images), threshold)
+    try:
+        write_atomic(path, lambda f: np.savez(f, images=len(images), i=i, j=j), binary=True)
+    except OSError:
+        pass  # a read-only cache folder still gets the right clusters, only not faster next time
+    return clusters_from_pairs(len(images), [(i, j)])
 
 
 @dataclass(frozen=True)
@@ -129,7 +122,7 @@ class NearMerge:
 
     def describe(self) -> str:
         return (f"--dedupe near: {self.images} images in {self.clusters} near-duplicate clusters (pHash within "
-                f"{self.threshold} of {HASH_BITS} bits) kept on one side of every split; {self.groups_merged} "
+                f"{self.threshold} of {HASH_BITS} bits under small shifts) kept on one side of every split; {self.groups_merged} "
                 f"groups merged")
 
 

@@ -30,7 +30,7 @@ TEST_KINDS = ("fraction", "folder", "column", "file")
 # patients out of the CV pool, "as-published" keeps them (and the report warns). See data/splits.py.
 OFFICIAL_TEST_POLICIES = ("clean", "as-published")
 # --dedupe: which copies share a group before splitting: identical pixels, or also near-copies
-# within DEFAULT_NEAR_THRESHOLD bits of a perceptual hash (see data/near.py for the number).
+# within DEFAULT_NEAR_THRESHOLD bits of a shift-tolerant perceptual hash (data/phash.py measures it).
 DEDUPE_MODES = ("exact", "near")
 DEFAULT_NEAR_THRESHOLD = 32
 RESIZE_MODES = ("squash", "pad", "crop")

@@ -19,13 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.atomic import atomic_path, write_atomic
-from bench.data.near import (
-    HASH_BITS,
-    clusters_from_pairs,
-    hamming,
-    hash_pairs,
-    perceptual_hashes,
-)
+from bench.data.near import clusters_from_pairs
+from bench.data.phash import HASH_BITS, shift_distance, shift_hashes, shift_pairs
 from bench.training.experiment import PreparedData
 
 FEATURE_BACKBONE = "efficientnet_lite0"
@@ -57,7 +52,7 @@ class Audit:
     threshold: int  # pHash bits
     min_cosine: float | None  # None: features not used
     clusters: list[Cluster]  # worst first: conflicting and straddling, then either, then larger
-    distance: np.ndarray  # per image: pHash bits to its cluster's first image (-1 alone)
+    distance: np.ndarray  # per image: pHash bits (closest shifted window) to its cluster's first image (-1 alone)
     cosine: np.ndarray | None  # per image: feature cosine to its cluster's first image
     notes: tuple[str, ...]  # e.g. why features were not used
     seconds: float
@@ -119,8 +114,8 @@ def cosine_pairs(unit: np.ndarray, min_cosine: float, block: int = 512) -> tuple
 def run_audit(data: PreparedData, threshold: int, *, min_cosine: float | None = None) -> Audit:
     """Cluster ``data``'s images by pHash (and, with ``min_cosine``, by Lite0 features) and judge each cluster."""
     t0 = time.perf_counter()
-    hashes = perceptual_hashes(data.images)
-    pairs = [hash_pairs(hashes, threshold)]
+    hashes = shift_hashes(data.images)
+    pairs = [shift_pairs(hashes, threshold)]
     notes: list[str] = []
     unit = None
     if min_cosine is not None:
@@ -142,7 +137,7 @@ def run_audit(data: PreparedData, threshold: int, *, min_cosine: float | None = 
     distance = np.full(len(hashes), -1, dtype=np.int64)
     cosine = np.full(len(hashes), np.nan) if unit is not None else None
     for c in found:
-        distance[c.rows] = hamming(hashes, c.rows[:1], to=hashes[c.rows])[0]
+        distance[c.rows] = shift_distance(hashes, c.rows[:1], to=hashes[c.rows])[0]
         if cosine is not None:
             cosine[c.rows] = unit[c.rows] @ unit[c.rows[0]]
     return Audit(data, threshold, min_cosine, found, distance, cosine, tuple(notes), time.perf_counter() - t0)

@@ -28,7 +28,7 @@ from bench.data.near import (
     check_dedupe,
     check_threshold,
     merge_groups,
-    near_clusters,
+    stored_near_clusters,
 )
 from bench.data.registry import binary_positive, resolve
 from bench.data.sources import build_index
@@ -255,7 +255,7 @@ def prepare_data(
     # The index keeps the patients; only the split (and the bootstrap over its groups) sees the merge.
     split_groups, near = usable.groups, None
     if dedupe == "near":
-        cluster, _ = near_clusters(cached.array[np.flatnonzero(keep)], near_threshold)
+        cluster = stored_near_clusters(cached.array[np.flatnonzero(keep)], near_threshold, cached.path)
         split_groups, near = merge_groups(usable.groups, cluster, near_threshold)
     held_out = dict(seed=seed, official_test=usable.official_test, test_fraction=test_fraction)
     dropped = classes_below(usable.labels, split_groups, hashes, usable.classes, min_class_images,
