@@ -31,7 +31,7 @@ from bench.report.collect import (
 )
 from bench.report.facts import (
     cv_phrase,
-    one_entry,
+    entry_rows,
     params_of,
     run_path,
     test_phrase,
@@ -65,9 +65,7 @@ def model_eval(coll: Collection, dataset: str, row: Any) -> ModelEval | str:
         return "the manifest lists no classes"
     tp = coll.test_predictions
     if not tp.empty:
-        sub = tp[(tp.dataset == dataset) & (tp.study == row.study) & (tp.backbone.astype(str) == row.backbone)]
-        if "trial" in sub:
-            sub = one_entry(sub[sub.trial == row.trial])
+        sub = entry_rows(tp, dataset, row)
         if len(sub):
             y, p = proba_matrix(sub, classes)
             return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "test",

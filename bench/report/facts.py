@@ -136,3 +136,34 @@ def one_entry(rows: pd.DataFrame) -> pd.DataFrame:
         return rows
     keys = entry_keys(rows)
     return rows[keys == keys.iloc[0]]
+
+
+def identity(row: Any) -> dict[str, Any]:
+    """A leaderboard row's identity columns, in the board's order: ``key`` (the display label),
+    ``entry`` (the key `bench final` names its files by), one column per ``--by`` factor, ``backbone``:
+    every report table of entries carries them, so ``df.groupby("weights")`` needs no parsing."""
+    d = row._asdict()
+    names = list(d)
+    if "entry" not in d or "backbone" not in d:
+        return {n: d[n] for n in ("key", "backbone") if n in d}
+    return {n: d[n] for n in names[names.index("key"):names.index("backbone") + 1]}
+
+
+def entry_rows(frame: pd.DataFrame, dataset: str, row: Any) -> pd.DataFrame:
+    """A held-out table's rows of one leaderboard row: its study, trial and backbone, and of its own
+    entry (``row.entry``) when `bench final` refit that trial under several ``--by`` (else the first).
+
+    Matching on the trial, not on a name, is what lets a report by any ``--by`` find a refit made
+    under another; the backbone column is the backbone's name in every file (``RunDir.table``).
+    """
+    if frame.empty:
+        return frame
+    sub = frame[(frame.dataset == dataset) & (frame.study == row.study)
+                & (frame.backbone.astype(str) == str(row.backbone))]
+    if "trial" in sub:
+        sub = sub[sub.trial == row.trial]
+    if sub.empty:
+        return sub
+    keys = entry_keys(sub)
+    mine = sub[keys == str(getattr(row, "entry", None))]
+    return mine if len(mine) else one_entry(sub)

@@ -39,7 +39,8 @@ from bench.report.collect import (
 )
 from bench.report.facts import (
     cv_phrase,
-    one_entry,
+    entry_rows,
+    identity,
     params_of,
     resampled,
     run_path,
@@ -169,7 +170,8 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
     objective = coll.objective(dataset)
     metric, maximize = objective["metric"], objective.get("direction", "maximize") == "maximize"
     trials = trials_of(coll, dataset)
-    cols = ["dataset", "rank", "key", "backbone", "study", "run", "trial"]
+    factors = [n for n in grouping.by if n != "backbone"]
+    cols = ["dataset", "rank", "key", "entry", *factors, "backbone", "study", "run", "trial"]
     if trials.empty:
         return pd.DataFrame(columns=cols)
     done = trials[trials.state == "COMPLETE"].copy()
@@ -180,7 +182,9 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
     rows = []
     for t in done.itertuples(index=False):
         config = {**params_of(t), "backbone": str(t.backbone)}
-        row: dict[str, Any] = {"dataset": dataset, "key": grouping.label(config), "backbone": str(t.backbone),
+        entry = grouping.entry(config)
+        row: dict[str, Any] = {"dataset": dataset, "key": entry.label, "entry": entry.key,
+                               **{n: v for n, v in entry.factors if n != "backbone"}, "backbone": entry.backbone,
                                "study": t.study, "run": t.run, "trial": int(t.trial)}
         for m in dict.fromkeys((metric, *KEY_METRICS)):
             s = by_key.get((t.study, int(t.trial), m))
@@ -224,8 +228,7 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
                            None if grouping.is_default else members[r.key]),
         })
     best = pd.concat([best, pd.DataFrame(extra)], axis=1)
-    order = ["dataset", "rank", "key", "backbone", "study", "run", "trial", "folds", "folds_scored", "cv_images",
-             "objective_value"]
+    order = [*cols, "folds", "folds_scored", "cv_images", "objective_value"]
     order += [c for c in best.columns if c.startswith("cv_") and c not in order]
     order += [c for c in best.columns if c not in order]
     return best[order]
@@ -347,9 +350,7 @@ def _board_resampled(board: pd.DataFrame) -> str:
 
 def held_out_rows(coll: Collection, dataset: str, r: Any) -> pd.DataFrame:
     """The held-out test metrics of one leaderboard row (its study, backbone and trial)."""
-    tm = coll.test_metrics
-    return one_entry(tm[(tm.dataset == dataset) & (tm.study == r.study) & (tm.backbone.astype(str) == r.backbone)
-                        & (tm.trial == r.trial)])
+    return entry_rows(coll.test_metrics, dataset, r)
 
 
 
@@ -365,8 +366,8 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame,
         sub = held_out_rows(coll, dataset, r)
         if sub.empty:
             continue
-        row: dict[str, Any] = {"dataset": dataset, "rank": r.rank, "key": r.key, "backbone": r.backbone,
-                               "study": r.study, "trial": r.trial}
+        row: dict[str, Any] = {"dataset": dataset, "rank": r.rank, **identity(r), "study": r.study,
+                               "trial": r.trial}
         for m in KEY_METRICS:
             x = sub[sub.metric == m]
             row[m] = float(x.value.iloc[0]) if len(x) else math.nan
