@@ -255,3 +255,31 @@ def test_clinical_sections_of_every_combination_reach_the_report(weights_search,
     code, _, err = run_cli(capsys, "report", "--run", run, "--out", tmp_path / "lacking", "--quiet", "--by",
                            "backbone,weights", "--strict")
     assert code != 0 and "No calibration for simple_cnn · none" in err
+
+
+@pytest.mark.slow
+def test_every_table_of_entries_has_a_column_per_factor(weights_search, tmp_path, capsys):
+    """Issue 22 item 8: under --by each CSV names its rows' factors in columns, beside the display key."""
+    code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "r", "--quiet", "--by",
+                           "backbone,weights")
+    assert code == 0, err
+    folder = tmp_path / "r" / "tables"
+    board = pd.read_csv(folder / "leaderboard_pneumonia-demo.csv")
+    weights = dict(zip(board.key, board.weights))
+    assert set(weights.values()) == {"none", "simple_cnn.weights.h5"} and set(board.backbone) == {"simple_cnn"}
+    assert weights == {k: k.split(" · ")[1] for k in board.key}  # the factor column agrees with the label
+    grouped = board.groupby("weights").trial.first()  # what a pandas user does: no parsing of "·"
+    assert len(grouped) == 2
+
+    cross = pd.read_csv(folder / "cross_dataset.csv")
+    assert dict(zip(cross["backbone · weights"], cross.weights)) == weights
+    ttest = pd.read_csv(folder / "ttest_pneumonia-demo.csv")
+    assert [weights[k] for k in ttest.model_a] == list(ttest.weights_a)
+    assert [weights[k] for k in ttest.model_b] == list(ttest.weights_b)
+    per_model = sorted(folder.glob("per_class_*.csv")) + sorted(folder.glob("confusion_*.csv"))
+    assert len(per_model) == 4
+    for path in per_model:
+        frame = pd.read_csv(path)
+        assert frame.weights.nunique() == 1 and weights[frame.key.iloc[0]] == frame.weights.iloc[0], path.name
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "are the top backbone · weights combinations different?" in md  # item 10: not "backbones"

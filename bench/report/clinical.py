@@ -20,8 +20,8 @@ from bench.report import figures as F
 from bench.report.cells import Table, ci, count, f3, slug
 from bench.report.collect import Collection, proba_matrix
 from bench.report.facts import entry_rows, identity
-from bench.results import entry_keys
 from bench.report.figures import Figure, RocMark
+from bench.results import entry_keys
 
 SPLITS = {"cv": "CV (out-of-fold)", "test": "held-out test"}
 SCALINGS = {"none": "as trained", "temperature": "temperature-scaled"}

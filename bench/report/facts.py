@@ -149,6 +149,24 @@ def identity(row: Any) -> dict[str, Any]:
     return {n: d[n] for n in names[names.index("key"):names.index("backbone") + 1]}
 
 
+def with_identity(frame: pd.DataFrame, ident: dict[str, Any]) -> pd.DataFrame:
+    """``frame`` with the identity columns ``ident`` (``identity``) in front, on every row."""
+    return pd.concat([pd.DataFrame(ident, index=frame.index), frame.drop(columns=[c for c in ident if c in frame])],
+                     axis=1) if ident else frame
+
+
+def factor_columns(board: pd.DataFrame) -> list[str]:
+    """The leaderboard's ``--by`` factor columns other than backbone (between ``entry`` and ``backbone``)."""
+    cols = list(board.columns)
+    return cols[cols.index("entry") + 1:cols.index("backbone")] if {"entry", "backbone"} <= set(cols) else []
+
+
+def factors_by_key(board: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each leaderboard row's factor values (backbone first), by its label (``key``)."""
+    names = ["backbone", *factor_columns(board)]
+    return {r["key"]: {n: r[n] for n in names} for _, r in board.iterrows()}
+
+
 def entry_rows(frame: pd.DataFrame, dataset: str, row: Any) -> pd.DataFrame:
     """A held-out table's rows of one leaderboard row: its study, trial and backbone, and of its own
     entry (``row.entry``) when `bench final` refit that trial under several ``--by`` (else the first).

@@ -283,7 +283,7 @@ class Builder:
             if board.empty:
                 self.note(f"No completed trial on {d}: nothing to test.")
                 continue
-            result = S.ttest_table(coll, d, board, stats)
+            result = S.ttest_table(coll, d, board, stats, by=self.by)
             if isinstance(result, str):
                 self.note(result)
             else:
@@ -293,15 +293,13 @@ class Builder:
         if cross is None:
             self.note("No cross-dataset table, so no Friedman test.")
             return
-        table, res, message = S.friedman_table(coll, cross, stats)
+        table, res, message = S.friedman_table(coll, cross, stats, by=self.by)
         if table is None:
             self.note(message)
             return
         self.table(table)
         self.figure(F.cd_figure(stats, res["avg_ranks"], res["n_datasets"], self.figdir, "cd_diagram",
-                                "Critical difference diagram",
-                                "Average rank of each backbone over the datasets (1 = best; Demšar 2006); "
-                                "backbones joined by a thick bar are not significantly different (Nemenyi)."))
+                                "Critical difference diagram", S.cd_caption(self.by)))
 
     def models(self) -> None:
         coll = self.coll

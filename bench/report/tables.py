@@ -40,6 +40,7 @@ from bench.report.collect import (
 from bench.report.facts import (
     cv_phrase,
     entry_rows,
+    factors_by_key,
     identity,
     params_of,
     resampled,
@@ -421,6 +422,11 @@ def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame],
     mean_rank = ranks.mean(axis=1)
     order = sorted(backbones, key=lambda b: (isnan(mean_rank[b]), mean_rank[b], b))
     data = pd.DataFrame({grouping.title: order})
+    # One column per factor beside the label (--by), so the table groups by "weights" without parsing it.
+    factors = {} if grouping.is_default else {n: v for d in datasets for n, v in
+                                              factors_by_key(boards[d]).items()}
+    for name in dict.fromkeys(n for values in factors.values() for n in values):
+        data[name] = [factors.get(b, {}).get(name) for b in order]
     display = pd.DataFrame({grouping.title: order})
     rules = {}
     for d in datasets:
