@@ -36,6 +36,7 @@ from bench.search import devices
 from bench.search.progress import Progress
 from bench.search.pruners import make_pruner
 from bench.search.samplers import make_sampler
+from bench.search.shared import recorded_storage
 from bench.search.space import load_space, resolve_space
 from bench.search.storage import describe_storage, open_storage, redact
 from bench.search.worker import (
@@ -224,7 +225,7 @@ class Supervisor:
     def _write_manifest(self) -> None:
         write_search_manifest(
             self.run, self.o, self.data, self.space, self.space_path, engine="optuna",
-            fields={"study": self.study_name, "storage": describe_storage(self.storage)},
+            fields={"study": self.study_name, "storage": recorded_storage(self.run, self.storage)},
             session={"jobs": self.o.jobs, "sampler": self.o.sampler, "pruner": self.o.pruner,
                      **({"mlflow": redact(self.o.mlflow)} if self.o.mlflow else {})},
         )
