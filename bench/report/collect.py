@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import DataError
+from bench.evaluation.grouping import Entry
 from bench.results import FILES, RunDir, trial_record
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc")
@@ -481,8 +482,9 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
             final = {}
         for key, info in sorted((final.get("backbones") or {}).items()):
             # An entry of `bench final --by ...` is keyed by its combination and names its backbone.
+            entry = Entry.from_final(key, info)
             final_rows.append({"dataset": run.dataset, "study": run.study, "run": run.label,
-                               "backbone": str(info.get("backbone", key)), "entry": key,
+                               "backbone": entry.backbone, "entry": entry.key, "label": entry.label,
                                # what the report must then show for it (its completeness check)
                                "calibrated": "calibration" in info,  # not before `bench final` calibrated
                                "operating_points": len(info.get("operating_points") or []),
