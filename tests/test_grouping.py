@@ -10,7 +10,8 @@ import pytest
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.evaluation.grouping import Grouping, entries, parse_by
+from bench.evaluation.grouping import Entry, Grouping, entries, parse_by
+from bench.results import entry_keys, with_entry_columns
 
 BY = ("backbone", "weights")
 
@@ -31,6 +32,29 @@ def test_labels_and_file_names_of_an_entry():
     assert parse_by(" backbone , weights,backbone") == BY
     with pytest.raises(ValueError, match="must name one or more parameters"):
         parse_by(" , ")
+
+
+def test_one_identity_per_entry_and_files_written_before_it():
+    """Issue 22 items 1 and 8: Entry names a row alike in every file; older files read the same."""
+    entry = Grouping(BY).entry({"backbone": "resnet50", "weights": None, "lr": 0.1})
+    assert entry.columns == {"entry": "resnet50__weights-none", "backbone": "resnet50", "weights": "none"}
+    assert entry.label == "resnet50 · none"
+    assert Entry.from_final(entry.key, {"trial": 3, **entry.record(), "by": list(BY)}) == entry
+    # A --by record of final.json before "factors": derived from its "by" and label; a default one is its backbone.
+    old = {"backbone": "resnet50", "label": "resnet50 · none", "by": list(BY)}
+    assert Entry.from_final("resnet50__weights-none", old) == entry
+    assert Entry.from_final("vgg16", {"trial": 1}).columns == {"entry": "vgg16", "backbone": "vgg16"}
+
+    finals = {"resnet50__weights-none": old, "vgg16": {"trial": 1}}
+    # calibration.csv of that time: the slug in `backbone`; test_metrics.csv: a `key` column.
+    calibration = pd.DataFrame({"backbone": ["resnet50__weights-none", "vgg16"], "value": [0.1, 0.2]})
+    fixed = with_entry_columns(calibration, finals)
+    assert list(fixed.entry) == ["resnet50__weights-none", "vgg16"] and list(fixed.backbone) == ["resnet50", "vgg16"]
+    assert fixed.weights.iloc[0] == "none" and pd.isna(fixed.weights.iloc[1])
+    metrics = pd.DataFrame({"backbone": ["resnet50", "vgg16"], "key": ["resnet50__weights-none", None]})
+    fixed = with_entry_columns(metrics, finals)
+    assert list(fixed.entry) == ["resnet50__weights-none", "vgg16"] and "key" not in fixed
+    assert list(entry_keys(fixed)) == list(fixed.entry)
 
 
 def test_best_trial_per_combination_and_clear_errors():
