@@ -37,8 +37,10 @@ runs from several machines):
     operating_points.csv  one row per backbone x operating point (sens=0.95, ...) x class x split (cv, test):
                        the threshold chosen on CV and the sensitivity and specificity it reaches, with CIs
                        (``bench final --operating-point``)
-                       (both test files: with ``--by`` other than backbone each row also has the
-                       entry's ``key``; ``entry_keys`` reads either)
+                       (every held-out file, external ones too: each row names its ``bench final``
+                       entry by ``entry`` (the key of final.json and of the model's file name),
+                       ``backbone`` (the backbone's name) and one column per ``--by`` factor;
+                       ``RunDir.table`` derives them for files written before)
     test_variants.csv  ``bench final --tta/--ensemble``: test_metrics.csv's columns plus variant
                        (refit+tta, fold-ensemble, fold-ensemble+tta), tta (the TTA set) and, for the
                        objective, vs_refit, vs_refit_low, vs_refit_high (the variant minus the
@@ -113,10 +115,52 @@ EXTERNAL_DIR = "external"
 EXTERNAL_FILES = {"metrics": "test_metrics.csv", "predictions": "test_predictions.csv", "summary": "summary.json"}
 
 
+# The held-out tables: one `bench final` entry's rows each, named by its identity columns.
+ENTRY_TABLES = ("test_metrics", "test_predictions", "calibration", "operating_points", "test_variants",
+                "test_variant_predictions")
+
+
 def entry_keys(frame: pd.DataFrame) -> pd.Series:
-    """The final entry each held-out row belongs to: its ``key`` (grouped by several factors), else its backbone."""
-    backbone = frame["backbone"].astype(str)
-    return frame["key"].where(frame["key"].notna(), backbone).astype(str) if "key" in frame else backbone
+    """The final entry each held-out row belongs to: its ``entry`` column; in files written before it
+    existed, the ``key`` column (``--by`` entries) or else the backbone column."""
+    keys = frame["backbone"].astype(str) if "backbone" in frame else pd.Series("", index=frame.index)
+    for column in ("key", "entry"):
+        if column in frame:
+            keys = frame[column].where(frame[column].notna(), keys).astype(str)
+    return keys
+
+
+def with_entry_columns(frame: pd.DataFrame, finals: dict[str, Any]) -> pd.DataFrame:
+    """Held-out rows with their identity columns as ``Entry.columns`` writes them, from files of any age.
+
+    Before one identity existed, `bench final --by` wrote the entry's slug into the ``backbone``
+    column of some files (calibration, operating points, variants, external sets) and a ``key``
+    column into others: derive ``entry`` and give ``backbone`` back the backbone's name, and the
+    factor columns, from final.json's record of each entry (``finals``: its ``backbones``).
+    """
+    if frame.empty or not ({"backbone", "entry", "key"} & set(frame)):
+        return frame
+    frame = frame.copy()
+    keys = entry_keys(frame)
+    frame["entry"] = keys
+    if "key" in frame:
+        frame = frame.drop(columns="key")
+    backbone = frame["backbone"].astype(str) if "backbone" in frame else keys
+    frame["backbone"] = [str((finals.get(k) or {}).get("backbone", b)) if b == k else b
+                         for k, b in zip(keys, backbone)]
+    for key, info in finals.items():
+        mine = keys == key
+        if not mine.any():
+            continue
+        factors = info.get("factors") or {}
+        if not factors and info.get("by") and info.get("label"):
+            values = str(info["label"]).split(" · ")  # grouping.SEPARATOR: the label of those files' time
+            factors = dict(zip(info["by"], values)) if len(values) == len(info["by"]) else {}
+        for name, value in factors.items():
+            if name not in frame:
+                frame[name] = None
+            frame.loc[mine & frame[name].isna(), name] = str(value)
+    return frame
 
 
 def trial_params(raw: Any) -> dict[str, Any]:
@@ -303,10 +347,12 @@ class RunDir:
                 if self.file(key).exists():
                     self._replace_backbone_rows(key, backbone, pd.DataFrame())
 
-    def write_backbone_table(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
-        """One entry's rows of a held-out table (calibration, operating points); replaces earlier ones."""
+    def write_backbone_table(self, key: str, entry: dict[str, Any], frame: pd.DataFrame) -> None:
+        """One entry's rows of a held-out table (calibration, operating points); replaces earlier ones.
+        ``entry``: the identity columns (``Entry.columns``: ``entry``, ``backbone``, each factor)."""
+        frame = frame.assign(**entry)[[*entry, *(c for c in frame if c not in entry)]]
         with self.lock():
-            self._replace_backbone_rows(key, backbone, frame.assign(backbone=backbone))
+            self._replace_backbone_rows(key, entry["entry"], frame)
 
     def _replace_backbone_rows(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
         path = self.file(key)
@@ -365,7 +411,9 @@ class RunDir:
         for folder in sorted(root.iterdir()) if root.is_dir() else []:
             summary, metrics = folder / EXTERNAL_FILES["summary"], folder / EXTERNAL_FILES["metrics"]
             if summary.is_file() and metrics.is_file():
-                out[folder.name] = (json.loads(summary.read_text()), pd.read_csv(metrics, dtype={"backbone": str}))
+                frame = pd.read_csv(metrics, dtype={"backbone": str, "entry": str})
+                out[folder.name] = (json.loads(summary.read_text()),
+                                    with_entry_columns(frame, self.final().get("backbones") or {}))
         return out
 
     def gradcam_path(self, backbone: str) -> Path:
@@ -422,7 +470,10 @@ class RunDir:
         if not path.exists():
             return pd.DataFrame()
         # Paths, labels and groups stay strings even when a patient id looks like a number or "NA".
-        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str, "class": str})
+        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str, "class": str,
+                                         "backbone": str, "entry": str, "key": str})
+        if key in ENTRY_TABLES:
+            frame = with_entry_columns(frame, self.final().get("backbones") or {})
         if key == "test_metrics" and "unit" not in frame and "n_images" in frame:
             # Written before CIs could resample patients: those resampled images.
             frame["unit"], frame["n_units"] = "images", frame["n_images"]

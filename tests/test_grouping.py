@@ -10,7 +10,8 @@ import pytest
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.evaluation.grouping import Grouping, entries, parse_by
+from bench.evaluation.grouping import Entry, Grouping, entries, parse_by
+from bench.results import entry_keys, with_entry_columns
 
 BY = ("backbone", "weights")
 
@@ -31,6 +32,29 @@ def test_labels_and_file_names_of_an_entry():
     assert parse_by(" backbone , weights,backbone") == BY
     with pytest.raises(ValueError, match="must name one or more parameters"):
         parse_by(" , ")
+
+
+def test_one_identity_per_entry_and_files_written_before_it():
+    """Issue 22 items 1 and 8: Entry names a row alike in every file; older files read the same."""
+    entry = Grouping(BY).entry({"backbone": "resnet50", "weights": None, "lr": 0.1})
+    assert entry.columns == {"entry": "resnet50__weights-none", "backbone": "resnet50", "weights": "none"}
+    assert entry.label == "resnet50 · none"
+    assert Entry.from_final(entry.key, {"trial": 3, **entry.record(), "by": list(BY)}) == entry
+    # A --by record of final.json before "factors": derived from its "by" and label; a default one is its backbone.
+    old = {"backbone": "resnet50", "label": "resnet50 · none", "by": list(BY)}
+    assert Entry.from_final("resnet50__weights-none", old) == entry
+    assert Entry.from_final("vgg16", {"trial": 1}).columns == {"entry": "vgg16", "backbone": "vgg16"}
+
+    finals = {"resnet50__weights-none": old, "vgg16": {"trial": 1}}
+    # calibration.csv of that time: the slug in `backbone`; test_metrics.csv: a `key` column.
+    calibration = pd.DataFrame({"backbone": ["resnet50__weights-none", "vgg16"], "value": [0.1, 0.2]})
+    fixed = with_entry_columns(calibration, finals)
+    assert list(fixed.entry) == ["resnet50__weights-none", "vgg16"] and list(fixed.backbone) == ["resnet50", "vgg16"]
+    assert fixed.weights.iloc[0] == "none" and pd.isna(fixed.weights.iloc[1])
+    metrics = pd.DataFrame({"backbone": ["resnet50", "vgg16"], "key": ["resnet50__weights-none", None]})
+    fixed = with_entry_columns(metrics, finals)
+    assert list(fixed.entry) == ["resnet50__weights-none", "vgg16"] and "key" not in fixed
+    assert list(entry_keys(fixed)) == list(fixed.entry)
 
 
 def test_best_trial_per_combination_and_clear_errors():
@@ -135,7 +159,7 @@ def test_report_and_final_by_backbone_and_weights(weights_search, tmp_path, caps
         assert (weights_search / "models" / f"{slug}.keras").is_file()
         assert (weights_search / "figures" / f"gradcam_{slug}.png").is_file()
     tm = pd.read_csv(weights_search / "test_metrics.csv")
-    assert set(tm.key) == set(slugs) and set(tm.trial) == set(slugs.values())
+    assert set(tm.entry) == set(slugs) and set(tm.trial) == set(slugs.values())
 
     # The report now shows a held-out value on each combination's row.
     code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "tested", "--quiet",
@@ -151,3 +175,135 @@ def test_report_and_final_by_backbone_and_weights(weights_search, tmp_path, caps
     assert code == 0, err
     card = json.loads((tmp_path / "export" / "m.card.json").read_text())
     assert card["model"]["backbone"] == "simple_cnn" and card["evaluation"]["test"]["metrics"]
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    """A copy of a run directory that the shared fixture's other tests never see."""
+    import shutil
+
+    shutil.copytree(run, to)
+    return to
+
+
+def _external_set(run: Path, folder: Path, per_class: int = 6) -> Path:
+    """A folder of the run's own images in class folders: enough for `bench evaluate` to score."""
+    import shutil
+
+    root = Path(json.loads((run / "manifest.json").read_text())["dataset"]["root"])
+    for label in ("NORMAL", "PNEUMONIA"):
+        (folder / label).mkdir(parents=True)
+        for src in sorted((root / label).iterdir())[:per_class]:
+            shutil.copy(src, folder / label / src.name)
+    return folder
+
+
+@pytest.mark.slow
+def test_clinical_sections_of_every_combination_reach_the_report(weights_search, tmp_path, capsys):
+    """Issue 22 item 1: one identity per entry, written and read alike, so `--by` keeps every section."""
+    run = _copy_run(weights_search, tmp_path / "run")
+    code, _, err = run_cli(capsys, "final", "--run", run, "--by", "backbone,weights", "--operating-point",
+                           "sens=0.9", "--tta", "flip", "--boot", "50")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "evaluate", "--run", run, "--dataset", _external_set(run, tmp_path / "ext"),
+                           "--boot", "50")
+    assert code == 0, err
+    final = json.loads((run / "final.json").read_text())["backbones"]
+    labels = {key: info["label"] for key, info in final.items()}
+    assert len(labels) == 2
+
+    # Every held-out file names the entry alike: its key, the backbone's name and one column per factor.
+    tables = {name: pd.read_csv(run / f"{name}.csv") for name in
+              ("test_metrics", "test_predictions", "calibration", "operating_points", "test_variants")}
+    tables["external"] = pd.read_csv(run / "external" / "ext" / "test_metrics.csv")
+    for name, frame in tables.items():
+        assert set(frame.entry) == set(final), name
+        assert set(frame.backbone) == {"simple_cnn"}, name
+        assert set(frame.weights) == {"none", "simple_cnn.weights.h5"}, name
+        for key, info in final.items():  # pandas groups by a factor without parsing the label
+            assert set(frame[frame.entry == key].weights) == {info["factors"]["weights"]}, name
+
+    out = tmp_path / "report"
+    code, _, err = run_cli(capsys, "report", "--run", run, "--out", out, "--quiet", "--by", "backbone,weights",
+                           "--strict")
+    assert code == 0, err
+    md = (out / "index.md").read_text()
+    assert "No calibration" not in md
+    board = pd.read_csv(out / "tables" / "leaderboard_pneumonia-demo.csv")
+    assert set(board.entry) == set(final) and set(board.weights) == {"none", "simple_cnn.weights.h5"}
+    variants = pd.read_csv(out / "tables" / "variants_pneumonia-demo.csv")
+    assert set(variants.entry) == set(final) and set(variants.variant) == {"refit", "refit+tta"}
+    for key, label in labels.items():
+        name = label.replace(" · ", "-")
+        assert f"{label}: calibration" in md and f"{label}: operating points" in md
+        assert f"pneumonia-demo: {label}: CV -> held-out -> external" in md
+        # The report's numbers are the run directory's.
+        calib = pd.read_csv(out / "tables" / f"calibration_pneumonia-demo_{name}.csv")
+        mine = tables["calibration"][tables["calibration"].entry == key]
+        test_ece = mine[(mine.split == "test") & (mine.scaling == "none") & (mine.metric == "ece")].value.iloc[0]
+        shown = calib[(calib.split == "test") & (calib.scaling == "none")]
+        assert shown.ece.iloc[0] == pytest.approx(test_ece) and set(calib.entry) == {key}
+        ops = pd.read_csv(out / "tables" / f"operating_points_pneumonia-demo_{name}.csv")
+        mine = tables["operating_points"][tables["operating_points"].entry == key].set_index("split")
+        assert ops.threshold.iloc[0] == pytest.approx(mine.loc["test", "threshold"])
+        assert ops.test_sensitivity.iloc[0] == pytest.approx(mine.loc["test", "sensitivity"])
+        tta = variants[(variants.entry == key) & (variants.variant == "refit+tta")]
+        mine = tables["test_variants"][(tables["test_variants"].entry == key)
+                                       & (tables["test_variants"].metric == "balanced_accuracy")]
+        assert tta.balanced_accuracy.iloc[0] == pytest.approx(mine.value.iloc[0])
+        ext = pd.read_csv(out / "tables" / f"external_pneumonia-demo_{key}.csv").set_index("metric")
+        mine = tables["external"][(tables["external"].entry == key)].set_index("metric")
+        assert ext.loc["balanced_accuracy", "ext_ext"] == pytest.approx(mine.loc["balanced_accuracy", "value"])
+
+    # A run directory written before the identity (the slug in `backbone`, a `key` column, no `entry`
+    # or factor columns) reads the same.
+    for name in ("calibration", "operating_points", "test_variants"):
+        frame = tables[name].drop(columns=["weights"])
+        frame["backbone"] = frame.pop("entry")
+        frame.to_csv(run / f"{name}.csv", index=False)
+    for name in ("test_metrics", "test_predictions"):
+        tables[name].drop(columns=["weights"]).rename(columns={"entry": "key"}).to_csv(run / f"{name}.csv",
+                                                                                     index=False)
+    for info in final.values():
+        del info["factors"]
+    (run / "final.json").write_text(json.dumps({"backbones": final}))
+    code, _, err = run_cli(capsys, "report", "--run", run, "--out", tmp_path / "old", "--quiet", "--by",
+                           "backbone,weights", "--strict")
+    assert code == 0, err
+    old = (tmp_path / "old" / "index.md").read_text()
+    for label in labels.values():
+        assert f"{label}: calibration" in old and f"{label}: operating points" in old
+    assert "refit+tta" in old
+
+    # What `bench final` recorded but the tables lack is a problem `--strict` names, under any --by.
+    pd.read_csv(run / "calibration.csv").iloc[:0].to_csv(run / "calibration.csv", index=False)
+    code, _, err = run_cli(capsys, "report", "--run", run, "--out", tmp_path / "lacking", "--quiet", "--by",
+                           "backbone,weights", "--strict")
+    assert code != 0 and "No calibration for simple_cnn · none" in err
+
+
+@pytest.mark.slow
+def test_every_table_of_entries_has_a_column_per_factor(weights_search, tmp_path, capsys):
+    """Issue 22 item 8: under --by each CSV names its rows' factors in columns, beside the display key."""
+    code, _, err = run_cli(capsys, "report", "--run", weights_search, "--out", tmp_path / "r", "--quiet", "--by",
+                           "backbone,weights")
+    assert code == 0, err
+    folder = tmp_path / "r" / "tables"
+    board = pd.read_csv(folder / "leaderboard_pneumonia-demo.csv")
+    weights = dict(zip(board.key, board.weights))
+    assert set(weights.values()) == {"none", "simple_cnn.weights.h5"} and set(board.backbone) == {"simple_cnn"}
+    assert weights == {k: k.split(" · ")[1] for k in board.key}  # the factor column agrees with the label
+    grouped = board.groupby("weights").trial.first()  # what a pandas user does: no parsing of "·"
+    assert len(grouped) == 2
+
+    cross = pd.read_csv(folder / "cross_dataset.csv")
+    assert dict(zip(cross["backbone · weights"], cross.weights)) == weights
+    ttest = pd.read_csv(folder / "ttest_pneumonia-demo.csv")
+    assert [weights[k] for k in ttest.model_a] == list(ttest.weights_a)
+    assert [weights[k] for k in ttest.model_b] == list(ttest.weights_b)
+    per_model = sorted(folder.glob("per_class_*.csv")) + sorted(folder.glob("confusion_*.csv"))
+    assert len(per_model) == 4
+    for path in per_model:
+        frame = pd.read_csv(path)
+        assert frame.weights.nunique() == 1 and weights[frame.key.iloc[0]] == frame.weights.iloc[0], path.name
+    md = (tmp_path / "r" / "index.md").read_text()
+    assert "are the top backbone · weights combinations different?" in md  # item 10: not "backbones"

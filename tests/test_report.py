@@ -502,6 +502,16 @@ def test_each_dataset_ranks_by_the_direction_of_its_own_objective(tmp_path):
     assert table is not None, message
     assert table.data.set_index("backbone").mean_rank.to_dict() == pytest.approx(mean_rank)
 
+    # By combinations (--by backbone,lr): their own word and one column per factor, not "backbones".
+    by = ("backbone", "lr")
+    cross = T.cross_dataset(coll, {d: T.leaderboard(coll, d, by) for d in coll.datasets}, by)
+    table, _, message = significance.friedman_table(coll, cross, stats, by=by)
+    assert table is not None, message
+    assert "backbone · lr combinations" in table.caption and "backbones" not in table.caption
+    labels = table.data["backbone · lr"]
+    assert list(table.data.backbone) == [k.split(" · ")[0] for k in labels]
+    assert [str(x) for x in table.data.lr] == [k.split(" · ")[1] for k in labels]
+
 
 def drop_trials_cv(run: Path) -> None:
     """Keep trial 1 only, renumbered 0, as `bench cv` writes it."""

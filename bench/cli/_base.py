@@ -8,7 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench.cli.argtypes import at_least, factors, fraction, positive_int, whole
+from bench.cli.argtypes import (
+    at_least,
+    factors,
+    fraction,
+    operating_point,
+    positive_int,
+    whole,
+)
 from bench.data.spec import DEDUPE_MODES, DEFAULT_NEAR_THRESHOLD, OFFICIAL_TEST_POLICIES
 from bench.errors import ConfigError
 
@@ -156,6 +163,23 @@ def add_by(parser: argparse.ArgumentParser, help: str) -> None:
 
     parser.add_argument("--by", type=factors, default=DEFAULT_BY, metavar="PARAM[,PARAM...]", help=help)
 
+
+
+def add_held_out_options(parser: argparse.ArgumentParser, title: str) -> None:
+    """``--operating-point``, ``--tta`` and ``--ensemble``: what a held-out evaluation scores beside each
+    refit, for ``bench final`` and for the one at the end of ``bench run`` alike."""
+    from bench.evaluation.variants import ENSEMBLES, TTA_SETS
+
+    v = parser.add_argument_group(title)
+    v.add_argument("--operating-point", type=operating_point, action="append", default=[], metavar="sens=X|spec=X",
+                   help="a threshold reaching this sensitivity or specificity, chosen on the out-of-fold CV "
+                        "predictions and applied unchanged to the test set (repeatable; multiclass: one per "
+                        "class, one-vs-rest)")
+    v.add_argument("--tta", default="none", choices=list(TTA_SETS),
+                   help="test-time augmentation: flip = identity + horizontal flip; flip-hv adds the vertical "
+                        "and both flips (images without an up)")
+    v.add_argument("--ensemble", default="none", choices=list(ENSEMBLES),
+                   help="folds: also train the best trial on every CV fold as CV did and average the fold models")
 
 
 def add_no_verify(parser: argparse.ArgumentParser) -> None:

@@ -10,14 +10,14 @@ from bench.cli._base import (
     Command,
     add_by,
     add_explain_method,
+    add_held_out_options,
     add_mlflow,
     explanation_methods,
     mlflow_uri,
     quiet_frameworks,
     stdout_console,
 )
-from bench.cli.argtypes import at_least, operating_point, positive_int
-from bench.evaluation.variants import ENSEMBLES, TTA_SETS
+from bench.cli.argtypes import at_least, positive_int
 
 
 class FinalCommand(Command):
@@ -36,17 +36,7 @@ class FinalCommand(Command):
         parser.add_argument("--registry", type=Path, help="another datasets.toml")
         parser.add_argument("--storage", help="the study's storage when several machines shared it (default: the "
                                               "one the manifest records; password from BENCH_STORAGE_PASSWORD)")
-        parser.add_argument("--operating-point", type=operating_point, action="append", default=[],
-                            metavar="sens=X|spec=X",
-                            help="a threshold reaching this sensitivity or specificity, chosen on the out-of-fold "
-                                 "CV predictions and applied unchanged to the test set (repeatable; multiclass: "
-                                 "one per class, one-vs-rest)")
-        v = parser.add_argument_group("variants scored beside the refit")
-        v.add_argument("--tta", default="none", choices=list(TTA_SETS),
-                       help="test-time augmentation: flip = identity + horizontal flip; flip-hv adds the vertical "
-                            "and both flips (images without an up)")
-        v.add_argument("--ensemble", default="none", choices=list(ENSEMBLES),
-                       help="folds: also train the best trial on every CV fold as CV did and average the fold models")
+        add_held_out_options(parser, "operating points and variants scored beside the refit")
         add_mlflow(parser, "each refitted model's held-out metrics, model card and model file (MLflow run "
                             "final/<backbone> in the study's experiment)")
 

@@ -13,6 +13,7 @@ from bench import __version__, paths
 from bench.cli._base import (
     Command,
     add_data_arguments,
+    add_held_out_options,
     add_mlflow,
     check_run_place,
     data_settings,
@@ -226,6 +227,16 @@ def print_cv_tables(console: Any, scores: list, summary_table: Any, data: Any, c
 
 
 
+def _variant_plan(args: argparse.Namespace) -> Any:
+    from bench.evaluation.variants import VariantPlan
+
+    if args.no_final and (args.operating_point or args.tta != "none" or args.ensemble != "none"):
+        raise ConfigError("--operating-point, --tta and --ensemble set up the held-out evaluation at the end of the "
+                          "search, which --no-final skips: drop them, or --no-final (or pass them to `bench final` "
+                          "later).")
+    return VariantPlan(tta=args.tta, ensemble=args.ensemble)
+
+
 class RunCommand(Command):
     name = "run"
     help = "Search configurations with Optuna, every trial scored by k-fold cross-validation."
@@ -254,6 +265,7 @@ class RunCommand(Command):
         g.add_argument("--heartbeat", type=positive_int, default=30, help="seconds between a worker's heartbeats")
         g.add_argument("--no-final", action="store_true",
                        help="skip the held-out evaluation when the search ends (run `bench final` later)")
+        add_held_out_options(parser, "the held-out evaluation when the search ends (as bench final's)")
         add_mlflow(g, "each trial (an MLflow run in the experiment named after the study) and the held-out "
                        "evaluation that follows the search")
         out = parser.add_argument_group("output")
@@ -268,6 +280,7 @@ class RunCommand(Command):
             sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,
             trial_timeout=args.trial_timeout, max_failures=args.max_failures, heartbeat=args.heartbeat,
             grace=max(3 * args.heartbeat, 10), precision=args.precision, final=not args.no_final,
+            operating_points=tuple(args.operating_point), variants=_variant_plan(args),
         )
         from bench.search.storage import redact_command
 

@@ -142,8 +142,10 @@ def operating_summary(run: RunDir, backbone: str) -> list[dict[str, Any]]:
     table = run.table("operating_points")
     if table.empty:
         return []
-    rows = table[table.backbone == backbone].drop(columns=["backbone"])
-    return rows.to_dict(orient="records")
+    # The entry's identity columns (its key, backbone and factors) say nothing the card does not.
+    factors = ((run.final().get("backbones") or {}).get(backbone) or {}).get("factors") or {}
+    rows = table[entry_keys(table) == backbone]
+    return rows.drop(columns=[c for c in ("entry", "backbone", *factors) if c in rows]).to_dict(orient="records")
 
 
 def resampled(test: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench import metrics as M
 from bench.errors import DataError
+from bench.evaluation.grouping import Entry
 from bench.metrics.calibration import calibration_table
 from bench.metrics.operating import (
     OperatingPoint,
@@ -52,18 +53,18 @@ def require_oof(run: RunDir, trials: dict[str, int], points: Sequence[OperatingP
                         f"Run `bench final` without --operating-point, or re-run the search.")
 
 
-def evaluate_clinical(run: RunDir, backbone: str, trial: int, classes: Sequence[str], positive: int | None,
+def evaluate_clinical(run: RunDir, entry: Entry, trial: int, classes: Sequence[str], positive: int | None,
                       y_test: np.ndarray, proba_test: np.ndarray, groups_test: np.ndarray, *, unit: str,
                       points: Sequence[OperatingPoint] = (), n_boot: int = 1000, seed: int = 0,
                       say: Callable[[str], Any] = lambda text: None) -> dict[str, Any]:
-    """Write ``backbone``'s calibration and operating-point rows; return what final.json keeps of them."""
+    """Write ``entry``'s calibration and operating-point rows; return what final.json keeps of them."""
     oof = oof_arrays(run, trial, classes)
     y_oof, p_oof, g_oof = oof if oof is not None else (None, None, None)
     grouped = unit != "images"  # without patient ids the CIs resample images
     temperature, calib = calibration_table(
         y_oof, p_oof, y_test, proba_test, groups_oof=g_oof if grouped else None,
         groups_test=groups_test if grouped else None, unit=unit, n_boot=n_boot, seed=seed, positive=positive)
-    run.write_backbone_table("calibration", backbone, calib.assign(trial=trial))
+    run.write_backbone_table("calibration", entry.columns, calib.assign(trial=trial))
     say(_calibration_line(calib, temperature, 0 if y_oof is None else len(y_oof)))
     info: dict[str, Any] = {"calibration": {
         "temperature": temperature, "ece_bins": M.ECE_BINS, "n_fitted_on": 0 if y_oof is None else int(len(y_oof)),
@@ -76,12 +77,12 @@ def evaluate_clinical(run: RunDir, backbone: str, trial: int, classes: Sequence[
                                    n_boot=n_boot, seed=seed),
             apply_operating_points(thresholds, y_test, proba_test, groups_test if grouped else None, unit=unit,
                                    split="test", n_boot=n_boot, seed=seed)], ignore_index=True)
-        run.write_backbone_table("operating_points", backbone, rates.assign(trial=trial))
+        run.write_backbone_table("operating_points", entry.columns, rates.assign(trial=trial))
         for line in _operating_lines(rates):
             say(line)
         info["operating_points"] = [t.to_dict() for t in thresholds]
     elif run.file("operating_points").exists():  # thresholds of an earlier refit do not belong to this model
-        run.write_backbone_table("operating_points", backbone, pd.DataFrame(columns=["backbone"]))
+        run.write_backbone_table("operating_points", entry.columns, pd.DataFrame(columns=["entry"]))
     return info
 
 

@@ -29,6 +29,7 @@ from bench.data.index import DatasetIndex
 from bench.data.registry import resolve
 from bench.data.sources import build_index
 from bench.errors import DataError
+from bench.evaluation.grouping import Entry
 from bench.results import RunDir
 
 SPLIT = "external"
@@ -140,7 +141,8 @@ def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = 
     prediction_frames: list[pd.DataFrame] = []
     confusions: dict[str, pd.DataFrame] = {}
     by_size: dict[int, _Decoded] = {}
-    for backbone, info in final.items():
+    for key, info in final.items():
+        entry = Entry.from_final(key, info)  # the identity `bench final` gave it, in every row below
         size = int(info.get("size") or (manifest.get("data") or {}).get("size"))
         if size not in by_size:
             run_data = prepare_data_from_manifest(manifest, size=size, registry=registry)
@@ -153,27 +155,27 @@ def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = 
             raise DataError(f"--dataset {dataset}: no image left to score (all unreadable or shared with the run).")
         y = to_run[index.labels[rows]]
         groups = np.array([index.groups[i] if has_groups else hashes[i] for i in rows])
-        model = load_model(run.model_path(backbone))
+        model = load_model(run.model_path(entry.key))
         proba = np.asarray(model.predict(images, batch_size=64, verbose=0), dtype="float64")
         trial = int(info["trial"])
         cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=int((info.get("config") or {}).get("seed", 0)),
                               positive=positive, groups=groups, unit="patients" if has_groups else "images")
-        metric_rows += [{"backbone": backbone, "trial": trial, "split": SPLIT, "metric": name, "value": ci.value,
+        metric_rows += [{**entry.columns, "trial": trial, "split": SPLIT, "metric": name, "value": ci.value,
                          "low": ci.low, "high": ci.high, "n_images": len(rows), "n_boot": ci.n_boot,
                          "unit": ci.unit, "n_units": ci.n_units} for name, ci in cis.items()]
-        frame = pd.DataFrame({"backbone": backbone, "trial": trial, "path": [index.paths[i] for i in rows],
+        frame = pd.DataFrame({**entry.columns, "trial": trial, "path": [index.paths[i] for i in rows],
                               "group": [index.groups[i] for i in rows], "truth": [run_classes[t] for t in y],
                               "target": y})
         for c, name in enumerate(run_classes):
             frame[f"p_{name}"] = proba[:, c]
         prediction_frames.append(frame)
         cm = M.confusion(y, proba, len(run_classes))
-        confusions[backbone] = pd.DataFrame(cm, index=[f"true {c}" for c in run_classes],
+        confusions[entry.key] = pd.DataFrame(cm, index=[f"true {c}" for c in run_classes],
                                             columns=[f"predicted {c}" for c in run_classes])
         objective = (manifest.get("objective") or {}).get("metric", "balanced_accuracy")
         ci = cis.get(objective)
         if ci is not None:
-            say(f"{backbone}: external {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {len(rows)} "
+            say(f"{entry.label}: external {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}, {len(rows)} "
                 f"images, {M.bootstrap_phrase(ci.n_units, ci.unit, len(rows))})")
 
     first = next(iter(by_size.values()))

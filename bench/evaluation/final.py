@@ -102,11 +102,10 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
     results: dict[str, Any] = {}
     for key, trial in chosen.items():
         config = TrainConfig(**configs[trial])
-        backbone = config.backbone
-        # By backbone (the default) the key is the backbone and the files are as they always were;
-        # by several factors each row also names its entry, so two of one backbone stay apart.
-        entry = {} if grouping.is_default else {"key": key}
-        shown = backbone if grouping.is_default else grouping.label(configs[trial])
+        # One identity for the entry in every file written below (and by the variants and external
+        # sets later): its key names files and the `entry` column, `backbone` stays the backbone's name.
+        entry = grouping.entry(configs[trial])
+        shown = entry.label
         data = prepare_data_from_manifest(manifest, size=config.size, registry=registry)
         # The CV pool, not "everything but the test set": images excluded for sharing a patient
         # with the test set must not reach the refit either.
@@ -133,14 +132,14 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
 
         cis = score(proba)
         n_test = int(test.sum())
-        metric_rows = [{"backbone": backbone, **entry, "trial": trial, "split": "test", "metric": name,
+        metric_rows = [{**entry.columns, "trial": trial, "split": "test", "metric": name,
                         "value": ci.value, "low": ci.low, "high": ci.high, "n_images": n_test, "n_boot": ci.n_boot,
                         "unit": ci.unit, "n_units": ci.n_units}
                        for name, ci in cis.items()]
         rows = np.flatnonzero(test)
         idx = data.index
         predictions = pd.DataFrame({
-            "backbone": backbone, **entry, "trial": trial, "path": [idx.paths[i] for i in rows],
+            **entry.columns, "trial": trial, "path": [idx.paths[i] for i in rows],
             "group": [idx.groups[i] for i in rows], "truth": [idx.classes[idx.labels[i]] for i in rows],
             "target": idx.labels[rows],
         })
@@ -154,11 +153,12 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
                 "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
                 "config": config.to_dict(), "history": history, "classes": list(idx.classes),
                 "size": config.size, "preprocessing": "uint8 RGB resized by bench's cache (" + data.resize + ")"}
-        info.update(evaluate_clinical(run, key, trial, idx.classes, data.positive, y, proba,
+        info.update(entry.record())
+        info.update(evaluate_clinical(run, entry, trial, idx.classes, data.positive, y, proba,
                                       data.splits.groups[test], unit=unit, points=operating_points,
                                       n_boot=n_boot, seed=config.seed, say=say))
-        if not grouping.is_default:
-            info.update(backbone=backbone, label=shown, by=list(grouping.by))
+        if not grouping.is_default:  # a refit of the search's own entries has no "by" (see _final_is_current)
+            info["by"] = list(grouping.by)
         run.write_final_backbone(key, info, metric_rows, predictions)
         _draw_explanation(run, key, {idx.paths[i]: data.images[i] for i in rows}, say, explain)
         ci = cis.get(objective)
@@ -168,7 +168,7 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         results[key] = {"trial": trial, "metrics": {k: v.value for k, v in cis.items()}}
         if variants is not None and variants.any:  # TTA and fold ensembles beside the refit (bench.evaluation.variants)
             results[key]["variants"] = record_variants(
-                variants, run=run, backbone=key, refit_predictions=predictions, data=data, config=config,
+                variants, run=run, entry=entry, refit_predictions=predictions, data=data, config=config,
                 trial=trial, test=test, refit_predict=trainer.predict_images, refit_proba=proba, score=score,
                 objective=objective, n_boot=n_boot, say=say)
     return results

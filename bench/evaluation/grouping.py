@@ -6,6 +6,11 @@ per combination ("ResNet50 from scratch vs ResNet50 ImageNet"), each the best tr
 An entry has a label for people ("resnet50 · imagenet") and a file-safe slug for its model and
 figure files ("resnet50__weights-imagenet"); a weights *file* shows as its file name.
 
+``Entry`` is that identity, one object for every writer and reader: ``key`` (the slug: file names,
+final.json's keys and the ``entry`` column of every held-out CSV), ``label`` (display), ``backbone``
+(the backbone's name, always the ``backbone`` column) and ``factors`` (one column per ``--by``
+parameter, so ``df.groupby("weights")`` needs no parsing of the label).
+
 This module knows configurations (plain dicts) only: both the report and ``bench final`` use it.
 """
 
@@ -49,6 +54,38 @@ def _file_safe(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One leaderboard entry (a refit of ``bench final``): what every file and table names it by."""
+
+    key: str
+    label: str
+    backbone: str
+    factors: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """The identity columns every held-out row carries: ``entry``, ``backbone`` and each factor."""
+        return {"entry": self.key, "backbone": self.backbone, **dict(self.factors)}
+
+    def record(self) -> dict[str, Any]:
+        """What final.json keeps of the identity (``from_final`` reads it back)."""
+        return {"backbone": self.backbone, "label": self.label, "factors": dict(self.factors)}
+
+    @classmethod
+    def from_final(cls, key: str, info: Mapping[str, Any]) -> Entry:
+        """The entry of a final.json record; records written before ``factors`` existed derive them from
+        their ``by`` and label (a ``--by`` entry) or are their backbone's (the default)."""
+        backbone = str(info.get("backbone") or key)
+        label = str(info.get("label") or backbone)
+        factors = info.get("factors")
+        if not factors:
+            by = list(info.get("by") or DEFAULT_BY)
+            values = label.split(SEPARATOR) if len(by) > 1 else [backbone if by == ["backbone"] else label]
+            factors = dict(zip(by, values)) if len(values) == len(by) else {"backbone": backbone}
+        return cls(key, label, backbone, tuple((str(k), str(v)) for k, v in factors.items()))
+
+
+@dataclass(frozen=True)
 class Grouping:
     """How trials are grouped into entries (rows of a table, refits of ``bench final``)."""
 
@@ -80,6 +117,11 @@ class Grouping:
             return str(config.get("backbone"))
         return "__".join(_file_safe(v) if n == "backbone" else f"{n}-{_file_safe(v)}"
                          for n, v in zip(self.by, self.values(config)))
+
+    def entry(self, config: Mapping[str, Any]) -> Entry:
+        """The identity of the entry ``config`` (a trial's configuration) belongs to."""
+        return Entry(self.slug(config), self.label(config), str(config.get("backbone")),
+                     tuple(zip(self.by, self.values(config))))
 
     def check(self, available: Iterable[str], where: str) -> None:
         """Every name must be a parameter of the trials' configurations; the error lists those there are."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # `bench --help` reads this module's constants: keep numpy, p
     import numpy as np
     import pandas as pd
 
+    from bench.evaluation.grouping import Entry
     from bench.metrics import CI
     from bench.results import RunDir
 
@@ -162,7 +163,7 @@ def ensemble_proba(members: Sequence[Any], images: np.ndarray, batch_size: int =
                     for m in members], axis=0)
 
 
-def score_variants(plan: VariantPlan, *, data: Any, config: Any, run: RunDir, backbone: str, trial: int,
+def score_variants(plan: VariantPlan, *, data: Any, config: Any, run: RunDir, entry: Entry, trial: int,
                    test: np.ndarray, refit_predict: Callable[[np.ndarray], np.ndarray], refit_proba: np.ndarray,
                    score: Callable[[np.ndarray], dict[str, CI]], objective: str, n_boot: int,
                    say: Callable[..., None]) -> list[Scored]:
@@ -181,9 +182,9 @@ def score_variants(plan: VariantPlan, *, data: Any, config: Any, run: RunDir, ba
         made.append((variant_name(REFIT, plan.tta), {"members": 1}, tta_proba(refit_predict, images, plan.tta),
                      time.perf_counter() - t0))
     if plan.ensemble == "folds":
-        say(f"{backbone}: training the {data.splits.folds} fold models of trial {trial} for the fold ensemble")
+        say(f"{entry.label}: training the {data.splits.folds} fold models of trial {trial} for the fold ensemble")
         t0 = time.perf_counter()
-        paths = train_fold_members(data, config, run, backbone, objective, say)
+        paths = train_fold_members(data, config, run, entry.key, objective, say)
         members = load_members(paths)
         facts = {"members": len(paths), "member_models": [str(p.relative_to(run.path)) for p in paths]}
         made.append((FOLD_ENSEMBLE, facts, ensemble_proba(members, images), time.perf_counter() - t0))
@@ -198,10 +199,10 @@ def score_variants(plan: VariantPlan, *, data: Any, config: Any, run: RunDir, ba
         diffs = paired_rows(y, proba, refit_proba, (objective,), positive=data.positive, groups=groups, unit=unit,
                             n_boot=n_boot, seed=config.seed)
         tta = plan.tta if name.endswith("+tta") else "none"
-        entry = {"variant": name, "tta": tta, "tta_transforms": list(TTA_SETS[tta]), **facts,
-                 "seconds": round(seconds, 1), "n_test": int(test.sum()),
-                 "metrics": {k: v.value for k, v in cis.items()}}
-        rows = [{"backbone": backbone, "trial": trial, "variant": name, "tta": tta, "split": "test", "metric": m,
+        record = {"variant": name, "tta": tta, "tta_transforms": list(TTA_SETS[tta]), **facts,
+                  "seconds": round(seconds, 1), "n_test": int(test.sum()),
+                  "metrics": {k: v.value for k, v in cis.items()}}
+        rows = [{**entry.columns, "trial": trial, "variant": name, "tta": tta, "split": "test", "metric": m,
                  "value": ci.value, "low": ci.low, "high": ci.high, "n_images": ci.n, "n_boot": ci.n_boot,
                  "unit": ci.unit, "n_units": ci.n_units, **diffs.get(m, {})}
                 for m, ci in cis.items()]
@@ -211,17 +212,17 @@ def score_variants(plan: VariantPlan, *, data: Any, config: Any, run: RunDir, ba
             say(f"  {name}: held-out {objective} {ci.value:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}); "
                 f"vs refit {d.get('vs_refit', float('nan')):+.3f} ({d.get('vs_refit_low', float('nan')):+.3f} to "
                 f"{d.get('vs_refit_high', float('nan')):+.3f}, paired)")
-        out.append(Scored(entry, rows, proba))
+        out.append(Scored(record, rows, proba))
     return out
 
 
-def record_variants(plan: VariantPlan, *, run: RunDir, backbone: str, refit_predictions: pd.DataFrame,
+def record_variants(plan: VariantPlan, *, run: RunDir, entry: Entry, refit_predictions: pd.DataFrame,
                     **kw: Any) -> dict[str, dict[str, float]]:
     """``score_variants``, written to the run directory; ``refit_predictions`` are the refit's
     test_predictions.csv rows, whose columns the variants' rows repeat."""
-    scored = score_variants(plan, run=run, backbone=backbone, **kw)
+    scored = score_variants(plan, run=run, entry=entry, **kw)
     base = refit_predictions[[c for c in refit_predictions if not c.startswith("p_")]]
-    run.write_final_variants(backbone, [s.entry for s in scored], [r for s in scored for r in s.metrics],
+    run.write_final_variants(entry.key, [s.entry for s in scored], [r for s in scored for r in s.metrics],
                              predictions_frame(base, scored, kw["data"].index.classes))
     return {s.entry["variant"]: s.entry["metrics"] for s in scored}
 
@@ -233,7 +234,8 @@ def predictions_frame(base: pd.DataFrame, scored: Sequence[Scored], classes: Seq
     frames = []
     for s in scored:
         frame = base.copy()
-        frame.insert(2, "variant", s.entry["variant"])
+        frame.insert(list(frame.columns).index("trial") + 1 if "trial" in frame else 0, "variant",
+                     s.entry["variant"])
         for c, name in enumerate(classes):
             frame[f"p_{name}"] = s.proba[:, c]
         frames.append(frame)

@@ -19,18 +19,17 @@ from bench.metrics.calibration import apply_temperature, reliability
 from bench.report import figures as F
 from bench.report.cells import Table, ci, count, f3, slug
 from bench.report.collect import Collection, proba_matrix
+from bench.report.facts import entry_rows, identity
 from bench.report.figures import Figure, RocMark
+from bench.results import entry_keys
 
 SPLITS = {"cv": "CV (out-of-fold)", "test": "held-out test"}
 SCALINGS = {"none": "as trained", "temperature": "temperature-scaled"}
 
 
 def _of(frame: pd.DataFrame, dataset: str, row: Any) -> pd.DataFrame:
-    """``row``'s records (its study, backbone and trial) in a held-out table."""
-    if frame.empty:
-        return frame
-    sub = frame[(frame.dataset == dataset) & (frame.study == row.study) & (frame.backbone.astype(str) == row.key)]
-    return sub[sub.trial == row.trial] if "trial" in sub else sub
+    """``row``'s records (its study, backbone, trial and entry) in a held-out table."""
+    return entry_rows(frame, dataset, row)
 
 
 def temperature(coll: Collection, dataset: str, row: Any) -> float | None:
@@ -48,7 +47,7 @@ def calibration_table(coll: Collection, dataset: str, row: Any) -> Table | None:
     records = []
     for (split, scaling), part in rows.groupby(["split", "scaling"], sort=False):
         by = part.set_index("metric")
-        records.append({"split": split, "scaling": scaling, "temperature": float(part.temperature.iloc[0]),
+        records.append({**identity(row), "split": split, "scaling": scaling, "temperature": float(part.temperature.iloc[0]),
                         **{f"{m}{s}": float(by.loc[m, c]) for m in by.index
                            for s, c in (("", "value"), ("_low", "low"), ("_high", "high"))},
                         "n_images": int(part.n_images.iloc[0]), "unit": part.unit.iloc[0],
@@ -126,7 +125,7 @@ def operating_table(coll: Collection, dataset: str, row: Any) -> Table | None:
         return None
     records = []
     for (point, cls), part in rows.groupby(["point", "class"], sort=False):
-        record: dict[str, Any] = {"point": point, "class": cls, "threshold": float(part.threshold.iloc[0])}
+        record: dict[str, Any] = {**identity(row), "point": point, "class": cls, "threshold": float(part.threshold.iloc[0])}
         for split, r in part.set_index("split").iterrows():
             for rate in ("sensitivity", "specificity"):
                 for suffix in ("", "_low", "_high"):
@@ -147,6 +146,34 @@ def operating_table(coll: Collection, dataset: str, row: Any) -> Table | None:
                f"set. [95% CI] by bootstrap over the units in brackets; {sizes}.")
     return Table(slug("operating_points", dataset, row.key), f"{row.key}: operating points", caption,
                  data, display)
+
+
+def missing_sections(coll: Collection, dataset: str, row: Any) -> list[str]:
+    """What `bench final` (and `bench evaluate`) recorded for ``row``'s refit that the report's tables do
+    not find: its completeness check, under any ``--by`` (``bench report --strict`` fails on each)."""
+    final = entry_rows(coll.finals, dataset, row)
+    if final.empty:
+        return []
+    f = final.iloc[0]
+    where = f"{row.key} (entry {f.entry}, trial {row.study} #{row.trial})"
+    again = "; run `bench final` on its run directory again"
+    out = []
+    if f.get("calibrated") and _of(coll.calibration, dataset, row).empty:
+        out.append(f"No calibration for {where}: final.json records its refit but calibration.csv has no rows "
+                   f"of it{again}.")
+    if f.get("operating_points") and _of(coll.operating_points, dataset, row).empty:
+        out.append(f"No operating points for {where}: final.json records {int(f.operating_points)} but "
+                   f"operating_points.csv has no rows of it{again}.")
+    if f.get("variants") and _of(coll.variants, dataset, row).empty:
+        out.append(f"No TTA or fold-ensemble results for {where}: final.json records {int(f.variants)} variant(s) "
+                   f"but test_variants.csv has no rows of it{again}.")
+    ext = coll.externals
+    if not ext.empty:
+        theirs = ext[(ext.dataset == dataset) & (ext.study == row.study) & (entry_keys(ext) == str(f.entry))]
+        if len(theirs) and _of(ext, dataset, row).empty:
+            out.append(f"No external validation for {where}: external/ holds rows of entry {f.entry} that do not "
+                       f"match its trial; run `bench evaluate` on its run directory again.")
+    return out
 
 
 def roc_marks(coll: Collection, dataset: str, row: Any, split: str) -> list[RocMark]:

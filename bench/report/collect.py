@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import DataError
+from bench.evaluation.grouping import Entry
 from bench.results import FILES, RunDir, trial_record
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc")
@@ -482,8 +483,13 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
             final = {}
         for key, info in sorted((final.get("backbones") or {}).items()):
             # An entry of `bench final --by ...` is keyed by its combination and names its backbone.
+            entry = Entry.from_final(key, info)
             final_rows.append({"dataset": run.dataset, "study": run.study, "run": run.label,
-                               "backbone": info.get("backbone", key), "key": key,
+                               "backbone": entry.backbone, "entry": entry.key, "label": entry.label,
+                               # what the report must then show for it (its completeness check)
+                               "calibrated": "calibration" in info,  # not before `bench final` calibrated
+                               "operating_points": len(info.get("operating_points") or []),
+                               "variants": len(info.get("variants") or []),
                                "trial": info.get("trial"), "refit_epochs": info.get("refit_epochs"),
                                "n_train": info.get("n_train"), "n_test": info.get("n_test"),
                                "seconds": info.get("seconds"), "model": info.get("model"),
@@ -502,12 +508,12 @@ def collect(paths: Sequence[Path], root: Path | None = None) -> Collection:
         trials = _dedupe_by_trial(trials)
     owners = None if trials.empty else trials[["dataset", "study", "trial", "run"]]
     frames = {key: _dedupe_by_trial(_concat(merged[key]), owners=owners) for key in TRIAL_TABLES}
-    # Held-out results: one per (study, backbone), from the first run that has it.
-    held_out = {key: _dedupe_by_trial(_concat(merged[key]), "backbone") for key in HELD_OUT_TABLES}
-    externals = _dedupe_by_trial(_concat(external_frames), "backbone")
+    # Held-out results: one per (study, entry), from the first run that has it.
+    held_out = {key: _dedupe_by_trial(_concat(merged[key]), "entry") for key in HELD_OUT_TABLES}
+    externals = _dedupe_by_trial(_concat(external_frames), "entry")
     finals = pd.DataFrame(final_rows)
     if not finals.empty:
-        finals = _dedupe_by_trial(finals, "key")
+        finals = _dedupe_by_trial(finals, "entry")
 
     def tidy(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         if frame.empty:

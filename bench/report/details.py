@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,14 @@ from bench.report.collect import (
 )
 from bench.report.facts import (
     cv_phrase,
-    one_entry,
+    entry_rows,
+    identity,
     params_of,
     run_path,
     test_phrase,
     trial_rows,
     trials_of,
+    with_identity,
 )
 
 # ---- 5. one model ------------------------------------------------------------------------------------------
@@ -57,6 +59,7 @@ class ModelEval:
     proba: np.ndarray
     classes: list[str]
     positive: int | None
+    identity: dict[str, Any] = field(default_factory=dict)  # the row's identity columns (facts.identity)
 
 
 def model_eval(coll: Collection, dataset: str, row: Any) -> ModelEval | str:
@@ -65,13 +68,11 @@ def model_eval(coll: Collection, dataset: str, row: Any) -> ModelEval | str:
         return "the manifest lists no classes"
     tp = coll.test_predictions
     if not tp.empty:
-        sub = tp[(tp.dataset == dataset) & (tp.study == row.study) & (tp.backbone.astype(str) == row.backbone)]
-        if "trial" in sub:
-            sub = one_entry(sub[sub.trial == row.trial])
+        sub = entry_rows(tp, dataset, row)
         if len(sub):
             y, p = proba_matrix(sub, classes)
             return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "test",
-                             test_phrase(len(sub)), y, p, classes, coll.positive_index(dataset))
+                             test_phrase(len(sub)), y, p, classes, coll.positive_index(dataset), identity(row))
     pr = trial_rows(coll.predictions, dataset, row.study, row.trial)
     if pr.empty:
         return "no predictions: neither test_predictions.csv nor predictions.csv holds this trial"
@@ -79,14 +80,16 @@ def model_eval(coll: Collection, dataset: str, row: Any) -> ModelEval | str:
     k = pr.fold.nunique()
     return ModelEval(dataset, row.key, row.study, row.run, int(row.trial), "oof",
                      f"out-of-fold predictions, {k} validation folds, {count(len(pr))} images", y, p, classes,
-                     coll.positive_index(dataset))
+                     coll.positive_index(dataset), identity(row))
 
 
 def confusion_table(ev: ModelEval) -> Table:
     cm = M.confusion(ev.y, ev.proba, len(ev.classes))
     norm = M.normalize_rows(cm)
-    data = pd.DataFrame([{"truth": t, "predicted": p, "count": int(cm[i, j]), "row_fraction": float(norm[i, j])}
-                         for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes)])
+    data = with_identity(pd.DataFrame([{"truth": t, "predicted": p, "count": int(cm[i, j]),
+                                        "row_fraction": float(norm[i, j])}
+                                       for i, t in enumerate(ev.classes) for j, p in enumerate(ev.classes)]),
+                         ev.identity)
     display = pd.DataFrame({"truth \\ predicted": ev.classes, **{
         p: [f"{cm[i, j]} ({100 * norm[i, j]:.1f}%)" if np.isfinite(norm[i, j]) else f"{cm[i, j]}"
             for i in range(len(ev.classes))] for j, p in enumerate(ev.classes)}})
@@ -99,7 +102,7 @@ def confusion_table(ev: ModelEval) -> Table:
 
 
 def per_class(ev: ModelEval) -> Table:
-    data = M.per_class_table(ev.y, ev.proba, ev.classes)
+    data = with_identity(M.per_class_table(ev.y, ev.proba, ev.classes), ev.identity)
     display = pd.DataFrame({"class": data["class"], **{c: [f3(x) for x in data[c]] for c in
                                                        ("precision", "recall", "f1", "specificity", "auc")},
                             "support": data.support.astype(str)})

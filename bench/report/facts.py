@@ -153,7 +153,9 @@ def entry_trials(coll: Collection, dataset: str, grouping: Grouping) -> pd.DataF
     rows = []
     for t in done.itertuples(index=False):
         config = {**params_of(t), "backbone": str(t.backbone)}
-        row: dict[str, Any] = {"dataset": dataset, "key": grouping.label(config), "backbone": str(t.backbone),
+        entry = grouping.entry(config)
+        row: dict[str, Any] = {"dataset": dataset, "key": entry.label, "entry": entry.key,
+                               **{n: v for n, v in entry.factors if n != "backbone"}, "backbone": entry.backbone,
                                "study": t.study, "run": t.run, "trial": int(t.trial)}
         for m in dict.fromkeys((metric, *KEY_METRICS)):
             s = by_key.get((t.study, int(t.trial), m))
@@ -198,3 +200,52 @@ def progress(coll: Collection, dataset: str, study_name: str) -> pd.DataFrame:
     done = trials[(trials.state == "COMPLETE") & pd.to_numeric(trials.value, errors="coerce").notna()]
     return pd.DataFrame({"trial": done.trial.to_numpy(), "value": done.value.astype(float).to_numpy(),
                          "elapsed": [by_number[n] for n in done.trial]})
+
+
+def identity(row: Any) -> dict[str, Any]:
+    """A leaderboard row's identity columns, in the board's order: ``key`` (the display label),
+    ``entry`` (the key `bench final` names its files by), one column per ``--by`` factor, ``backbone``:
+    every report table of entries carries them, so ``df.groupby("weights")`` needs no parsing."""
+    d = row._asdict()
+    names = list(d)
+    if "entry" not in d or "backbone" not in d:
+        return {n: d[n] for n in ("key", "backbone") if n in d}
+    return {n: d[n] for n in names[names.index("key"):names.index("backbone") + 1]}
+
+
+def with_identity(frame: pd.DataFrame, ident: dict[str, Any]) -> pd.DataFrame:
+    """``frame`` with the identity columns ``ident`` (``identity``) in front, on every row."""
+    return pd.concat([pd.DataFrame(ident, index=frame.index), frame.drop(columns=[c for c in ident if c in frame])],
+                     axis=1) if ident else frame
+
+
+def factor_columns(board: pd.DataFrame) -> list[str]:
+    """The leaderboard's ``--by`` factor columns other than backbone (between ``entry`` and ``backbone``)."""
+    cols = list(board.columns)
+    return cols[cols.index("entry") + 1:cols.index("backbone")] if {"entry", "backbone"} <= set(cols) else []
+
+
+def factors_by_key(board: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each leaderboard row's factor values (backbone first), by its label (``key``)."""
+    names = ["backbone", *factor_columns(board)]
+    return {r["key"]: {n: r[n] for n in names} for _, r in board.iterrows()}
+
+
+def entry_rows(frame: pd.DataFrame, dataset: str, row: Any) -> pd.DataFrame:
+    """A held-out table's rows of one leaderboard row: its study, trial and backbone, and of its own
+    entry (``row.entry``) when `bench final` refit that trial under several ``--by`` (else the first).
+
+    Matching on the trial, not on a name, is what lets a report by any ``--by`` find a refit made
+    under another; the backbone column is the backbone's name in every file (``RunDir.table``).
+    """
+    if frame.empty:
+        return frame
+    sub = frame[(frame.dataset == dataset) & (frame.study == row.study)
+                & (frame.backbone.astype(str) == str(row.backbone))]
+    if "trial" in sub:
+        sub = sub[sub.trial == row.trial]
+    if sub.empty:
+        return sub
+    keys = entry_keys(sub)
+    mine = sub[keys == str(getattr(row, "entry", None))]
+    return mine if len(mine) else one_entry(sub)

@@ -291,7 +291,7 @@ class Builder:
             if board.empty:
                 self.note(f"No completed trial on {d}: nothing to test.")
                 continue
-            result = S.ttest_table(coll, d, board, stats)
+            result = S.ttest_table(coll, d, board, stats, by=self.by)
             if isinstance(result, str):
                 self.note(result)
             else:
@@ -301,15 +301,13 @@ class Builder:
         if cross is None:
             self.note("No cross-dataset table, so no Friedman test.")
             return
-        table, res, message = S.friedman_table(coll, cross, stats)
+        table, res, message = S.friedman_table(coll, cross, stats, by=self.by)
         if table is None:
             self.note(message)
             return
         self.table(table)
         self.figure(F.cd_figure(stats, res["avg_ranks"], res["n_datasets"], self.figdir, "cd_diagram",
-                                "Critical difference diagram",
-                                "Average rank of each backbone over the datasets (1 = best; Demšar 2006); "
-                                "backbones joined by a thick bar are not significantly different (Nemenyi)."))
+                                "Critical difference diagram", S.cd_caption(self.by)))
 
     def models(self) -> None:
         coll = self.coll
@@ -370,21 +368,22 @@ class Builder:
         """Calibration (ECE, Brier before and after temperature scaling, reliability diagram) and
         operating points; both only once `bench final` has run."""
         table = RC.calibration_table(self.coll, d, row)
-        if table is None:
-            self.note(f"No calibration for {row.key}: calibration.csv has no rows for it (`bench final` writes them, "
-                      f"per entry of its own --by).")
+        missing = RC.missing_sections(self.coll, d, row)  # recorded by `bench final` but not found: a problem
+        if table is None and not missing:
+            self.note(f"No calibration for {row.key}: no `bench final` of trial {row.study} #{row.trial} yet.")
         self.table(table)
         self.figure(RC.reliability_figure(self.coll, d, row, self.figdir, f"reliability_{name}"))
         self.table(RC.operating_table(self.coll, d, row))
+        for text in missing:
+            self.problem(text)
 
     def gradcam(self, d: str, row: Any, name: str) -> None:
         # `bench final` draws the grids (it has the model); the report only shows the files.
-        finals = self.coll.finals
-        hit = finals[(finals.dataset == d) & (finals.study == row.study) & (finals.trial == row.trial)]
+        hit = FA.entry_rows(self.coll.finals, d, row)
         drawn = [f for f in hit.explanations if f] if "explanations" in hit else []
         if not drawn:
             self.problem(f"No Grad-CAM grid for {row.key}: its run directory has no figures/gradcam_"
-                         f"{hit.key.iloc[0] if len(hit) else row.backbone}.png (made by `bench final`; run it "
+                         f"{hit.entry.iloc[0] if len(hit) else row.backbone}.png (made by `bench final`; run it "
                          f"again to draw one).")
             return
         for method, source in sorted(drawn[0].items()):

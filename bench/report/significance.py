@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.evaluation.grouping import DEFAULT_BY, Grouping
 from bench.report.cells import (
     Table,
     slug,
@@ -16,9 +17,20 @@ from bench.report.collect import (
 )
 from bench.report.facts import (
     cv_phrase,
+    factors_by_key,
     split_facts,
     trial_rows,
 )
+
+
+def plural(by: tuple[str, ...]) -> str:
+    """What the rows compared are: "backbones", or "backbone · weights combinations" under --by."""
+    return f"{Grouping(by).noun}s"
+
+
+def cd_caption(by: tuple[str, ...] = DEFAULT_BY) -> str:
+    return (f"Average rank of each {Grouping(by).noun} over the datasets (1 = best; Demšar 2006); {plural(by)} "
+            f"joined by a thick bar are not significantly different (Nemenyi).")
 
 # ---- 4. significance ---------------------------------------------------------------------------------------
 
@@ -52,11 +64,14 @@ def fold_sizes(coll: Collection, dataset: str, board: pd.DataFrame) -> tuple[int
     return n - n // k, n // k
 
 
-def ttest_table(coll: Collection, dataset: str, board: pd.DataFrame, stats: Any, top: int = 3) -> Table | str:
-    """Corrected resampled t-tests between the top backbones; a string says why not."""
+def ttest_table(coll: Collection, dataset: str, board: pd.DataFrame, stats: Any, top: int = 3,
+                by: tuple[str, ...] = DEFAULT_BY) -> Table | str:
+    """Corrected resampled t-tests between the top entries (backbones, or ``--by`` combinations); a
+    string says why not."""
     metric = coll.objective(dataset)["metric"]
+    rows_are = plural(by)
     if len(board) < 2:
-        return "Fewer than two backbones completed: nothing to compare."
+        return f"Fewer than two {rows_are} completed: nothing to compare."
     digests = {(r.manifest.get("split") or {}).get("digest") for r in coll.runs_of(dataset)
                if r.study in set(board.study)}
     if len(digests) > 1:
@@ -81,6 +96,11 @@ def ttest_table(coll: Collection, dataset: str, board: pd.DataFrame, stats: Any,
     data = data.reset_index(drop=True)
     data.insert(0, "dataset", dataset)
     data.insert(1, "metric", metric)
+    if not Grouping(by).is_default:  # each side's factors in columns of their own (weights_a, weights_b, ...)
+        factors = factors_by_key(board)
+        for side in ("a", "b"):
+            for name in dict.fromkeys(n for f in factors.values() for n in f):
+                data[f"{name}_{side}"] = [factors.get(k, {}).get(name) for k in data[f"model_{side}"]]
     display = pd.DataFrame({
         "A vs B": data.model_a + " vs " + data.model_b,
         "mean diff (A-B)": [f"{x:+.3f}" for x in data.mean_diff],
@@ -92,12 +112,13 @@ def ttest_table(coll: Collection, dataset: str, board: pd.DataFrame, stats: Any,
     })
     caption = (f"Corrected resampled t-test (Nadeau & Bengio 2003) on the {metric} of each fold "
                f"({cv_phrase(coll, dataset)}; n_train ≈ {n_train}, n_test ≈ {n_test} per fold), "
-               f"top {min(top, len(board))} backbones; p (Holm) adjusts for the pairs. The models were picked on "
+               f"top {min(top, len(board))} {rows_are}; p (Holm) adjusts for the pairs. The models were picked on "
                f"these folds, so read the p-values as a screen, not a proof.")
-    return Table(slug("ttest", dataset), f"{dataset}: are the top backbones different?", caption, data, display)
+    return Table(slug("ttest", dataset), f"{dataset}: are the top {rows_are} different?", caption, data, display)
 
 
-def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | None, Any, str]:
+def friedman_table(coll: Collection, cross: Table, stats: Any,
+                   by: tuple[str, ...] = DEFAULT_BY) -> tuple[Table | None, Any, str]:
     """Friedman / Iman-Davenport / Nemenyi over the datasets; (table, result, message)."""
     data = cross.data.set_index(cross.data.columns[0])  # the rows' names: backbone, or "backbone · weights"
     datasets = [c for c in data.columns if f"{c}_source" in data.columns]
@@ -107,7 +128,7 @@ def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | 
     if len(datasets) < 3:
         return None, None, f"The Friedman test needs at least 3 datasets; the report has {len(datasets)}."
     if len(complete) < 2:
-        return None, None, "Fewer than two backbones were run on every dataset: no Friedman test."
+        return None, None, f"Fewer than two {plural(by)} were run on every dataset: no Friedman test."
     # Each dataset's own objective direction (its manifest's): a loss is ranked low-is-best there only.
     maximize = {d: coll.objective(d).get("direction", "maximize") == "maximize" for d in datasets}
     try:
@@ -120,10 +141,16 @@ def friedman_table(coll: Collection, cross: Table, stats: Any) -> tuple[Table | 
                f"Iman-Davenport F = {res['iman_davenport_f']:.3f} (df {res['iman_davenport_df'][0]}, "
                f"{res['iman_davenport_df'][1]}; p = {res['iman_davenport_p_value']:.3g}); Nemenyi critical "
                f"difference {res['cd']:.3f} at alpha {res['alpha']} over {res['n_datasets']} datasets and "
-               f"{res['n_models']} backbones.")
+               f"{res['n_models']} {plural(by)}.")
     if dropped:
         summary += f" Left out (not run on every dataset): {', '.join(dropped)}."
     for key in ("chi2", "chi2_p_value", "iman_davenport_f", "iman_davenport_p_value", "cd"):
         table[key] = float(res[key])
-    display = pd.DataFrame({"backbone": table.backbone, "mean rank": [f"{x:.2f}" for x in table.mean_rank]})
+    grouping = Grouping(by)
+    display = pd.DataFrame({grouping.title: table.backbone, "mean rank": [f"{x:.2f}" for x in table.mean_rank]})
+    if not grouping.is_default:  # the label in its own column, then one column per factor (the cross table's)
+        labels = table.pop("backbone")
+        factors = [c for c in dict.fromkeys(("backbone", *grouping.by)) if c in data.columns]
+        table = pd.concat([pd.DataFrame({grouping.title: labels}),
+                           pd.DataFrame({n: [data.loc[k, n] for k in labels] for n in factors}), table], axis=1)
     return (Table("friedman", "Ranks across datasets", summary, table, display), res, summary)

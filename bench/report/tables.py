@@ -42,7 +42,9 @@ from bench.report.facts import (
     coll_study,
     cv_phrase,
     entry_trials,
-    one_entry,
+    entry_rows,
+    factors_by_key,
+    identity,
     params_of,
     resampled,
     run_path,
@@ -167,7 +169,8 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
     grouping = Grouping(by)
     objective = coll.objective(dataset)
     metric, maximize = objective["metric"], objective.get("direction", "maximize") == "maximize"
-    cols = ["dataset", "rank", "key", "backbone", "study", "run", "trial"]
+    factors = [n for n in grouping.by if n != "backbone"]
+    cols = ["dataset", "rank", "key", "entry", *factors, "backbone", "study", "run", "trial"]
     frame = entry_trials(coll, dataset, grouping)
     if frame.empty:
         return pd.DataFrame(columns=cols)
@@ -202,8 +205,7 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
     # Trials per entry and each entry's expected best at the smallest of them: the comparison at equal budget.
     budget = B.equal_budget(frame, B.pruned_by_entry(coll, dataset, grouping), maximize)
     best = best.merge(budget, on="key", how="left")
-    order = ["dataset", "rank", "key", "backbone", "study", "run", "trial", "folds", "folds_scored", "cv_images",
-             "objective_value", *B.COLUMNS]
+    order = [*cols, "folds", "folds_scored", "cv_images", "objective_value", *B.COLUMNS]
     order += [c for c in best.columns if c.startswith("cv_") and c not in order]
     order += [c for c in best.columns if c not in order]
     return best[order]
@@ -333,9 +335,7 @@ def _board_resampled(board: pd.DataFrame) -> str:
 
 def held_out_rows(coll: Collection, dataset: str, r: Any) -> pd.DataFrame:
     """The held-out test metrics of one leaderboard row (its study, backbone and trial)."""
-    tm = coll.test_metrics
-    return one_entry(tm[(tm.dataset == dataset) & (tm.study == r.study) & (tm.backbone.astype(str) == r.backbone)
-                        & (tm.trial == r.trial)])
+    return entry_rows(coll.test_metrics, dataset, r)
 
 
 
@@ -351,8 +351,8 @@ def test_metrics_table(coll: Collection, dataset: str, board: pd.DataFrame,
         sub = held_out_rows(coll, dataset, r)
         if sub.empty:
             continue
-        row: dict[str, Any] = {"dataset": dataset, "rank": r.rank, "key": r.key, "backbone": r.backbone,
-                               "study": r.study, "trial": r.trial}
+        row: dict[str, Any] = {"dataset": dataset, "rank": r.rank, **identity(r), "study": r.study,
+                               "trial": r.trial}
         for m in KEY_METRICS:
             x = sub[sub.metric == m]
             row[m] = float(x.value.iloc[0]) if len(x) else math.nan
@@ -406,6 +406,11 @@ def cross_dataset(coll: Collection, boards: dict[str, pd.DataFrame],
     mean_rank = ranks.mean(axis=1)
     order = sorted(backbones, key=lambda b: (isnan(mean_rank[b]), mean_rank[b], b))
     data = pd.DataFrame({grouping.title: order})
+    # One column per factor beside the label (--by), so the table groups by "weights" without parsing it.
+    factors = {} if grouping.is_default else {n: v for d in datasets for n, v in
+                                              factors_by_key(boards[d]).items()}
+    for name in dict.fromkeys(n for values in factors.values() for n in values):
+        data[name] = [factors.get(b, {}).get(name) for b in order]
     display = pd.DataFrame({grouping.title: order})
     rules = {}
     for d in datasets:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from bench.report.cells import LABELS, Table, ci, count, pm, slug
 from bench.report.collect import KEY_METRICS, Collection
+from bench.report.facts import entry_rows, identity
 from bench.report.tables import held_out_rows
 
 # Single model first, then what each addition costs or buys.
@@ -24,6 +25,11 @@ def _units(n_images: Any, n_units: Any, unit: Any) -> str:
     return text
 
 
+def _entry_header(data: pd.DataFrame) -> str:
+    """"backbone" while the rows are backbones (as always); "entry" when ``--by`` rows share one."""
+    return "backbone" if "key" not in data or (data.key.astype(str) == data.backbone.astype(str)).all() else "entry"
+
+
 def variants_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table | None:
     """Per leaderboard model: the refit and each variant on the held-out test, with the paired difference."""
     v = coll.variants
@@ -34,13 +40,12 @@ def variants_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table
     rows = []
     for r in board.itertuples(index=False):
         refit = held_out_rows(coll, dataset, r)
-        mine = v[(v.dataset == dataset) & (v.study == r.study) & (v.backbone.astype(str) == r.backbone)
-                 & (v.trial == r.trial)]
+        mine = entry_rows(v, dataset, r)
         if refit.empty or mine.empty:
             continue
         by_variant = sorted(mine.groupby("variant", sort=False), key=lambda kv: _ORDER.get(kv[0], len(_ORDER)))
         for name, sub in [("refit", refit.assign(variant="refit")), *by_variant]:
-            row: dict[str, Any] = {"dataset": dataset, "backbone": r.backbone, "study": r.study, "trial": r.trial,
+            row: dict[str, Any] = {"dataset": dataset, **identity(r), "study": r.study, "trial": r.trial,
                                    "variant": name, "tta": str(sub.tta.iloc[0]) if "tta" in sub else "none"}
             for m in shown:
                 x = sub[sub.metric == m]
@@ -56,7 +61,7 @@ def variants_table(coll: Collection, dataset: str, board: pd.DataFrame) -> Table
         return None
     data = pd.DataFrame(rows)
     display = pd.DataFrame({
-        "backbone": data.backbone, "variant": data.variant,
+        _entry_header(data): data.key if "key" in data else data.backbone, "variant": data.variant,
         **{f"{LABELS.get(m, m)}{' (objective)' if m == metric else ''}":
            [ci(a, b, c) for a, b, c in zip(data[m], data[f"{m}_low"], data[f"{m}_high"])] for m in shown},
         f"{LABELS.get(metric, metric)} vs refit [paired 95% CI]":
@@ -83,15 +88,14 @@ def external_tables(coll: Collection, dataset: str, board: pd.DataFrame) -> list
     shown = list(dict.fromkeys((metric, *KEY_METRICS)))
     tables = []
     for r in board.itertuples(index=False):
-        mine = ext[(ext.dataset == dataset) & (ext.study == r.study) & (ext.backbone.astype(str) == r.backbone)
-                   & (ext.trial == r.trial)]
+        mine = entry_rows(ext, dataset, r)
         if mine.empty:
             continue
         test = held_out_rows(coll, dataset, r)
         sets = list(dict.fromkeys(mine.external))
         rows = []
         for m in shown:
-            row: dict[str, Any] = {"dataset": dataset, "backbone": r.backbone, "metric": m,
+            row: dict[str, Any] = {"dataset": dataset, **identity(r), "metric": m,
                                    "cv_mean": getattr(r, f"cv_{m}_mean", math.nan),
                                    "cv_std": getattr(r, f"cv_{m}_std", math.nan)}
             for prefix, frame in [("test", test), *[(f"ext_{s}", mine[mine.external == s]) for s in sets]]:
@@ -128,6 +132,6 @@ def external_tables(coll: Collection, dataset: str, board: pd.DataFrame) -> list
                    "data that took no part in the search (`bench evaluate`); [95% CI] by bootstrap over patients "
                    "where the set has them. Sizes: " + "; ".join(parts) + "."
                    + "".join(f" Note: {w}." for w in warnings))
-        tables.append(Table(slug("external", dataset, r.backbone), f"{dataset}: {r.backbone}: CV -> held-out -> "
-                            f"external", caption, data, display))
+        tables.append(Table(slug("external", dataset, getattr(r, "entry", r.backbone)), f"{dataset}: {r.key}: CV -> "
+                            f"held-out -> external", caption, data, display))
     return tables

@@ -514,7 +514,8 @@ class KerasTunerSearch:
 
             from bench.search.runner import run_final_in_subprocess
 
-            code = run_final_in_subprocess(mp.get_context("spawn"), self.run.path, self.o.registry, self.console)
+            code = run_final_in_subprocess(mp.get_context("spawn"), self.run.path, self.o.registry, self.console,
+                                           operating_points=self.o.operating_points, variants=self.o.variants)
         return code
 
     def _as_study(self) -> Any:

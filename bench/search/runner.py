@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,14 @@ from bench import __version__, paths
 from bench.data import digests
 from bench.data.spec import DEFAULT_NEAR_THRESHOLD
 from bench.errors import BenchError, ConfigError
+from bench.evaluation.variants import VariantPlan
+from bench.metrics.operating import OperatingPoint
 from bench.results import RunDir, trial_record
 from bench.search import devices
 from bench.search.progress import Progress
 from bench.search.pruners import make_pruner
 from bench.search.samplers import make_sampler
+from bench.search.shared import recorded_storage
 from bench.search.space import load_space, resolve_space
 from bench.search.storage import describe_storage, open_storage, redact
 from bench.search.worker import (
@@ -105,6 +109,9 @@ class SearchOptions:
     grace: int = 90
     precision: str = "float32"
     final: bool = True  # held-out evaluation of the best trial per backbone when the budget is met
+    # What that held-out step scores beside each refit, as `bench final`'s options of the same names.
+    operating_points: tuple[OperatingPoint, ...] = ()
+    variants: VariantPlan = field(default_factory=VariantPlan)
     fixed: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     mlflow: str | None = None  # MLflow tracking URI (bench.search.tracking), already checked by the CLI
@@ -239,7 +246,7 @@ class Supervisor:
     def _write_manifest(self) -> None:
         write_search_manifest(
             self.run, self.o, self.data, self.space, self.space_path, engine="optuna",
-            fields={"study": self.study_name, "storage": describe_storage(self.storage)},
+            fields={"study": self.study_name, "storage": recorded_storage(self.run, self.storage)},
             session={"jobs": self.o.jobs, "sampler": self.o.sampler, "pruner": self.o.pruner,
                      **({"mlflow": redact(self.o.mlflow)} if self.o.mlflow else {})},
         )
@@ -402,7 +409,7 @@ class Supervisor:
 
     # ---- the end --------------------------------------------------------------------------
     def _final_is_stale(self) -> bool:
-        if _final_is_current(self.run):
+        if _final_is_current(self.run, self.o.operating_points, self.o.variants):
             self.console.print("Held-out evaluation is up to date (final.json covers the best trial of each backbone).")
             return False
         return True
@@ -443,7 +450,8 @@ class Supervisor:
                                    "machine's trials from the study).")
             elif self._final_is_stale():
                 code = run_final_in_subprocess(self.ctx if hasattr(self, "ctx") else mp.get_context("spawn"),
-                                               self.run.path, self.o.registry, self.console, mlflow=self.o.mlflow)
+                                               self.run.path, self.o.registry, self.console, mlflow=self.o.mlflow,
+                                               operating_points=self.o.operating_points, variants=self.o.variants)
         if self.stop_reason and self.stop_reason.startswith("--max-failures"):
             return 1
         return code
@@ -506,18 +514,28 @@ def write_search_manifest(run: RunDir, o: SearchOptions, data: Any, space: Any, 
     data.write_splits(run)
 
 
-def _final_is_current(run: RunDir) -> bool:
+def _final_is_current(run: RunDir, points: Sequence[OperatingPoint] = (),
+                      variants: VariantPlan | None = None) -> bool:
+    """final.json already holds the refit of each backbone's best trial, with the operating points and
+    variants asked for now (a search continued with --operating-point or --tta refits again)."""
     from bench.evaluation.final import best_trials
 
     # Entries of `bench final --by <factors>` (they record "by") are not what the search refits.
-    done = {b: info.get("trial") for b, info in run.final().get("backbones", {}).items() if "by" not in info}
+    infos = {b: info for b, info in run.final().get("backbones", {}).items() if "by" not in info}
+    wanted = [p.name for p in points]
+    if any(list(dict.fromkeys(t.get("point") for t in info.get("operating_points") or [])) != wanted
+           for info in infos.values()):
+        return False
+    if variants is not None and variants.any and not all(info.get("variants") for info in infos.values()):
+        return False
     try:
-        return bool(done) and done == best_trials(run)
+        return bool(infos) and {b: info.get("trial") for b, info in infos.items()} == best_trials(run)
     except BenchError:
         return False
 
 
-def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None) -> None:
+def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None,
+                operating_points: Sequence[OperatingPoint] = (), variants: VariantPlan | None = None) -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rich.console import Console
@@ -531,7 +549,8 @@ def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None) -
         with native_stderr_to_log():
             console = console if console.is_terminal else Console(width=160)
             results = evaluate_run(Path(run_dir), console=console, registry=Path(registry) if registry else None,
-                                   study=shared_study(RunDir.open(Path(run_dir))))
+                                   study=shared_study(RunDir.open(Path(run_dir))),
+                                   operating_points=operating_points, variants=variants)
             if mlflow:
                 from bench.search.tracking import log_final
 
@@ -547,11 +566,14 @@ def _main_thread() -> bool:
 
 
 def run_final_in_subprocess(ctx: Any, run_dir: Path, registry: str | None, console: Any,
-                            mlflow: str | None = None) -> int:
+                            mlflow: str | None = None, operating_points: Sequence[OperatingPoint] = (),
+                            variants: VariantPlan | None = None) -> int:
     """The held-out evaluation, in its own process: the supervisor never imports the framework.
-    With ``mlflow`` (a tracking URI) it is logged there as ``bench final --mlflow`` does."""
+    With ``mlflow`` (a tracking URI) it is logged there as ``bench final --mlflow`` does;
+    ``operating_points`` and ``variants`` are ``bench final --operating-point/--tta/--ensemble``."""
     console.print("Held-out evaluation (bench final): best trial per backbone, refit on the cross-validation pool")
-    process = ctx.Process(target=_final_main, args=(str(run_dir), registry, mlflow), name="bench-final")
+    process = ctx.Process(target=_final_main, args=(str(run_dir), registry, mlflow, tuple(operating_points), variants),
+                          name="bench-final")
     process.start()
     process.join()
     if process.exitcode != 0:
