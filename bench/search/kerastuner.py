@@ -178,7 +178,8 @@ class KerasTunerSearch:
                     "kerastuner": {"project": str(self.project_dir), "oracle_seed": oracle_seed(o.seed),
                                    "max_epochs": self.max_epochs,
                                    "factor": HYPERBAND_FACTOR if self.max_epochs else None}},
-            session={"tuner": self.tuner_name, "max_failures": o.max_failures},
+            # The tuner chooses the backbones too: its allocation, whatever --allocation says.
+            session={"tuner": self.tuner_name, "max_failures": o.max_failures, "allocation": "tuner"},
         )
 
     def _reject_optuna_options(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 
 from bench.errors import ConfigError
+from bench.search.allocation import entry_counts, study_by
 from bench.search.storage import describe_storage, list_studies, open_storage
 from bench.search.summary import best_per_backbone
 
@@ -28,8 +29,8 @@ def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for storage in _storages(spec, runs_dir):
         table = Table(title=describe_storage(storage), title_justify="left")
-        for col in ("study", "dataset", "objective", "complete", "pruned", "failed", "running", "waiting", "best",
-                    "best per backbone"):
+        for col in ("study", "dataset", "objective", "allocation", "complete", "pruned", "failed", "running",
+                    "waiting", "per entry: complete/pruned/failed, trial-s", "best", "best per backbone"):
             table.add_column(col)
         for s in list_studies(storage):
             study = optuna.load_study(study_name=s.name, storage=storage)
@@ -37,9 +38,13 @@ def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:
                 f"{(t.user_attrs.get('config') or {}).get('backbone', '?')} {t.value:.3f} (#{t.number})"
                 for t in best_per_backbone(study)
             )
+            # What each entry got: a ranking of entries that drew 2 and 30 trials is not a fair one.
+            entries = "\n".join(f"{name}: {c.text()}" for name, c in
+                                 entry_counts(study.get_trials(deepcopy=False), study_by(s.user_attrs)).items())
             table.add_row(s.name, str(s.user_attrs.get("dataset", "?")),
-                          f"{s.user_attrs.get('metric', '?')} ({s.direction})", str(s.complete), str(s.pruned),
-                          str(s.fail), str(s.running), str(s.waiting),
+                          f"{s.user_attrs.get('metric', '?')} ({s.direction})",
+                          str(s.user_attrs.get("allocation", "sampler")), str(s.complete), str(s.pruned),
+                          str(s.fail), str(s.running), str(s.waiting), entries or "-",
                           "-" if s.best_value is None else f"{s.best_value:.4f}", per_backbone or "-")
         console.print(table)
     return 0
