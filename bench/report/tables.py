@@ -224,11 +224,51 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
                            None if grouping.is_default else members[r.key]),
         })
     best = pd.concat([best, pd.DataFrame(extra)], axis=1)
+    budgets = _entry_budgets(trials, grouping)
+    for column in ("trials_complete", "trials_pruned", "trials_failed", "trial_seconds"):
+        best[column] = [budgets.get(k, {}).get(column, 0) for k in best.key]
     order = ["dataset", "rank", "key", "backbone", "study", "run", "trial", "folds", "folds_scored", "cv_images",
              "objective_value"]
     order += [c for c in best.columns if c.startswith("cv_") and c not in order]
     order += [c for c in best.columns if c not in order]
     return best[order]
+
+
+def _entry_budgets(trials: pd.DataFrame, grouping: Grouping) -> dict[str, dict[str, float]]:
+    """Per entry, every trial it drew (all studies of the dataset): complete / pruned / failed and the
+    trial-seconds spent. A row that won on 30 trials against one that had 2 is not a fair win."""
+    out: dict[str, dict[str, float]] = {}
+    names = {"COMPLETE": "trials_complete", "PRUNED": "trials_pruned", "FAIL": "trials_failed"}
+    # A trial copied into two machines' run directories is one trial.
+    for t in trials.drop_duplicates(["study", "trial"], keep="last").itertuples(index=False):
+        key = grouping.label({**params_of(t), "backbone": str(t.backbone)})
+        row = out.setdefault(key, {"trials_complete": 0, "trials_pruned": 0, "trials_failed": 0,
+                                   "trial_seconds": 0.0})
+        if t.state in names:
+            row[names[t.state]] += 1
+        spent = pd.to_numeric(getattr(t, "seconds", math.nan), errors="coerce")
+        if not isnan(spent):
+            row["trial_seconds"] += float(spent)
+    return out
+
+
+def allocation_phrase(coll: Collection, dataset: str) -> str:
+    """How the searches shared their trials among the entries (``bench run --allocation``)."""
+    used: dict[str, list[str]] = {}
+    for run in coll.runs_of(dataset):
+        if run.kind != "search":
+            continue
+        sessions = run.manifest.get("sessions") or [{}]
+        kinds = dict.fromkeys(str(x.get("allocation", "sampler (not recorded)")) for x in sessions)
+        used.setdefault(" then ".join(kinds), []).append(run.study)
+    if not used:
+        return ""
+    what = "; ".join(f"{a} ({', '.join(sorted(set(studies)))})" if len(used) > 1 else a
+                     for a, studies in used.items())
+    fair = set(used) == {"balanced"}
+    return (f"Allocation of trials to entries: {what}" + (
+        " — every entry drew the same number of trials (±1)." if fair else
+        " — the search chose how many trials each entry drew: compare the trials column before the ranks."))
 
 
 def _test_values(coll: Collection, dataset: str, study: str, backbone: str, trial: int, metric: str,
@@ -312,6 +352,9 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
                                zip(board.total_params, board.trainable_params)],
         "s/epoch": [f"{x:.2f}" if not isnan(x) else "-" for x in board.seconds_per_epoch],
         "images/s": [f"{x:.1f}" if not isnan(x) else "-" for x in board.images_per_second],
+        "trials (complete / pruned / failed)": [f"{a} / {b} / {c}" for a, b, c in
+                                                zip(board.trials_complete, board.trials_pruned, board.trials_failed)],
+        "trial time": [seconds(x) for x in board.trial_seconds],
     }) if not board.empty else pd.DataFrame()
     rules: dict[str, tuple[str, str]] = {}
     for m in metrics:
@@ -326,7 +369,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
                f"{_rows_phrase(grouping)} best complete trial by {metric}. Test column: {test_phrase(n_test)}, "
                f"95% CI by "
                f"{_board_resampled(board)}; the test set was used once, after the search. Best per column in bold. "
-               f"s/epoch and images/s: training, mean over folds.")
+               f"s/epoch and images/s: training, mean over folds. Trials: every trial of the entry in the "
+               f"search, trial time their sum. {allocation_phrase(coll, dataset)}")
     return Table(slug("leaderboard", dataset), f"{dataset}: leaderboard", caption, board, display, bold,
                  terminal=True)
 

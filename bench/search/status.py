@@ -30,21 +30,38 @@ def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:
     for storage in _storages(spec, runs_dir):
         table = Table(title=describe_storage(storage), title_justify="left")
         for col in ("study", "dataset", "objective", "allocation", "complete", "pruned", "failed", "running",
-                    "waiting", "per entry: complete/pruned/failed, trial-s", "best", "best per backbone"):
+                    "waiting", "best", "best per backbone"):
             table.add_column(col)
+        budgets = []
         for s in list_studies(storage):
             study = optuna.load_study(study_name=s.name, storage=storage)
             per_backbone = ", ".join(
                 f"{(t.user_attrs.get('config') or {}).get('backbone', '?')} {t.value:.3f} (#{t.number})"
                 for t in best_per_backbone(study)
             )
-            # What each entry got: a ranking of entries that drew 2 and 30 trials is not a fair one.
-            entries = "\n".join(f"{name}: {c.text()}" for name, c in
-                                 entry_counts(study.get_trials(deepcopy=False), study_by(s.user_attrs)).items())
+            budgets.append(_budget_table(s.name, study, study_by(s.user_attrs)))
             table.add_row(s.name, str(s.user_attrs.get("dataset", "?")),
                           f"{s.user_attrs.get('metric', '?')} ({s.direction})",
                           str(s.user_attrs.get("allocation", "sampler")), str(s.complete), str(s.pruned),
-                          str(s.fail), str(s.running), str(s.waiting), entries or "-",
+                          str(s.fail), str(s.running), str(s.waiting),
                           "-" if s.best_value is None else f"{s.best_value:.4f}", per_backbone or "-")
         console.print(table)
+        for budget in budgets:
+            if budget is not None:
+                console.print(budget)
     return 0
+
+
+def _budget_table(name: str, study: Any, by: tuple[str, ...]) -> Any:
+    """What each entry drew: a ranking of entries that had 2 and 30 trials is not a fair one."""
+    from rich.table import Table
+
+    entries = entry_counts(study.get_trials(deepcopy=False), by)
+    if not entries:
+        return None
+    table = Table(title=f"{name}: trials per {' · '.join(by)}", title_justify="left")
+    for col in (" · ".join(by), "complete", "pruned", "failed", "running", "trial-seconds"):
+        table.add_column(col, justify="left" if col == " · ".join(by) else "right")
+    for entry, c in entries.items():
+        table.add_row(entry, str(c.complete), str(c.pruned), str(c.failed), str(c.running), f"{c.seconds:.0f}")
+    return table
