@@ -102,6 +102,23 @@ def test_a_failed_trial_gives_its_place_to_its_retry_and_surplus_counts_nothing(
     assert (counts["a"].complete, counts["a"].failed, counts["b"].complete, counts["b"].failed) == (1, 1, 1, 0)
 
 
+def test_the_smoke_space_gives_each_backbone_a_third_of_twelve_trials():
+    """`bench run --space smoke --trials 12`: the backbones as the worker sees them (those whose
+    weights this machine has), the real space's suggestions (blocks, conditions), TPE; no training."""
+    from bench.search.samplers import make_sampler
+    from bench.search.space import load_space, resolve_space
+
+    space = load_space(resolve_space("smoke"))
+    factors, entries = balance_factors(space, {}, ("backbone",))
+    study = _study(wrap_sampler(make_sampler("tpe", 0, space), "balanced", factors, entries))
+    for _ in range(12):
+        trial = study.ask()
+        values = space.suggest(trial)
+        study.tell(trial, 0.9 if values["backbone"] == "simple_cnn" else 0.1)
+    counts = collections.Counter(t.params["backbone"] for t in study.trials)
+    assert len(counts) == len(entries) >= 2 and set(counts.values()) == {12 // len(entries)}, counts
+
+
 def test_by_combination_and_what_cannot_be_balanced():
     space = parse_space("""
 name = "t"

@@ -151,7 +151,9 @@ class Supervisor:
             self.console.print(note)
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
         self.allocation = effective_allocation(o.allocation, o.sampler)
-        self.factors, self.entries = balance_factors(self.space, self.fixed, o.by)
+        # Checked here, before any training: a --by that cannot be balanced fails now.
+        self.factors, self.entries = (balance_factors(self.space, self.fixed, o.by)
+                                      if ALLOCATIONS[self.allocation].balances else ((), []))
         self.data = prepare_data(**search_data_kwargs(o), size=self.size)
         self.o = o = replace(o, folds=self.data.splits.folds)  # the dataset's default when --folds is not given
         make_pruner(o.pruner, folds=self.data.splits.folds)

@@ -130,7 +130,7 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
 
     from bench import environment
     from bench.results import RunDir
-    from bench.search.allocation import balance_factors, wrap_sampler
+    from bench.search.allocation import ALLOCATIONS, balance_factors, wrap_sampler
     from bench.search.objective import make_objective
     from bench.search.pruners import make_pruner
     from bench.search.samplers import make_sampler
@@ -146,7 +146,8 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
     space = load_space(Path(spec.space_path))
     run = RunDir.open(Path(spec.run_dir))
     storage = open_storage(spec.storage, run.path, heartbeat_interval=spec.heartbeat, grace_period=spec.grace)
-    factors, entries = balance_factors(space, spec.fixed, spec.by)
+    balances = ALLOCATIONS[spec.allocation].balances
+    factors, entries = balance_factors(space, spec.fixed, spec.by) if balances else ((), [])
     sampler = wrap_sampler(make_sampler(spec.sampler, spec.seed * 100 + spec.index, space), spec.allocation,
                            factors, entries)
     study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
