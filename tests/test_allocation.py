@@ -232,3 +232,27 @@ def test_allocation_sampler_keeps_the_old_start_and_is_recorded(tmp_path, capsys
                                         out=tmp_path / "run2"), Console(file=sys.stdout))
     balanced.prepare()
     assert not balanced.study.get_trials() and balanced.study.user_attrs["allocation"] == "balanced"
+
+
+def test_live_panel_counts_each_entrys_trials_and_seconds():
+    import io
+
+    from rich.console import Console
+
+    from bench.search.progress import Progress
+
+    console = Console(file=io.StringIO(), width=200)
+    progress = Progress(console, total=4, folds=2, metric="auc", direction="maximize")
+    for worker, (number, backbone) in enumerate([(0, "simple_cnn"), (1, "mobilenet_v2")]):
+        progress.event("trial_start", {"worker": worker, "number": number, "backbone": backbone,
+                                       "config": {"backbone": backbone}})
+    progress.event("trial_end", {"worker": 0, "number": 0, "state": "COMPLETE", "value": 0.8, "backbone": "simple_cnn",
+                                 "entry": "simple_cnn", "seconds": 12.4})
+    progress.trial_failed(1, "worker killed by signal 9")  # the supervisor saw its worker die
+    progress.event("trial_start", {"worker": 0, "number": 2, "backbone": "simple_cnn", "config": {"backbone": "simple_cnn"}})
+    progress.event("trial_end", {"worker": 0, "number": 2, "state": "PRUNED", "value": None, "backbone": "simple_cnn",
+                                 "entry": "simple_cnn", "seconds": 5.0})
+    line = progress.entry_line()
+    assert line.startswith("per backbone (complete/pruned/failed, trial-s): simple_cnn 1/1/0, 17 s | mobilenet_v2 0/0/1")
+    console.print(progress.render())
+    assert "simple_cnn 1/1/0, 17 s" in console.file.getvalue()  # the live panel's caption

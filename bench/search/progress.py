@@ -114,8 +114,7 @@ class Progress:
     def render(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=self.headline(), title_justify="left", expand=False, caption=self.entry_line() or None,
-                      caption_justify="left")
+        table = Table(title=self.headline(), title_justify="left", expand=False)
         for col in ("worker", "trial", "backbone", "fold", "epoch", f"{self.metric} so far", "running"):
             table.add_column(col)
         for worker, r in sorted(self.running.items()):
@@ -123,7 +122,12 @@ class Progress:
             so_far = f"{sum(values) / len(values):.4f}" if values else "-"
             table.add_row(str(worker), str(r["trial"]), r["backbone"], f"{r['fold'] + 1}/{self.folds}",
                           f"{r['epoch']}/{r['epochs'] or '?'}", so_far, f"{time.monotonic() - r['t0']:.0f} s")
-        return table
+        if not self.entries:
+            return table
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(table, Text(self.entry_line()))  # under the table, as wide as the terminal
 
     def _log(self, line: str) -> None:
         if self.live is None:
