@@ -256,3 +256,15 @@ def test_live_panel_counts_each_entrys_trials_and_seconds():
     assert line.startswith("per backbone (complete/pruned/failed, trial-s): simple_cnn 1/1/0, 17 s | mobilenet_v2 0/0/1")
     console.print(progress.render())
     assert "simple_cnn 1/1/0, 17 s" in console.file.getvalue()  # the live panel's caption
+
+
+def test_a_by_that_cannot_be_balanced_is_refused_before_any_training(tmp_path, capsys):
+    space = tmp_path / "pool.toml"
+    space.write_text(POOLING_SPACE)
+    assert main(run_args(space, tmp_path / "run", 2, "--by", "pooling,lr")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--by lr" in err and "categorical" in err and "--allocation sampler" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "study.db").exists()
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it, naming the choices
+        main(run_args(space, tmp_path / "run", 2, "--allocation", "greedy"))
+    assert exc.value.code == 2 and "'balanced', 'sampler'" in capsys.readouterr().err
