@@ -268,3 +268,22 @@ def test_a_by_that_cannot_be_balanced_is_refused_before_any_training(tmp_path, c
     with pytest.raises(SystemExit) as exc:  # argparse refuses it, naming the choices
         main(run_args(space, tmp_path / "run", 2, "--allocation", "greedy"))
     assert exc.value.code == 2 and "'balanced', 'sampler'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two `bench run` processes on one journal study (about two minutes on 2 cores)
+def test_two_machines_on_one_study_share_the_entries_equally(tmp_path):
+    from tests.test_search import _storage_for_optuna, bench_process
+
+    space = tmp_path / "pool.toml"
+    space.write_text(POOLING_SPACE)
+    storage = f"journal:{tmp_path / 'study.log'}"
+    procs = [bench_process(["run", "--dataset", "pneumonia-demo", "--space", str(space), "--trials", "6",
+                            "--folds", "2", "--pruner", "none", "--no-final", "--storage", storage, "--study",
+                            "shared", "--by", "pooling", "--out", str(tmp_path / f"machine{i}")]) for i in range(2)]
+    for p in procs:
+        text = p.communicate(timeout=900)[0]
+        assert p.returncode == 0, text
+    study = optuna.load_study(study_name="shared", storage=_storage_for_optuna(storage))
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert collections.Counter(t.params["pooling"] for t in done) == {"avg": 3, "max": 3}
+    assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2  # both machines ran trials
