@@ -184,8 +184,8 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
             optuna.storages.fail_stale_trials(study)
             time.sleep(2.0)
             continue
-        # Enqueued trials (one per backbone in a new study) exist, WAITING, before they run: only
-        # trials that had started before this call are not this call's.
+        # Enqueued trials (retries; one per backbone in a new --allocation sampler study) exist,
+        # WAITING, before they run: only trials that had started before this call are not this call's.
         before = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=list(callbacks))
         done_here += 1
