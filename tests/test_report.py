@@ -347,6 +347,15 @@ def test_leaderboard_shows_each_entrys_trials_and_the_allocation(synthetic_run, 
     md = (tmp_path / "again" / "index.md").read_text()
     assert "Allocation of trials to entries: balanced — every entry drew the same number of trials" in md
 
+    # An entry with no complete trial has no row; its budget is still said (here: trial 1 pruned too).
+    trials = pd.read_csv(run / "trials.csv")
+    trials.loc[trials.number == 1, ["state", "value"]] = ["PRUNED", None]
+    trials.to_csv(run / "trials.csv", index=False)
+    assert report(["--run", str(run), "--out", str(tmp_path / "pruned"), "--quiet"], capsys)[0] == 0
+    assert "mobilenet_v2" not in set(leaderboard_of(tmp_path / "pruned").backbone)
+    md = (tmp_path / "pruned" / "index.md").read_text()
+    assert "mobilenet_v2: not ranked, no complete trial (0 complete / 2 pruned / 0 failed, 24.0 s)" in md
+
 
 def test_runs_copied_from_two_machines_merge_into_one_leaderboard(run_dir, tmp_path, capsys):
     reference = tmp_path / "reference"

@@ -234,7 +234,7 @@ class Builder:
                              f"{', '.join(r.label + ' (' + r.status + ')' for r in coll.runs_of(d))}.")
                 continue
             self.table(T.leaderboard_table(coll, d, board, self.by))
-            self.notes(T.leaderboard_notes(coll, d, board))
+            self.notes(T.leaderboard_notes(coll, d, board, self.by))
             self.guard(f"{d}: the test table",
                        lambda d=d, board=board: self.table(T.test_metrics_table(coll, d, board, self.by)))
             self.guard(f"{d}: the variants table",

@@ -299,13 +299,22 @@ def _test_values(coll: Collection, dataset: str, study: str, backbone: str, tria
     return out
 
 
-def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> list[Note]:
+def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame,
+                      by: tuple[str, ...] = DEFAULT_BY) -> list[Note]:
     """What the leaderboard lacks (problems: a held-out value or metrics missing) and how it ranks."""
     notes = []
     metric = coll.objective(dataset)["metric"]
 
     def add(text: str, problem: bool = True) -> None:
         notes.append(Note(text, dataset, "leaderboard", problem))
+
+    # An entry whose every trial was pruned or failed has no row: its budget must not vanish with it.
+    trials = trials_of(coll, dataset)
+    ranked = set(board.key) if "key" in board else set()
+    for key, b in ({} if trials.empty else _entry_budgets(trials, Grouping(by))).items():
+        if key not in ranked:
+            add(f"{key}: not ranked, no complete trial ({b['trials_complete']} complete / {b['trials_pruned']} "
+                f"pruned / {b['trials_failed']} failed, {seconds(b['trial_seconds'])}).", problem=False)
 
     for r in board.itertuples(index=False):
         if r.test_of:
