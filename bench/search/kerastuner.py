@@ -523,8 +523,10 @@ class KerasTunerSearch:
         from optuna.trial import TrialState
 
         states = {COMPLETED: TrialState.COMPLETE, FAILED: TrialState.FAIL}
+        # params: the trial's values (its backbone) for the live panel's trials per entry.
         trials = [SimpleNamespace(number=int(i), state=states.get(t.status, TrialState.RUNNING),
-                                  value=t.score if t.status == COMPLETED else None)
+                                  value=t.score if t.status == COMPLETED else None, user_attrs={}, system_attrs={},
+                                  params=dict(t.hyperparameters.values))
                   for i, t in self.oracle.trials.items()]
         return SimpleNamespace(get_trials=lambda deepcopy=False, states=None: trials)
 
