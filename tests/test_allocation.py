@@ -287,3 +287,19 @@ def test_two_machines_on_one_study_share_the_entries_equally(tmp_path):
     done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert collections.Counter(t.params["pooling"] for t in done) == {"avg": 3, "max": 3}
     assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2  # both machines ran trials
+
+
+@pytest.mark.slow  # a search stopped by --timeout (about a minute on 2 cores)
+def test_a_search_stopped_by_its_timeout_is_balanced_within_one(tmp_path, capsys):
+    """--timeout stops starting trials; those running finish. Whenever that happens, the finished
+    trials are the first ones by number, so the entries differ by one trial at most."""
+    space = tmp_path / "pool.toml"
+    space.write_text(POOLING_SPACE)
+    out = tmp_path / "run"
+    assert main(run_args(space, out, 50, "--jobs", "2", "--by", "pooling", "--timeout", "25")) == 0
+    assert "--timeout 25 s reached" in capsys.readouterr().out
+    trials = load(out).get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 2 <= len(done) < 50 and len(done) == len(trials)  # stopped early; nothing left running or failed
+    counts = collections.Counter(t.params["pooling"] for t in done)
+    assert abs(counts["avg"] - counts["max"]) <= 1, counts
