@@ -120,7 +120,8 @@ def test_two_trials_and_twenty_compared_at_k_2_pruned_left_out(tmp_path):
     table = T.leaderboard_table(coll, "budget-set", board.reset_index())
     column = table.display["expected best at k = 2"]
     assert list(column) == [f"{board.expected_best[k]:.3f}" for k in table.display.backbone]
-    assert list(table.display["trials (n)"]) == [str(board.trials_complete[k]) for k in table.display.backbone]
+    assert [s.split(" / ")[0] for s in table.display["trials (complete / pruned / failed)"]] == \
+        [str(board.trials_complete[k]) for k in table.display.backbone]
     assert "m = 2 is the fewest completed trials of any entry shown" in table.caption
     assert "n counts completed trials; pruned trials (4 of them) are left out: their last value is a partial fold." \
         in table.caption

@@ -325,6 +325,38 @@ def test_leaderboard_cv_numbers_recomputed_from_out_of_fold_predictions(reported
     flipped.iloc[0, probas] = flipped.iloc[0, probas[::-1]].to_numpy()
     moved = cv_from_predictions(flipped, int(row.trial), classes, positive)
     assert abs(moved["cv_balanced_accuracy_mean"] - row.cv_balanced_accuracy_mean) > 100 * tolerance
+def test_leaderboard_shows_each_entrys_trials_and_the_allocation(synthetic_run, tmp_path, capsys):
+    """Each row says how many trials its entry drew (complete / pruned / failed) and their seconds,
+    and the caption says how the search shared them out (`bench run --allocation`)."""
+    out = tmp_path / "report"
+    assert report(["--run", str(synthetic_run), "--out", str(out), "--quiet"], capsys)[0] == 0
+    board = leaderboard_of(out).set_index("backbone")
+    # The synthetic plan: simple_cnn trials 0, 2 complete and 4 failed; mobilenet_v2 1 complete, 3 pruned.
+    assert board.loc["simple_cnn", ["trials_complete", "trials_pruned", "trials_failed"]].tolist() == [2, 0, 1]
+    assert board.loc["mobilenet_v2", ["trials_complete", "trials_pruned", "trials_failed"]].tolist() == [1, 1, 0]
+    assert board.loc["simple_cnn", "trial_seconds"] == pytest.approx(10 + 12 + 14)
+    md = (out / "index.md").read_text()
+    assert "| 2 / 0 / 1 |" in md and "36.0 s" in md
+    assert "Allocation of trials to entries: sampler (not recorded)" in md  # written before bench recorded it
+
+    run = copy_run(synthetic_run, tmp_path / "runs" / "balanced")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["sessions"] = [{**s, "allocation": "balanced"} for s in manifest["sessions"]]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert report(["--run", str(run), "--out", str(tmp_path / "again"), "--quiet"], capsys)[0] == 0
+    md = (tmp_path / "again" / "index.md").read_text()
+    assert "Allocation of trials to entries: balanced — every entry drew the same number of trials" in md
+
+    # An entry with no complete trial has no row; its budget is still said (here: trial 1 pruned too).
+    trials = pd.read_csv(run / "trials.csv")
+    trials.loc[trials.number == 1, ["state", "value"]] = ["PRUNED", None]
+    trials.to_csv(run / "trials.csv", index=False)
+    assert report(["--run", str(run), "--out", str(tmp_path / "pruned"), "--quiet"], capsys)[0] == 0
+    assert "mobilenet_v2" not in set(leaderboard_of(tmp_path / "pruned").backbone)
+    md = (tmp_path / "pruned" / "index.md").read_text()
+    assert "mobilenet_v2: not ranked, no complete trial (0 complete / 2 pruned / 0 failed, 24.0 s)" in md
+
+
 def test_runs_copied_from_two_machines_merge_into_one_leaderboard(run_dir, tmp_path, capsys):
     reference = tmp_path / "reference"
     assert report(["--run", str(run_dir), "--out", str(reference), "--quiet"], capsys)[0] == 0

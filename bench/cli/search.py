@@ -12,6 +12,7 @@ from typing import Any
 from bench import __version__, paths
 from bench.cli._base import (
     Command,
+    add_by,
     add_data_arguments,
     add_held_out_options,
     add_mlflow,
@@ -248,6 +249,13 @@ class RunCommand(Command):
         g.add_argument("--trials", type=positive_int, required=True, help="finished (complete or pruned) trials in total")
         g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
         g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
+        from bench.search.allocation import ALLOCATIONS, DEFAULT_ALLOCATION
+
+        g.add_argument("--allocation", default=DEFAULT_ALLOCATION, choices=list(ALLOCATIONS),
+                       help="how trials are shared among the leaderboard's entries: "
+                            + "; ".join(f"{k}: {v.help}" for k, v in ALLOCATIONS.items()))
+        add_by(g, "with --allocation balanced: the categorical parameters an entry is (default backbone; "
+                  "e.g. backbone,augment balances every combination)")
         g.add_argument("--pruner", default="median",
                        help="median (default: cuts a trial below the finished trials' median on an epoch or a "
                             "fold), halving, wilcoxon (fold scores only; acts at 5+ folds), none")
@@ -281,6 +289,7 @@ class RunCommand(Command):
             trial_timeout=args.trial_timeout, max_failures=args.max_failures, heartbeat=args.heartbeat,
             grace=max(3 * args.heartbeat, 10), precision=args.precision, final=not args.no_final,
             operating_points=tuple(args.operating_point), variants=_variant_plan(args),
+            allocation=args.allocation, by=tuple(args.by),
         )
         from bench.search.storage import redact_command
 

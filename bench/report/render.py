@@ -240,7 +240,7 @@ class Builder:
                              f"{', '.join(r.label + ' (' + r.status + ')' for r in coll.runs_of(d))}.")
                 continue
             self.table(T.leaderboard_table(coll, d, board, self.by))
-            self.notes(T.leaderboard_notes(coll, d, board))
+            self.notes(T.leaderboard_notes(coll, d, board, self.by))
             self.guard(f"{d}: CV against the held-out set", lambda d=d, b=board: A.agreement_section(self, d, b))
             self.guard(f"{d}: the expected best at equal budget", lambda d=d, b=board: B.expected_section(self, d, b))
             self.guard(f"{d}: the test table",

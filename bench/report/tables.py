@@ -202,13 +202,54 @@ def leaderboard(coll: Collection, dataset: str, by: tuple[str, ...] = DEFAULT_BY
                            None if grouping.is_default else members[r.key]),
         })
     best = pd.concat([best, pd.DataFrame(extra)], axis=1)
-    # Trials per entry and each entry's expected best at the smallest of them: the comparison at equal budget.
+    budgets = _entry_budgets(trials_of(coll, dataset), grouping)
+    for column in ("trials_complete", "trials_pruned", "trials_failed", "trial_seconds"):
+        best[column] = [budgets.get(k, {}).get(column, 0) for k in best.key]
+    # Each entry's expected best at the smallest number of scored trials: the comparison at equal budget.
     budget = B.equal_budget(frame, B.pruned_by_entry(coll, dataset, grouping), maximize)
-    best = best.merge(budget, on="key", how="left")
-    order = [*cols, "folds", "folds_scored", "cv_images", "objective_value", *B.COLUMNS]
+    best = best.merge(budget[["key", "expected_k", "expected_best"]], on="key", how="left")
+    order = [*cols, "folds", "folds_scored", "cv_images", "objective_value", "trials_complete", "trials_pruned",
+             "trials_failed", "trial_seconds", "expected_k", "expected_best"]
     order += [c for c in best.columns if c.startswith("cv_") and c not in order]
     order += [c for c in best.columns if c not in order]
     return best[order]
+
+
+def _entry_budgets(trials: pd.DataFrame, grouping: Grouping) -> dict[str, dict[str, float]]:
+    """Per entry, every trial it drew (all studies of the dataset): complete / pruned / failed and the
+    trial-seconds spent. A row that won on 30 trials against one that had 2 is not a fair win."""
+    out: dict[str, dict[str, float]] = {}
+    names = {"COMPLETE": "trials_complete", "PRUNED": "trials_pruned", "FAIL": "trials_failed"}
+    # A trial copied into two machines' run directories is one trial.
+    for t in trials.drop_duplicates(["study", "trial"], keep="last").itertuples(index=False):
+        key = grouping.label({**params_of(t), "backbone": str(t.backbone)})
+        row = out.setdefault(key, {"trials_complete": 0, "trials_pruned": 0, "trials_failed": 0,
+                                   "trial_seconds": 0.0})
+        if t.state in names:
+            row[names[t.state]] += 1
+        spent = pd.to_numeric(getattr(t, "seconds", math.nan), errors="coerce")
+        if not isnan(spent):
+            row["trial_seconds"] += float(spent)
+    return out
+
+
+def allocation_phrase(coll: Collection, dataset: str) -> str:
+    """How the searches shared their trials among the entries (``bench run --allocation``)."""
+    used: dict[str, list[str]] = {}
+    for run in coll.runs_of(dataset):
+        if run.kind != "search":
+            continue
+        sessions = run.manifest.get("sessions") or [{}]
+        kinds = dict.fromkeys(str(x.get("allocation", "sampler (not recorded)")) for x in sessions)
+        used.setdefault(" then ".join(kinds), []).append(run.study)
+    if not used:
+        return ""
+    what = "; ".join(f"{a} ({', '.join(sorted(set(studies)))})" if len(used) > 1 else a
+                     for a, studies in used.items())
+    fair = set(used) == {"balanced"}
+    return (f"Allocation of trials to entries: {what}" + (
+        " — every entry drew the same number of trials (±1)." if fair else
+        " — the search chose how many trials each entry drew: compare the trials column before the ranks."))
 
 
 def _test_values(coll: Collection, dataset: str, study: str, backbone: str, trial: int, metric: str,
@@ -239,13 +280,22 @@ def _test_values(coll: Collection, dataset: str, study: str, backbone: str, tria
     return out
 
 
-def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame) -> list[Note]:
+def leaderboard_notes(coll: Collection, dataset: str, board: pd.DataFrame,
+                      by: tuple[str, ...] = DEFAULT_BY) -> list[Note]:
     """What the leaderboard lacks (problems: a held-out value or metrics missing) and how it ranks."""
     notes = []
     metric = coll.objective(dataset)["metric"]
 
     def add(text: str, problem: bool = True) -> None:
         notes.append(Note(text, dataset, "leaderboard", problem))
+
+    # An entry whose every trial was pruned or failed has no row: its budget must not vanish with it.
+    trials = trials_of(coll, dataset)
+    ranked = set(board.key) if "key" in board else set()
+    for key, b in ({} if trials.empty else _entry_budgets(trials, Grouping(by))).items():
+        if key not in ranked:
+            add(f"{key}: not ranked, no complete trial ({b['trials_complete']} complete / {b['trials_pruned']} "
+                f"pruned / {b['trials_failed']} failed, {seconds(b['trial_seconds'])}).", problem=False)
 
     for r in board.itertuples(index=False):
         if r.test_of:
@@ -287,7 +337,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
                   for r in board.itertuples()],
         **{f"{LABELS.get(m, m)}{' (objective)' if m == metric else ''}":
            [pm(a, b) for a, b in zip(board[f"cv_{m}_mean"], board[f"cv_{m}_std"])] for m in metrics},
-        "trials (n)": board.trials_complete.astype(str),
+        "trials (complete / pruned / failed)": [f"{a} / {b} / {c}" for a, b, c in
+                                                zip(board.trials_complete, board.trials_pruned, board.trials_failed)],
         B.column_title(board): [f"{x:.3f}" for x in board.expected_best],
         f"test {LABELS.get(metric, metric)} [95% CI]": [ci(a, b, c) for a, b, c in
                                                       zip(board.test_value, board.test_low, board.test_high)],
@@ -297,6 +348,7 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
                                zip(board.total_params, board.trainable_params)],
         "s/epoch": [f"{x:.2f}" if not isnan(x) else "-" for x in board.seconds_per_epoch],
         "images/s": [f"{x:.1f}" if not isnan(x) else "-" for x in board.images_per_second],
+        "trial time": [seconds(x) for x in board.trial_seconds],
     }) if not board.empty else pd.DataFrame()
     rules: dict[str, tuple[str, str]] = {}
     for m in metrics:
@@ -313,7 +365,8 @@ def leaderboard_table(coll: Collection, dataset: str, board: pd.DataFrame,
                f"{_rows_phrase(grouping)} best complete trial by {metric}. Test column: {test_phrase(n_test)}, "
                f"95% CI by "
                f"{_board_resampled(board)}; the test set was used once, after the search. Best per column in bold. "
-               f"s/epoch and images/s: training, mean over folds."
+               f"s/epoch and images/s: training, mean over folds. Trials: every trial of the entry in the "
+               f"search, trial time their sum. {allocation_phrase(coll, dataset)}"
                + (f" {B.caption(board, metric)}" if not board.empty else ""))
     return Table(slug("leaderboard", dataset), f"{dataset}: leaderboard", caption, board, display, bold,
                  terminal=True)

@@ -178,7 +178,8 @@ class KerasTunerSearch:
                     "kerastuner": {"project": str(self.project_dir), "oracle_seed": oracle_seed(o.seed),
                                    "max_epochs": self.max_epochs,
                                    "factor": HYPERBAND_FACTOR if self.max_epochs else None}},
-            session={"tuner": self.tuner_name, "max_failures": o.max_failures},
+            # The tuner chooses the backbones too: its allocation, whatever --allocation says.
+            session={"tuner": self.tuner_name, "max_failures": o.max_failures, "allocation": "tuner"},
         )
 
     def _reject_optuna_options(self) -> None:
@@ -523,8 +524,10 @@ class KerasTunerSearch:
         from optuna.trial import TrialState
 
         states = {COMPLETED: TrialState.COMPLETE, FAILED: TrialState.FAIL}
+        # params: the trial's values (its backbone) for the live panel's trials per entry.
         trials = [SimpleNamespace(number=int(i), state=states.get(t.status, TrialState.RUNNING),
-                                  value=t.score if t.status == COMPLETED else None)
+                                  value=t.score if t.status == COMPLETED else None, user_attrs={}, system_attrs={},
+                                  params=dict(t.hyperparameters.values))
                   for i, t in self.oracle.trials.items()]
         return SimpleNamespace(get_trials=lambda deepcopy=False, states=None: trials)
 

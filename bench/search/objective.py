@@ -125,7 +125,8 @@ def make_objective(
         trial.set_user_attr(GROUP_ATTR, prune_group(grouping.label(config.to_dict()), config.to_dict()))
         run.write_config(trial.number, config.to_dict())
         data = data_for(config.size)
-        emit("trial_start", {"number": trial.number, "backbone": config.backbone, "folds": data.splits.folds})
+        emit("trial_start", {"number": trial.number, "backbone": config.backbone, "folds": data.splits.folds,
+                             "config": config.to_dict()})
         pruned_at: list[tuple[int, int]] = []  # (fold, epoch) of the cut; epoch -1 at a fold's end
 
         def on_fold(score: FoldScore) -> None:

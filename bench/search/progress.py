@@ -8,12 +8,18 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from bench.evaluation.grouping import DEFAULT_BY, Grouping
+from bench.search.allocation import EntryCounts, entry_counts
+
 
 class Progress:
     """Fed with worker events; renders counts, the best value, running trials and an ETA."""
 
-    def __init__(self, console: Any, *, total: int, folds: int, metric: str, direction: str) -> None:
+    def __init__(self, console: Any, *, total: int, folds: int, metric: str, direction: str,
+                 by: tuple[str, ...] = DEFAULT_BY) -> None:
         self.console, self.total, self.folds, self.metric = console, total, folds, metric
+        self.grouping = Grouping(by)
+        self.entries: dict[str, EntryCounts] = {}  # per leaderboard entry: trials by state, trial-seconds
         self.maximize = direction == "maximize"
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.best: float | None = None
@@ -25,7 +31,9 @@ class Progress:
         self.jobs = 1
 
     def set_counts(self, study: Any) -> None:
-        for t in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        self.entries = entry_counts([t for t in trials if t.state != TrialState.RUNNING], self.grouping.by)
+        for t in trials:
             if t.state.name in self.counts:
                 self.counts[t.state.name] += 1
             if t.state == TrialState.COMPLETE and t.value is not None:
@@ -44,8 +52,10 @@ class Progress:
             self.jobs = max(self.jobs, worker + 1)
             self._log(f"worker {worker} ready (pid {p['pid']})")
         elif kind == "trial_start":
+            config = p.get("config") or {"backbone": p["backbone"]}
+            entry = self.grouping.label(config) if all(n in config for n in self.grouping.by) else p["backbone"]
             self.running[worker] = {"trial": p["number"], "backbone": p["backbone"], "fold": 0, "epoch": 0,
-                                    "epochs": 0, "values": [], "t0": time.monotonic()}
+                                    "epochs": 0, "values": [], "t0": time.monotonic(), "entry": entry}
             self._log(f"trial {p['number']} started on worker {worker}: {p['backbone']}")
         elif kind == "epoch" and worker in self.running:
             self.running[worker].update(fold=p["fold"], epoch=p["epoch"] + 1, epochs=p["epochs"])
@@ -53,8 +63,11 @@ class Progress:
             self.running[worker]["values"].append(p["value"])
             self._log(f"trial {p['number']} fold {p['fold'] + 1}/{self.folds}: {self.metric} {p['value']:.4f}")
         elif kind == "trial_end":
-            self.running.pop(worker, None)
+            started = self.running.pop(worker, None) or {}
             state = p["state"]
+            entry = p.get("entry") or started.get("entry")
+            if entry is not None:
+                self.entries.setdefault(entry, EntryCounts()).add(state, p.get("seconds"))
             if state in self.counts:
                 self.counts[state] += 1
             if p.get("seconds"):
@@ -71,6 +84,7 @@ class Progress:
         self.counts["FAIL"] += 1
         for worker, r in list(self.running.items()):
             if r["trial"] == number:
+                self.entries.setdefault(r["entry"], EntryCounts()).add("FAIL", time.monotonic() - r["t0"])
                 del self.running[worker]
         self._log(f"trial {number} failed: {reason}")
         self._refresh()
@@ -90,6 +104,13 @@ class Progress:
                 f"{c['FAIL']} failed | best {self.metric} {best} | elapsed {(time.monotonic() - self.t0) / 60:.1f} min, "
                 f"ETA {self.eta()}")
 
+    def entry_line(self) -> str:
+        """What each leaderboard entry has had so far: unequal budgets are visible while they happen."""
+        if not self.entries:
+            return ""
+        return (f"per {self.grouping.noun} (complete/pruned/failed, trial-s): "
+                + " | ".join(f"{name} {c.text()}" for name, c in self.entries.items()))
+
     def render(self) -> Any:
         from rich.table import Table
 
@@ -101,7 +122,12 @@ class Progress:
             so_far = f"{sum(values) / len(values):.4f}" if values else "-"
             table.add_row(str(worker), str(r["trial"]), r["backbone"], f"{r['fold'] + 1}/{self.folds}",
                           f"{r['epoch']}/{r['epochs'] or '?'}", so_far, f"{time.monotonic() - r['t0']:.0f} s")
-        return table
+        if not self.entries:
+            return table
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(table, Text(self.entry_line()))  # under the table, as wide as the terminal
 
     def _log(self, line: str) -> None:
         if self.live is None:
@@ -127,3 +153,5 @@ class Progress:
             self.live.__exit__(*exc)
             self.live = None
         self._log(self.headline())
+        if self.entries:
+            self._log(self.entry_line())

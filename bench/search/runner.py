@@ -37,6 +37,7 @@ from bench.evaluation.variants import VariantPlan
 from bench.metrics.operating import OperatingPoint
 from bench.results import RunDir, trial_record
 from bench.search import devices
+from bench.search.allocation import ALLOCATIONS, balance_factors, effective_allocation
 from bench.search.progress import Progress
 from bench.search.pruners import make_pruner
 from bench.search.samplers import make_sampler
@@ -115,6 +116,8 @@ class SearchOptions:
     fixed: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     mlflow: str | None = None  # MLflow tracking URI (bench.search.tracking), already checked by the CLI
+    allocation: str = "balanced"  # bench.search.allocation: trials per leaderboard entry
+    by: tuple[str, ...] = ("backbone",)  # the factors an entry is (balanced allocation)
 
 
 @dataclass
@@ -158,6 +161,10 @@ class Supervisor:
         for note in self.space.notes:
             self.console.print(note)
         make_sampler(o.sampler, o.seed, self.space)  # fail now on a missing optional package
+        self.allocation = effective_allocation(o.allocation, o.sampler)
+        # Checked here, before any training: a --by that cannot be balanced fails now.
+        self.factors, self.entries = (balance_factors(self.space, self.fixed, o.by)
+                                      if ALLOCATIONS[self.allocation].balances else ((), []))
         self.data = prepare_data(**search_data_kwargs(o), size=self.size)
         self.o = o = replace(o, folds=self.data.splits.folds)  # the dataset's default when --folds is not given
         make_pruner(o.pruner, folds=self.data.splits.folds)
@@ -177,7 +184,9 @@ class Supervisor:
             sampler=make_sampler(o.sampler, o.seed, self.space), pruner=make_pruner(o.pruner),
         )
         self._check_identity()
-        self._seed_each_backbone()
+        self._record_allocation()
+        if not ALLOCATIONS[self.allocation].balances:
+            self._seed_each_backbone()
         self._recover_dead_local_trials()
         self._write_manifest()
 
@@ -216,6 +225,19 @@ class Supervisor:
             return "the study records no file listing to say which files differ"
         return f"compared with the study's copy of the dataset: {digests.differences(recorded, files)}"
 
+    def _record_allocation(self) -> None:
+        """The study says how its trials were shared out (the report prints it); a continued study
+        with another allocation keeps the history in the manifest's sessions."""
+        before = self.study.user_attrs.get("allocation")
+        if before and before != self.allocation:
+            self.console.print(f"[yellow]This study was searched with --allocation {before}; this session uses "
+                               f"{self.allocation}.[/]")
+        self.study.set_user_attr("allocation", self.allocation)
+        self.study.set_user_attr("balance_by", list(self.o.by))
+        if self.allocation != self.o.allocation:
+            self.console.print(f"--sampler {self.o.sampler} visits every combination itself: the backbones are "
+                               f"allocated by the sampler, not balanced.")
+
     def _seed_each_backbone(self) -> None:
         """A new study first tries every backbone once (the sampler picks the other parameters).
 
@@ -248,6 +270,7 @@ class Supervisor:
             self.run, self.o, self.data, self.space, self.space_path, engine="optuna",
             fields={"study": self.study_name, "storage": recorded_storage(self.run, self.storage)},
             session={"jobs": self.o.jobs, "sampler": self.o.sampler, "pruner": self.o.pruner,
+                     "allocation": self.allocation, "by": list(self.o.by),
                      **({"mlflow": redact(self.o.mlflow)} if self.o.mlflow else {})},
         )
 
@@ -279,6 +302,7 @@ class Supervisor:
             study_name=self.study_name, run_dir=str(self.run.path), sampler=o.sampler, pruner=o.pruner,
             trials=o.trials, max_trials=o.max_trials_per_worker, heartbeat=o.heartbeat, grace=o.grace,
             splits_digest=self.data.splits_digest, precision=o.precision, env=env, mlflow=o.mlflow,
+            allocation=self.allocation, by=tuple(o.by),
         )
 
     def _start(self, index: int) -> _Slot:
@@ -295,7 +319,7 @@ class Supervisor:
         plans = devices.plan_workers(o.jobs, devices.visible_gpus(), os.cpu_count() or 1)
         self.specs = [self._spec(i, env) for i, env in enumerate(plans)]
         self.progress = Progress(self.console, total=o.trials, folds=o.folds, metric=self.space.metric,
-                                 direction=self.space.direction)
+                                 direction=self.space.direction, by=tuple(o.by))
         finished, _ = finished_and_running(self.study)
         self.progress.set_counts(self.study)
         if finished >= o.trials:

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 
 from bench.errors import ConfigError
+from bench.search.allocation import entry_counts, study_by
 from bench.search.storage import describe_storage, list_studies, open_storage
 from bench.search.summary import best_per_backbone
 
@@ -28,18 +29,39 @@ def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for storage in _storages(spec, runs_dir):
         table = Table(title=describe_storage(storage), title_justify="left")
-        for col in ("study", "dataset", "objective", "complete", "pruned", "failed", "running", "waiting", "best",
-                    "best per backbone"):
+        for col in ("study", "dataset", "objective", "allocation", "complete", "pruned", "failed", "running",
+                    "waiting", "best", "best per backbone"):
             table.add_column(col)
+        budgets = []
         for s in list_studies(storage):
             study = optuna.load_study(study_name=s.name, storage=storage)
             per_backbone = ", ".join(
                 f"{(t.user_attrs.get('config') or {}).get('backbone', '?')} {t.value:.3f} (#{t.number})"
                 for t in best_per_backbone(study)
             )
+            budgets.append(_budget_table(s.name, study, study_by(s.user_attrs)))
             table.add_row(s.name, str(s.user_attrs.get("dataset", "?")),
-                          f"{s.user_attrs.get('metric', '?')} ({s.direction})", str(s.complete), str(s.pruned),
+                          f"{s.user_attrs.get('metric', '?')} ({s.direction})",
+                          str(s.user_attrs.get("allocation", "sampler")), str(s.complete), str(s.pruned),
                           str(s.fail), str(s.running), str(s.waiting),
                           "-" if s.best_value is None else f"{s.best_value:.4f}", per_backbone or "-")
         console.print(table)
+        for budget in budgets:
+            if budget is not None:
+                console.print(budget)
     return 0
+
+
+def _budget_table(name: str, study: Any, by: tuple[str, ...]) -> Any:
+    """What each entry drew: a ranking of entries that had 2 and 30 trials is not a fair one."""
+    from rich.table import Table
+
+    entries = entry_counts(study.get_trials(deepcopy=False), by)
+    if not entries:
+        return None
+    table = Table(title=f"{name}: trials per {' · '.join(by)}", title_justify="left")
+    for col in (" · ".join(by), "complete", "pruned", "failed", "running", "trial-seconds"):
+        table.add_column(col, justify="left" if col == " · ".join(by) else "right")
+    for entry, c in entries.items():
+        table.add_row(entry, str(c.complete), str(c.pruned), str(c.failed), str(c.running), f"{c.seconds:.0f}")
+    return table

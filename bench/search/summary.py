@@ -66,10 +66,15 @@ def print_summary(console: Any, study: Any, run_dir: Path, storage: str, data: A
              "seconds_per_epoch": t.user_attrs.get("seconds_per_epoch", float("nan")),
              "total_params": t.user_attrs.get("total_params")} for t in best_per_backbone(study)]
     console.print(_best_table(data, metric, rows))
+    from bench.search.allocation import entry_counts, study_by
+
+    entries = entry_counts(trials, study_by(study.user_attrs))
     console.print(
         f"trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
         f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running | study '{study.study_name}' "
-        f"in {storage}\nrun directory: {run_dir}"
+        f"in {storage}, allocation {study.user_attrs.get('allocation', 'sampler')}\n"
+        + "".join(f"  {name}: {c.text()} (complete/pruned/failed, trial-seconds)\n" for name, c in entries.items())
+        + f"run directory: {run_dir}"
     )
 
 

@@ -55,6 +55,8 @@ class WorkerSpec:
     precision: str = "float32"
     env: dict[str, str] = field(default_factory=dict)
     mlflow: str | None = None  # tracking URI: each worker logs the trials it ran (bench.search.tracking)
+    allocation: str = "balanced"  # bench.search.allocation (already resolved by the supervisor)
+    by: tuple[str, ...] = ("backbone",)
 
 
 def _die_with_parent() -> None:
@@ -128,6 +130,7 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
 
     from bench import environment
     from bench.results import RunDir
+    from bench.search.allocation import ALLOCATIONS, balance_factors, wrap_sampler
     from bench.search.objective import make_objective
     from bench.search.pruners import make_pruner
     from bench.search.samplers import make_sampler
@@ -143,11 +146,12 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
     space = load_space(Path(spec.space_path))
     run = RunDir.open(Path(spec.run_dir))
     storage = open_storage(spec.storage, run.path, heartbeat_interval=spec.heartbeat, grace_period=spec.grace)
-    study = optuna.load_study(
-        study_name=spec.study_name, storage=storage,
-        sampler=make_sampler(spec.sampler, spec.seed * 100 + spec.index, space),
-        pruner=make_pruner(spec.pruner),
-    )
+    balances = ALLOCATIONS[spec.allocation].balances
+    factors, entries = balance_factors(space, spec.fixed, spec.by) if balances else ((), [])
+    sampler = wrap_sampler(make_sampler(spec.sampler, spec.seed * 100 + spec.index, space), spec.allocation,
+                           factors, entries)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
+                              pruner=make_pruner(spec.pruner))
     objective = make_objective(DataBySize(data), space, run, study_seed=spec.seed, fixed=spec.fixed,
                                on_event=lambda kind, payload: send(kind, payload), budget=spec.trials)
     callbacks: list[Any] = []
@@ -180,8 +184,8 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
             optuna.storages.fail_stale_trials(study)
             time.sleep(2.0)
             continue
-        # Enqueued trials (one per backbone in a new study) exist, WAITING, before they run: only
-        # trials that had started before this call are not this call's.
+        # Enqueued trials (retries; one per backbone in a new --allocation sampler study) exist,
+        # WAITING, before they run: only trials that had started before this call are not this call's.
         before = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=list(callbacks))
         done_here += 1
@@ -191,12 +195,15 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
         if trial is not None and trial.user_attrs.get("surplus"):
             continue  # another worker took the last place; wait for the budget to settle
         if trial is not None:
+            from bench.evaluation.grouping import Grouping
             from bench.results import trial_record
+            from bench.search.allocation import trial_label
 
             run.append_trial(trial_record(trial))
             send("trial_end", {
                 "number": trial.number, "state": trial.state.name, "value": trial.value,
                 "backbone": (trial.user_attrs.get("config") or {}).get("backbone"),
+                "entry": trial_label(trial, Grouping(spec.by)),
                 "reason": trial.user_attrs.get("fail_reason"),
                 "seconds": trial.user_attrs.get("seconds"),
             })
