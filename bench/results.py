@@ -59,14 +59,20 @@ runs from several machines):
 The held-out test files are written only by ``bench final``, after the search: nothing that
 chooses a configuration ever reads them.
 
-Rows are appended fold by fold, so an interrupted run keeps every finished fold.
+Rows are appended fold by fold, so an interrupted run keeps every finished fold. A writer killed
+mid-append (``kill -9``, a full disk) leaves a last row without its end: the next append cuts the
+file back to its last complete row first (keeping the file as it was, ``FILE.torn-<time>``, and
+saying so), as ``bench.search.storage`` does for a journal; a reader ignores such a row and leaves
+the file alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
+import logging
 import os
 import re
 import time
@@ -79,8 +85,10 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from bench.atomic import write_atomic, write_text_atomic
+from bench.atomic import cut_back, write_atomic, write_text_atomic
 from bench.errors import BenchError, DataError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 # folds.csv's `features` values (see bench.training.features).
@@ -139,16 +147,68 @@ def _atomic_csv(path: Path, frame: pd.DataFrame) -> None:
     write_atomic(path, lambda f: frame.to_csv(f, index=False))
 
 
+def _end_of_last_row(data: bytes) -> int:
+    """Where the last complete CSV row of ``data`` ends (``len(data)`` when it ends in a newline).
+
+    Rows end in a newline outside quotes; a torn tail ends elsewhere. Cutting at the last newline
+    is not enough when that newline is inside the torn row's quoted field (a multi-line failure
+    reason): a cut point must leave an even number of quote characters before it.
+    """
+    if not data or data.endswith(b"\n"):
+        return len(data)
+    end = data.rfind(b"\n") + 1
+    while end and data.count(b'"', 0, end) % 2:
+        end = data.rfind(b"\n", 0, end - 1) + 1
+    return end
+
+
+def _torn_tail(path: Path) -> bytes | None:
+    """The file's content when its last row is torn; None (without reading it all) when it is whole."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return None
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return None
+        f.seek(0)
+        return f.read()
+
+
+def repair_torn_rows(path: Path) -> Path | None:
+    """Cut an appended CSV back to its last complete row; return the copy kept of the torn file, if any.
+
+    The caller holds the run directory's lock, so no other writer is mid-row.
+    """
+    data = _torn_tail(path) if path.is_file() else None
+    if data is None:
+        return None
+    end = _end_of_last_row(data)
+    copy = cut_back(path, end)
+    log.warning("%s ended in a torn row (a writer was killed mid-append): cut back to its last complete row, "
+                "dropping %d byte(s); the file as it was is kept as %s", path, len(data) - end, copy)
+    return copy
+
+
 def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    new = not path.exists()
+    repair_torn_rows(path)  # else this append's first row would be glued onto the torn one
+    new = not path.exists() or path.stat().st_size == 0  # a torn header is cut back to nothing
     columns = list(rows[0])
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _append_frame(path: Path, frame: pd.DataFrame) -> None:
+    repair_torn_rows(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        frame.to_csv(f, index=False, header=new)
         f.flush()
         os.fsync(f.fileno())
 
@@ -267,8 +327,7 @@ class RunDir:
             frame = predictions.copy()
             frame.insert(0, "fold", fold)
             frame.insert(0, "trial", trial)
-            frame.to_csv(self.file("predictions"), mode="a", index=False,
-                         header=not self.file("predictions").exists())
+            _append_frame(self.file("predictions"), frame)
         _append_rows(self.file("history"), [
             {**base, "epoch": epoch + 1, "metric": name, "value": value}
             for name, values in history.items() for epoch, value in enumerate(values)
@@ -407,8 +466,17 @@ class RunDir:
         path = self.file(key)
         if not path.exists():
             return pd.DataFrame()
+        source: Path | io.BytesIO = path
+        torn = _torn_tail(path)
+        if torn is not None:  # a reader leaves the file as it is: the next append cuts it back
+            end = _end_of_last_row(torn)
+            log.warning("%s ends in a torn row (a writer was killed mid-append): read without its last %d byte(s)",
+                        path, len(torn) - end)
+            source = io.BytesIO(torn[:end])
+            if end == 0:
+                return pd.DataFrame()
         # Paths, labels and groups stay strings even when a patient id looks like a number or "NA".
-        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str, "class": str})
+        frame = pd.read_csv(source, dtype={"path": str, "label": str, "group": str, "truth": str, "class": str})
         if key == "test_metrics" and "unit" not in frame and "n_images" in frame:
             # Written before CIs could resample patients: those resampled images.
             frame["unit"], frame["n_units"] = "images", frame["n_images"]

@@ -141,6 +141,83 @@ def test_files_written_whole_get_the_mode_of_the_umask(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
 
 
+# --------------------------------------------------------------------------- a run CSV torn mid-append
+
+
+def _fold(run: RunDir, trial: int, fold: int, reason: str = "") -> None:
+    """One fold's rows, through the writer a search uses (folds, metrics, predictions, history)."""
+    predictions = pd.DataFrame({"path": [f"img{trial}-{fold}-{i}.png" for i in range(4)], "group": ["p1", "p1", "p2", "p3"],
+                                "truth": ["a", "b", "a", "b"], "target": [0, 1, 0, 1],
+                                "p_a": [0.9, 0.2, 0.7, 0.4], "p_b": [0.1, 0.8, 0.3, 0.6]})
+    run.append_fold(trial=trial, fold=fold, backbone="simple_cnn", status="ok" if not reason else "failed",
+                    info={"epochs": 1, "reason": reason}, metrics={"auc": 0.75},
+                    predictions=predictions, history={"loss": [0.7, 0.6]})
+
+
+def _trial(run: RunDir, number: int, reason: str | None = None) -> None:
+    run.append_trial({"number": number, "state": "FAIL" if reason else "COMPLETE", "value": None if reason else 0.8,
+                      "backbone": "simple_cnn", "params": {"lr": 0.01}, "fail_reason": reason})
+
+
+def _tear(path: Path, keep_of_last_row: float = 0.5) -> bytes:
+    """Cut ``path`` inside its last row, as a writer killed mid-append (or a full disk) leaves it."""
+    whole = path.read_bytes()
+    start = whole.rstrip(b"\n").rfind(b"\n") + 1
+    torn = whole[: start + int((len(whole) - start) * keep_of_last_row)]
+    path.write_bytes(torn)
+    return torn
+
+
+@pytest.mark.parametrize("name", ["trials", "folds", "predictions"])
+def test_a_run_csv_torn_mid_append_is_cut_back_and_the_resumed_search_appends_whole_rows(tmp_path, name, caplog):
+    # Before: the resumed search glued its next row onto the torn one; pandas then read a row of the
+    # wrong width (or failed), and the report dropped the run's confusion matrix and ROC.
+    run = RunDir.create(tmp_path / "runs", "ds", out=tmp_path / "run")
+    for n in range(2):
+        _trial(run, n)
+        _fold(run, n, 0)
+    path = run.file(name)
+    whole_rows = len(run.table(name))
+    torn = _tear(path)
+    caplog.set_level("WARNING", logger="bench.results")
+
+    # A reader (the report, `bench export`) takes the complete rows and leaves the file alone.
+    assert len(run.table(name)) == whole_rows - 1 and path.read_bytes() == torn
+    assert "torn row" in caplog.text and not list(path.parent.glob(f"{path.name}.torn-*"))
+
+    _trial(run, 2)  # the resumed search's next trial and fold
+    _fold(run, 2, 0)
+    (copy,) = path.parent.glob(f"{path.name}.torn-*")
+    assert copy.read_bytes() == torn
+    assert f"{path} ended in a torn row" in caplog.text and str(copy) in caplog.text
+    table = run.table(name)
+    assert len(table) == whole_rows - 1 + (4 if name == "predictions" else 1)
+    assert not table.isna().all(axis=1).any()
+    if name == "predictions":
+        assert table.p_a.dtype.kind == "f" and set(table.trial) == {0, 1, 2}
+    else:
+        assert table.iloc[-1].to_dict()["number" if name == "trials" else "trial"] == 2
+
+
+def test_a_torn_row_inside_a_quoted_multiline_reason_is_cut_before_that_row(tmp_path):
+    run = RunDir.create(tmp_path / "runs", "ds", out=tmp_path / "run")
+    _trial(run, 0)
+    _trial(run, 1, reason="ValueError: the loss is NaN\nat epoch 3\nof fold 1")
+    whole = run.file("trials").read_bytes()
+    run.file("trials").write_bytes(whole[: whole.index(b"at epoch") + 3])  # cut after a newline inside quotes
+    _trial(run, 2)
+    table = run.table("trials")
+    assert list(table.number) == [0, 2] and list(table.state) == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_torn_header_is_cut_back_to_nothing_and_written_again(tmp_path):
+    run = RunDir.create(tmp_path / "runs", "ds", out=tmp_path / "run")
+    run.file("trials").write_bytes(b"number,sta")  # killed while writing the very first row's header
+    assert run.table("trials").empty
+    _trial(run, 0)
+    assert list(run.table("trials").number) == [0]
+
+
 # --------------------------------------------------------------------------- errors that end a command
 
 
