@@ -19,6 +19,7 @@ under its name or absent.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -60,6 +61,11 @@ def atomic_path(path: Path, *, keep_suffix: bool = False, durable: bool = False)
         if durable:
             fsync_file(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not err.filename:
+            # Keras and zipfile raise it without a name: the message should say which file failed.
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

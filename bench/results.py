@@ -76,7 +76,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,8 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from bench.atomic import cut_back, write_atomic, write_text_atomic
+from bench.atomic import atomic_path, cut_back, fsync_file, remove_stale_temporaries, write_atomic, write_text_atomic
+from bench.download import sha256_file
 from bench.errors import BenchError, DataError
 
 log = logging.getLogger(__name__)
@@ -344,18 +345,55 @@ class RunDir:
             _append_rows(self.file("trials"), [clean])
 
     def write_final_backbone(self, backbone: str, info: dict[str, Any], metrics: list[dict[str, Any]],
-                             predictions: pd.DataFrame) -> None:
+                             predictions: pd.DataFrame, *, save_model: Callable[[Path], None] | None = None,
+                             seal: Callable[[str], dict[str, Any]] | None = None) -> None:
         """One entry's held-out result (``backbone``: a backbone, or a combination's slug); a re-run of
-        ``bench final`` replaces its rows."""
+        ``bench final`` replaces its rows.
+
+        With ``save_model`` (it writes the entry's model to the path it is given) the model and the
+        record that describes it become visible together: the model is written whole under a
+        temporary name in models/, its sha256 goes into the entry as ``model_sha256`` (with what
+        ``seal(sha256)`` adds), final.json is replaced, and only then one rename puts the model in
+        place. A kill at any moment leaves the previous pair, or a record whose sha256 the file in
+        models/ does not have, which readers refuse (``bench.deploy.export.verified_run_model``).
+        """
         with self.lock():
-            final = self.final()
-            final.setdefault("backbones", {})[backbone] = info
-            _atomic_json(self.file("final"), final)
-            for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
-                self._replace_backbone_rows(key, backbone, frame)
-            for key in ("test_variants", "test_variant_predictions"):  # they were of the model just replaced
-                if self.file(key).exists():
-                    self._replace_backbone_rows(key, backbone, pd.DataFrame())
+            if save_model is None:
+                self._write_final_entry(backbone, info, metrics, predictions)
+                return
+            with self._model_temp(self.model_path(backbone)) as tmp:
+                save_model(tmp)
+                fsync_file(tmp)
+                sha = sha256_file(tmp)
+                info = {**info, "model_sha256": sha, **(seal(sha) if seal else {})}
+                self._write_final_entry(backbone, info, metrics, predictions)
+            # The rename on leaving the block: the model final.json now describes is in place.
+
+    def _write_final_entry(self, backbone: str, info: dict[str, Any], metrics: list[dict[str, Any]],
+                           predictions: pd.DataFrame) -> None:
+        for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
+            self._replace_backbone_rows(key, backbone, frame)
+        for key in ("test_variants", "test_variant_predictions"):  # they were of the model just replaced
+            if self.file(key).exists():
+                self._replace_backbone_rows(key, backbone, pd.DataFrame())
+        final = self.final()
+        final.setdefault("backbones", {})[backbone] = info
+        _atomic_json(self.file("final"), final)  # last: the entry's record, read with the rows above
+
+    @contextlib.contextmanager
+    def _model_temp(self, path: Path) -> Iterator[Path]:
+        """A temporary beside ``path`` for a model (Keras saves only to a name ending in .keras),
+        renamed onto ``path`` when the block succeeds; a disk that fills up leaves no partial model."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)  # of a writer killed mid-save
+        with atomic_path(path, keep_suffix=True, durable=True) as tmp:
+            yield tmp
+
+    def save_model(self, path: Path, save: Callable[[Path], None]) -> str:
+        """``save(tmp)`` writes a model that appears at ``path`` whole or not at all; its sha256."""
+        with self._model_temp(path) as tmp:
+            save(tmp)
+            return sha256_file(tmp)
 
     def write_backbone_table(self, key: str, backbone: str, frame: pd.DataFrame) -> None:
         """One entry's rows of a held-out table (calibration, operating points); replaces earlier ones."""

@@ -14,6 +14,7 @@ from bench.cli._base import (
     list_unreadable,
     quiet_frameworks,
     stdout_console,
+    warn_no_verify,
 )
 from bench.cli.argtypes import positive_int, whole
 from bench.errors import ConfigError
@@ -82,6 +83,7 @@ class PredictCommand(Command):
 
         from bench.deploy.predict import predict_paths
 
+        warn_no_verify(args)
         result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify,
                                operating_point=args.operating_point)
         console = stdout_console()
@@ -144,6 +146,7 @@ class ExplainCommand(Command):
         quiet_frameworks()
         from bench.deploy.explain import explain_paths
 
+        warn_no_verify(args)
         if args.method != "gradcam" and args.block != -1:
             raise ConfigError(f"--block chooses the layer Grad-CAM reads; --method {args.method} has none. "
                               f"Drop --block, or use --method gradcam.")
