@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -32,6 +33,7 @@ from bench.data.sources import build_index
 from bench.errors import DataError
 from bench.results import RunDir
 from tests.conftest import REPO
+from tests.test_export import bench_env, final_run  # noqa: F401 (fixture)
 from tests.test_search import (
     TINY_SPACE,
     _check_shared_budget,
@@ -139,6 +141,62 @@ def test_files_written_whole_get_the_mode_of_the_umask(tmp_path):
     for path in (run.file("manifest"), run.file("config"), card):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+# --------------------------------------------------------------------------- bench final killed mid-commit
+
+# `bench final --run RUN`, killed (SIGKILL: no finally runs) the moment it is about to rename a
+# file onto the name given: the gaps between writing a model and writing the record of it.
+_KILLED_AT = """
+import os, signal, sys
+from pathlib import Path
+replace = os.replace
+def killing_replace(src, dst, *args, **kwargs):
+    if Path(dst).name == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst, *args, **kwargs)
+os.replace = killing_replace
+from bench.cli import main
+sys.exit(main(["final", "--run", sys.argv[2]]))
+"""
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_at", ["final.json", "simple_cnn.keras"])
+def test_bench_final_killed_mid_commit_never_pairs_a_record_with_another_model(final_run, tmp_path, killed_at,
+                                                                             capsys):
+    # Before: the model was saved under its own name about 4 s before final.json; killed in that gap
+    # the run held the new weights under the old record, and `bench export` wrote a card claiming the
+    # old trial's configuration and held-out score over them, its sha256 check passing.
+    run = tmp_path / "run"
+    shutil.copytree(final_run, run)
+    model = run / "models" / "simple_cnn.keras"
+    before = _sha(model)
+    env = {**bench_env(tmp_path), "PYTHONUNBUFFERED": "1"}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT, killed_at, str(run)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    out = tmp_path / "export" / "m.keras"
+    code = main(["export", "--run", str(run), "--out", str(out)])
+    err = " ".join(capsys.readouterr().err.split())
+    if killed_at == "final.json":  # the record was not replaced: neither was the model it describes
+        assert code == 0, err
+        assert _sha(model) == before == _sha(out)
+    else:  # the record is new, the model under its name the old one: refused, and said how to fix it
+        assert code == 2 and not out.exists()
+        assert f"{model} is not the model {run / 'final.json'} describes" in err
+        assert "was interrupted" in err and f"Re-run `bench final --run {run} --backbone simple_cnn`" in err
+        assert subprocess.run([sys.executable, "-m", "bench", "final", "--run", str(run)], env=env,
+                              capture_output=True, text=True, timeout=600).returncode == 0
+        assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+        assert _sha(out) == _sha(model) == json.loads((run / "final.json").read_text())[
+            "backbones"]["simple_cnn"]["model_sha256"]
 
 
 # --------------------------------------------------------------------------- a run CSV torn mid-append
@@ -269,6 +327,39 @@ def test_a_full_disk_under_the_image_cache_is_a_clear_error_and_leaves_nothing_p
         # the next run, with room, builds the cache and trains
         env["BENCH_CACHE"] = str(tmp_path / "roomy")
         assert subprocess.run(args, capture_output=True, text=True, env=env, timeout=300).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_bench_final_saves_the_model_leaves_no_partial_model_and_says_so(final_run, tmp_path):
+    # Before: Keras left a partial models/simple_cnn.keras and the CLI said "files are written whole,
+    # so nothing partial is read back", naming no file.
+    run = tmp_path / "run"
+    shutil.copytree(final_run, run)
+    record = (run / "final.json").read_bytes()
+    with small_disk(run / "models", "64k") as models:  # a disk too small for the model, and only for it
+        proc = subprocess.run([sys.executable, "-m", "bench", "final", "--run", str(run)], env=bench_env(tmp_path),
+                              capture_output=True, text=True, timeout=600)
+        err = " ".join(proc.stderr.split())
+        assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert f"no space left on the disk while writing {models / 'simple_cnn.keras'}" in err
+        assert "nothing partial is read back" not in err and "Traceback" not in err
+        assert list(models.iterdir()) == []  # no partial model, no temporary
+    assert (run / "final.json").read_bytes() == record  # the old record, still with its (old) model
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "m.keras")]) == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_the_held_out_step_of_bench_run_reaches_the_terminal(tiny_space, tmp_path):
+    # Before: under `bench run` the held-out step's stderr is TensorFlow's log, and the reason was only there.
+    out = tmp_path / "run"
+    with small_disk(out / "models", "64k") as models:
+        args = [a for a in run_args(tiny_space, out, 1) if a != "--no-final"]
+        proc = bench_process(args)
+        text = proc.communicate(timeout=900)[0]
+        flat = " ".join(text.split())
+        assert proc.returncode != 0, text
+        assert f"no space left on the disk while writing {models / 'simple_cnn.keras'}" in flat, text
+        assert "The held-out evaluation failed" in flat and list(models.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- several processes, one study
