@@ -24,7 +24,8 @@ runs from several machines):
                        seconds and the saved model (models/<backbone>.keras); with ``bench final
                        --by backbone,weights`` one entry per combination, keyed by its slug
                        (models/resnet50__weights-imagenet.keras), which also names its backbone,
-                       label and the factors
+                       label and the factors; each entry records its model's ``model_sha256`` and
+                       ``model_binding`` (``bench.deploy.binding``), written together with the model
     test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
                        bootstrap 95% CI (low, high), n_images, n_boot, unit (what the bootstrap
                        resampled: patients, or images where the dataset has no patient ids) and

@@ -159,7 +159,7 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         if not grouping.is_default:
             info.update(backbone=backbone, label=shown, by=list(grouping.by))
         # The model and its record are committed together; the record's binding ties the classes,
-        # size and resize mode a prediction depends on to the model's sha256 (bench.deploy.export).
+        # size and resize mode a prediction depends on to the model's sha256 (bench.deploy.binding).
         run.write_final_backbone(key, info, metric_rows, predictions, save_model=trainer.classifier.save,
                                  seal=lambda sha, info=info, key=key: {
                                      "model_binding": record_binding(manifest, key, info, sha)})
