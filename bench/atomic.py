@@ -10,10 +10,16 @@ rename would otherwise keep). A temporary's name carries the writer's host and p
 (``<name>.<host>-<pid>.<random>.tmp``), so one left behind by a killed writer (``kill -9``, a
 power cut: no ``finally`` runs) is recognised and removed by ``remove_stale_temporaries``
 without touching a live writer's.
+
+A file that a library writes by name and recognises by its suffix (Keras saves only to a name
+ending in ``.keras``) gets a temporary that ends in the same suffix (``keep_suffix``); with
+``durable`` its content is flushed to the disk before the rename, so a model is either whole
+under its name or absent.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -25,11 +31,11 @@ from typing import IO, Any
 
 from bench.errors import ConfigError
 
-__all__ = ["atomic_path", "check_writable", "default_mode", "remove_stale_temporaries", "write_atomic",
+__all__ = ["atomic_path", "check_writable", "cut_back", "default_mode", "fsync_file", "remove_stale_temporaries", "write_atomic",
            "write_text_atomic"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
-_TEMP = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]*\.tmp$")
+_TEMP = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]*\.tmp(?:\.[A-Za-z0-9]+)?$")
 
 
 def default_mode(directory: bool = False) -> int:
@@ -40,17 +46,39 @@ def default_mode(directory: bool = False) -> int:
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path to write ``path``'s new content to; renamed onto ``path`` if the block succeeds."""
+def atomic_path(path: Path, *, keep_suffix: bool = False, durable: bool = False) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to; renamed onto ``path`` if the block succeeds.
+
+    ``keep_suffix``: the temporary ends in ``path``'s suffix too (for writers that insist on it).
+    ``durable``: the content is fsynced before the rename, so a power cut cannot leave the new name
+    pointing at blocks never written.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_HOST}-{os.getpid()}.", suffix=suffix)
     os.close(fd)
     try:
         os.chmod(tmp, default_mode())
         yield Path(tmp)
+        if durable:
+            fsync_file(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and not err.filename:
+            # Keras and zipfile raise it without a name: the message should say which file failed.
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a closed file's content to the disk (a full disk can surface only here)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
@@ -80,7 +108,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     Those of other hosts (a shared folder) are left: their pids mean nothing here.
     """
     removed = []
-    for tmp in Path(folder).glob("*.tmp"):
+    for tmp in Path(folder).glob("*.tmp*"):
         m = _TEMP.search(tmp.name)
         if m and m["host"] == _HOST and not _alive(int(m["pid"])):
             tmp.unlink(missing_ok=True)
@@ -115,3 +143,19 @@ def check_writable(path: Path, what: str, fix: str, *, folder: bool = False, exa
     except OSError as err:
         raise ConfigError(f"{what} {path} cannot be written: {probe}: {err.strerror or err}. {fix}") from None
     return path
+
+
+def cut_back(path: Path, end: int) -> Path:
+    """Truncate an append-only file to its first ``end`` bytes, keeping the file as it was beside it
+    (``FILE.torn-<time>``); return that copy. For a tail torn by a writer killed mid-append: the
+    next append would otherwise glue its record onto the torn one."""
+    import shutil
+    import time
+
+    path = Path(path)
+    copy = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.copy2(path, copy)
+    with open(path, "r+b") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    return copy

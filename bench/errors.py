@@ -8,6 +8,7 @@ message and exits non-zero; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -27,6 +28,17 @@ class ConfigError(BenchError):
 
 class NetworkError(BenchError):
     """Something had to be downloaded and could not be."""
+
+
+def disk_full(err: BaseException) -> str | None:
+    """The message for a full disk (or quota), or None when ``err`` is not one: the CLI and the
+    held-out step under ``bench run`` (whose stderr is TensorFlow's log) print the same words."""
+    if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" while writing {err.filename}" if err.filename else ""
+    return (f"no space left on the disk{where}. Free some space and run the same command again: finished work is "
+            "kept, a model or record that was being replaced keeps its previous version, and a run CSV's row cut "
+            "short is cut back by the next run.")
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -24,7 +24,8 @@ runs from several machines):
                        seconds and the saved model (models/<backbone>.keras); with ``bench final
                        --by backbone,weights`` one entry per combination, keyed by its slug
                        (models/resnet50__weights-imagenet.keras), which also names its backbone,
-                       label and the factors
+                       label and the factors; each entry records its model's ``model_sha256`` and
+                       ``model_binding`` (``bench.deploy.binding``), written together with the model
     test_metrics.csv   one row per backbone x metric on the held-out test set: value and its
                        bootstrap 95% CI (low, high), n_images, n_boot, unit (what the bootstrap
                        resampled: patients, or images where the dataset has no patient ids) and
@@ -65,18 +66,24 @@ runs from several machines):
 The held-out test files are written only by ``bench final``, after the search: nothing that
 chooses a configuration ever reads them.
 
-Rows are appended fold by fold, so an interrupted run keeps every finished fold.
+Rows are appended fold by fold, so an interrupted run keeps every finished fold. A writer killed
+mid-append (``kill -9``, a full disk) leaves a last row without its end: the next append cuts the
+file back to its last complete row first (keeping the file as it was, ``FILE.torn-<time>``, and
+saying so), as ``bench.search.storage`` does for a journal; a reader ignores such a row and leaves
+the file alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +92,11 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from bench.atomic import write_atomic, write_text_atomic
+from bench.atomic import atomic_path, cut_back, fsync_file, remove_stale_temporaries, write_atomic, write_text_atomic
+from bench.download import sha256_file
 from bench.errors import BenchError, DataError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 # folds.csv's `features` values (see bench.training.features).
@@ -188,16 +198,68 @@ def _atomic_csv(path: Path, frame: pd.DataFrame) -> None:
     write_atomic(path, lambda f: frame.to_csv(f, index=False))
 
 
+def _end_of_last_row(data: bytes) -> int:
+    """Where the last complete CSV row of ``data`` ends (``len(data)`` when it ends in a newline).
+
+    Rows end in a newline outside quotes; a torn tail ends elsewhere. Cutting at the last newline
+    is not enough when that newline is inside the torn row's quoted field (a multi-line failure
+    reason): a cut point must leave an even number of quote characters before it.
+    """
+    if not data or data.endswith(b"\n"):
+        return len(data)
+    end = data.rfind(b"\n") + 1
+    while end and data.count(b'"', 0, end) % 2:
+        end = data.rfind(b"\n", 0, end - 1) + 1
+    return end
+
+
+def _torn_tail(path: Path) -> bytes | None:
+    """The file's content when its last row is torn; None (without reading it all) when it is whole."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return None
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return None
+        f.seek(0)
+        return f.read()
+
+
+def repair_torn_rows(path: Path) -> Path | None:
+    """Cut an appended CSV back to its last complete row; return the copy kept of the torn file, if any.
+
+    The caller holds the run directory's lock, so no other writer is mid-row.
+    """
+    data = _torn_tail(path) if path.is_file() else None
+    if data is None:
+        return None
+    end = _end_of_last_row(data)
+    copy = cut_back(path, end)
+    log.warning("%s ended in a torn row (a writer was killed mid-append): cut back to its last complete row, "
+                "dropping %d byte(s); the file as it was is kept as %s", path, len(data) - end, copy)
+    return copy
+
+
 def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    new = not path.exists()
+    repair_torn_rows(path)  # else this append's first row would be glued onto the torn one
+    new = not path.exists() or path.stat().st_size == 0  # a torn header is cut back to nothing
     columns = list(rows[0])
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _append_frame(path: Path, frame: pd.DataFrame) -> None:
+    repair_torn_rows(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        frame.to_csv(f, index=False, header=new)
         f.flush()
         os.fsync(f.fileno())
 
@@ -316,8 +378,7 @@ class RunDir:
             frame = predictions.copy()
             frame.insert(0, "fold", fold)
             frame.insert(0, "trial", trial)
-            frame.to_csv(self.file("predictions"), mode="a", index=False,
-                         header=not self.file("predictions").exists())
+            _append_frame(self.file("predictions"), frame)
         _append_rows(self.file("history"), [
             {**base, "epoch": epoch + 1, "metric": name, "value": value}
             for name, values in history.items() for epoch, value in enumerate(values)
@@ -334,18 +395,55 @@ class RunDir:
             _append_rows(self.file("trials"), [clean])
 
     def write_final_backbone(self, backbone: str, info: dict[str, Any], metrics: list[dict[str, Any]],
-                             predictions: pd.DataFrame) -> None:
+                             predictions: pd.DataFrame, *, save_model: Callable[[Path], None] | None = None,
+                             seal: Callable[[str], dict[str, Any]] | None = None) -> None:
         """One entry's held-out result (``backbone``: a backbone, or a combination's slug); a re-run of
-        ``bench final`` replaces its rows."""
+        ``bench final`` replaces its rows.
+
+        With ``save_model`` (it writes the entry's model to the path it is given) the model and the
+        record that describes it become visible together: the model is written whole under a
+        temporary name in models/, its sha256 goes into the entry as ``model_sha256`` (with what
+        ``seal(sha256)`` adds), final.json is replaced, and only then one rename puts the model in
+        place. A kill at any moment leaves the previous pair, or a record whose sha256 the file in
+        models/ does not have, which readers refuse (``bench.deploy.export.verified_run_model``).
+        """
         with self.lock():
-            final = self.final()
-            final.setdefault("backbones", {})[backbone] = info
-            _atomic_json(self.file("final"), final)
-            for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
-                self._replace_backbone_rows(key, backbone, frame)
-            for key in ("test_variants", "test_variant_predictions"):  # they were of the model just replaced
-                if self.file(key).exists():
-                    self._replace_backbone_rows(key, backbone, pd.DataFrame())
+            if save_model is None:
+                self._write_final_entry(backbone, info, metrics, predictions)
+                return
+            with self._model_temp(self.model_path(backbone)) as tmp:
+                save_model(tmp)
+                fsync_file(tmp)
+                sha = sha256_file(tmp)
+                info = {**info, "model_sha256": sha, **(seal(sha) if seal else {})}
+                self._write_final_entry(backbone, info, metrics, predictions)
+            # The rename on leaving the block: the model final.json now describes is in place.
+
+    def _write_final_entry(self, backbone: str, info: dict[str, Any], metrics: list[dict[str, Any]],
+                           predictions: pd.DataFrame) -> None:
+        for key, frame in (("test_metrics", pd.DataFrame(metrics)), ("test_predictions", predictions)):
+            self._replace_backbone_rows(key, backbone, frame)
+        for key in ("test_variants", "test_variant_predictions"):  # they were of the model just replaced
+            if self.file(key).exists():
+                self._replace_backbone_rows(key, backbone, pd.DataFrame())
+        final = self.final()
+        final.setdefault("backbones", {})[backbone] = info
+        _atomic_json(self.file("final"), final)  # last: the entry's record, read with the rows above
+
+    @contextlib.contextmanager
+    def _model_temp(self, path: Path) -> Iterator[Path]:
+        """A temporary beside ``path`` for a model (Keras saves only to a name ending in .keras),
+        renamed onto ``path`` when the block succeeds; a disk that fills up leaves no partial model."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)  # of a writer killed mid-save
+        with atomic_path(path, keep_suffix=True, durable=True) as tmp:
+            yield tmp
+
+    def save_model(self, path: Path, save: Callable[[Path], None]) -> str:
+        """``save(tmp)`` writes a model that appears at ``path`` whole or not at all; its sha256."""
+        with self._model_temp(path) as tmp:
+            save(tmp)
+            return sha256_file(tmp)
 
     def write_backbone_table(self, key: str, entry: dict[str, Any], frame: pd.DataFrame) -> None:
         """One entry's rows of a held-out table (calibration, operating points); replaces earlier ones.
@@ -469,8 +567,17 @@ class RunDir:
         path = self.file(key)
         if not path.exists():
             return pd.DataFrame()
+        source: Path | io.BytesIO = path
+        torn = _torn_tail(path)
+        if torn is not None:  # a reader leaves the file as it is: the next append cuts it back
+            end = _end_of_last_row(torn)
+            log.warning("%s ends in a torn row (a writer was killed mid-append): read without its last %d byte(s)",
+                        path, len(torn) - end)
+            source = io.BytesIO(torn[:end])
+            if end == 0:
+                return pd.DataFrame()
         # Paths, labels and groups stay strings even when a patient id looks like a number or "NA".
-        frame = pd.read_csv(path, dtype={"path": str, "label": str, "group": str, "truth": str, "class": str,
+        frame = pd.read_csv(source, dtype={"path": str, "label": str, "group": str, "truth": str, "class": str,
                                          "backbone": str, "entry": str, "key": str})
         if key in ENTRY_TABLES:
             frame = with_entry_columns(frame, self.final().get("backbones") or {})

@@ -99,3 +99,65 @@ def test_predict_csv_with_non_utf8_names_is_complete(exported, images, tmp_path,
     frame = pd.read_csv(out_csv)
     assert len(frame) == 6 and list(frame.columns[:3]) == ["path", "truth", "predicted"]
     assert [p.name for p in out_csv.parent.iterdir()] == ["pred.csv"]
+
+
+# --------------------------------------------------------------------------- a run's own model file (issue 23)
+
+
+@pytest.fixture
+def own_run(final_run, tmp_path) -> Path:
+    """A copy of the session's run after `bench final`, free to damage."""
+    run = tmp_path / "own-run"
+    shutil.copytree(final_run, run)
+    return run
+
+
+def _edit_final(run: Path, change) -> Path:
+    path = run / "final.json"
+    data = json.loads(path.read_text())
+    change(data["backbones"]["simple_cnn"])
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def test_a_runs_own_model_is_checked_against_what_bench_final_recorded(own_run, images, capsys):
+    # Before: the "card" of runs/X/models/<bb>.keras was built from final.json with the sha256 of the
+    # file as it was at that moment, so it verified whatever was there: edited classes in final.json
+    # flipped every prediction with exit 0.
+    model = own_run / "models" / "simple_cnn.keras"
+    final = _edit_final(own_run, lambda e: e.update(classes=e["classes"][::-1]))
+    for argv in (["predict", model, images], ["explain", model, images, "--out", own_run / "cams"]):
+        code, out, err = run_main(capsys, *argv)
+        assert code == 2, out
+        assert f"The model card {final} was edited after `bench final` wrote it" in err
+        assert f"Re-run `bench final --run {own_run}`" in err and "Traceback" not in err
+    code, out, err = run_main(capsys, "predict", model, images, "--no-verify")
+    assert code == 0, err
+    assert "warning: --no-verify: the model file's sha256 and its card's binding are not checked" in err
+
+
+def test_another_model_under_a_runs_model_name_is_refused(own_run, images, capsys):
+    model = own_run / "models" / "simple_cnn.keras"
+    with open(model, "ab") as f:
+        f.write(b"\0")  # another file (still a loadable zip), as a copy over it or a torn commit leaves
+    code, _, err = run_main(capsys, "predict", model, images)
+    assert code == 2
+    assert f"{model} is not the model its record {own_run / 'final.json'} was written for" in err
+    code, _, err = run_main(capsys, "export", "--run", own_run, "--out", own_run / "out" / "m.keras")
+    assert code == 2 and not (own_run / "out" / "m.keras").exists()
+    assert f"{model} is not the model {own_run / 'final.json'} describes" in err
+    assert f"Re-run `bench final --run {own_run} --backbone simple_cnn`" in err
+
+
+def test_export_refuses_a_record_edited_since_bench_final(own_run, capsys):
+    _edit_final(own_run, lambda e: e.update(classes=e["classes"][::-1]))
+    code, _, err = run_main(capsys, "export", "--run", own_run, "--out", own_run / "out" / "m.keras")
+    assert code == 2 and f"{own_run / 'final.json'} was edited after `bench final` wrote it" in err
+
+
+def test_a_record_without_a_sha256_is_not_trusted(own_run, images, capsys):
+    _edit_final(own_run, lambda e: (e.pop("model_sha256", None), e.pop("model_binding", None)))
+    code, _, err = run_main(capsys, "export", "--run", own_run, "--out", own_run / "out" / "m.keras")
+    assert code == 2 and "records no sha256 for simple_cnn.keras" in err
+    code, _, err = run_main(capsys, "predict", own_run / "models" / "simple_cnn.keras", images)
+    assert code == 2 and "has no sha256/binding" in err and "Re-run `bench final" in err

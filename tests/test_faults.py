@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -32,6 +33,7 @@ from bench.data.sources import build_index
 from bench.errors import DataError
 from bench.results import RunDir
 from tests.conftest import REPO
+from tests.test_export import bench_env, final_run  # noqa: F401 (fixture)
 from tests.test_search import (
     TINY_SPACE,
     _check_shared_budget,
@@ -141,6 +143,139 @@ def test_files_written_whole_get_the_mode_of_the_umask(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
 
 
+# --------------------------------------------------------------------------- bench final killed mid-commit
+
+# `bench final --run RUN`, killed (SIGKILL: no finally runs) the moment it is about to rename a
+# file onto the name given: the gaps between writing a model and writing the record of it.
+_KILLED_AT = """
+import os, signal, sys
+from pathlib import Path
+replace = os.replace
+def killing_replace(src, dst, *args, **kwargs):
+    if Path(dst).name == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst, *args, **kwargs)
+os.replace = killing_replace
+from bench.cli import main
+sys.exit(main(["final", "--run", sys.argv[2]]))
+"""
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_at", ["final.json", "simple_cnn.keras"])
+def test_bench_final_killed_mid_commit_never_pairs_a_record_with_another_model(final_run, tmp_path, killed_at,
+                                                                             capsys):
+    # Before: the model was saved under its own name about 4 s before final.json; killed in that gap
+    # the run held the new weights under the old record, and `bench export` wrote a card claiming the
+    # old trial's configuration and held-out score over them, its sha256 check passing.
+    run = tmp_path / "run"
+    shutil.copytree(final_run, run)
+    model = run / "models" / "simple_cnn.keras"
+    before = _sha(model)
+    env = {**bench_env(tmp_path), "PYTHONUNBUFFERED": "1"}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT, killed_at, str(run)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    out = tmp_path / "export" / "m.keras"
+    code = main(["export", "--run", str(run), "--out", str(out)])
+    err = " ".join(capsys.readouterr().err.split())
+    if killed_at == "final.json":  # the record was not replaced: neither was the model it describes
+        assert code == 0, err
+        assert _sha(model) == before == _sha(out)
+    else:  # the record is new, the model under its name the old one: refused, and said how to fix it
+        assert code == 2 and not out.exists()
+        assert f"{model} is not the model {run / 'final.json'} describes" in err
+        assert "was interrupted" in err and f"Re-run `bench final --run {run} --backbone simple_cnn`" in err
+        assert subprocess.run([sys.executable, "-m", "bench", "final", "--run", str(run)], env=env,
+                              capture_output=True, text=True, timeout=600).returncode == 0
+        assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+        assert _sha(out) == _sha(model) == json.loads((run / "final.json").read_text())[
+            "backbones"]["simple_cnn"]["model_sha256"]
+
+
+# --------------------------------------------------------------------------- a run CSV torn mid-append
+
+
+def _fold(run: RunDir, trial: int, fold: int, reason: str = "") -> None:
+    """One fold's rows, through the writer a search uses (folds, metrics, predictions, history)."""
+    predictions = pd.DataFrame({"path": [f"img{trial}-{fold}-{i}.png" for i in range(4)], "group": ["p1", "p1", "p2", "p3"],
+                                "truth": ["a", "b", "a", "b"], "target": [0, 1, 0, 1],
+                                "p_a": [0.9, 0.2, 0.7, 0.4], "p_b": [0.1, 0.8, 0.3, 0.6]})
+    run.append_fold(trial=trial, fold=fold, backbone="simple_cnn", status="ok" if not reason else "failed",
+                    info={"epochs": 1, "reason": reason}, metrics={"auc": 0.75},
+                    predictions=predictions, history={"loss": [0.7, 0.6]})
+
+
+def _trial(run: RunDir, number: int, reason: str | None = None) -> None:
+    run.append_trial({"number": number, "state": "FAIL" if reason else "COMPLETE", "value": None if reason else 0.8,
+                      "backbone": "simple_cnn", "params": {"lr": 0.01}, "fail_reason": reason})
+
+
+def _tear(path: Path, keep_of_last_row: float = 0.5) -> bytes:
+    """Cut ``path`` inside its last row, as a writer killed mid-append (or a full disk) leaves it."""
+    whole = path.read_bytes()
+    start = whole.rstrip(b"\n").rfind(b"\n") + 1
+    torn = whole[: start + int((len(whole) - start) * keep_of_last_row)]
+    path.write_bytes(torn)
+    return torn
+
+
+@pytest.mark.parametrize("name", ["trials", "folds", "predictions"])
+def test_a_run_csv_torn_mid_append_is_cut_back_and_the_resumed_search_appends_whole_rows(tmp_path, name, caplog):
+    # Before: the resumed search glued its next row onto the torn one; pandas then read a row of the
+    # wrong width (or failed), and the report dropped the run's confusion matrix and ROC.
+    run = RunDir.create(tmp_path / "runs", "ds", out=tmp_path / "run")
+    for n in range(2):
+        _trial(run, n)
+        _fold(run, n, 0)
+    path = run.file(name)
+    whole_rows = len(run.table(name))
+    torn = _tear(path)
+    caplog.set_level("WARNING", logger="bench.results")
+
+    # A reader (the report, `bench export`) takes the complete rows and leaves the file alone.
+    assert len(run.table(name)) == whole_rows - 1 and path.read_bytes() == torn
+    assert "torn row" in caplog.text and not list(path.parent.glob(f"{path.name}.torn-*"))
+
+    _trial(run, 2)  # the resumed search's next trial and fold
+    _fold(run, 2, 0)
+    (copy,) = path.parent.glob(f"{path.name}.torn-*")
+    assert copy.read_bytes() == torn
+    assert f"{path} ended in a torn row" in caplog.text and str(copy) in caplog.text
+    table = run.table(name)
+    assert len(table) == whole_rows - 1 + (4 if name == "predictions" else 1)
+    assert not table.isna().all(axis=1).any()
+    if name == "predictions":
+        assert table.p_a.dtype.kind == "f" and set(table.trial) == {0, 1, 2}
+    else:
+        assert table.iloc[-1].to_dict()["number" if name == "trials" else "trial"] == 2
+
+
+def test_a_torn_row_inside_a_quoted_multiline_reason_is_cut_before_that_row(tmp_path):
+    run = RunDir.create(tmp_path / "runs", "ds", out=tmp_path / "run")
+    _trial(run, 0)
+    _trial(run, 1, reason="ValueError: the loss is NaN\nat epoch 3\nof fold 1")
+    whole = run.file("trials").read_bytes()
+    run.file("trials").write_bytes(whole[: whole.index(b"at epoch") + 3])  # cut after a newline inside quotes
+    _trial(run, 2)
+    table = run.table("trials")
+    assert list(table.number) == [0, 2] and list(table.state) == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_torn_header_is_cut_back_to_nothing_and_written_again(tmp_path):
+    run = RunDir.create(tmp_path / "runs", "ds", out=tmp_path / "run")
+    run.file("trials").write_bytes(b"number,sta")  # killed while writing the very first row's header
+    assert run.table("trials").empty
+    _trial(run, 0)
+    assert list(run.table("trials").number) == [0]
+
+
 # --------------------------------------------------------------------------- errors that end a command
 
 
@@ -193,6 +328,39 @@ def test_a_full_disk_under_the_image_cache_is_a_clear_error_and_leaves_nothing_p
         # the next run, with room, builds the cache and trains
         env["BENCH_CACHE"] = str(tmp_path / "roomy")
         assert subprocess.run(args, capture_output=True, text=True, env=env, timeout=300).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_bench_final_saves_the_model_leaves_no_partial_model_and_says_so(final_run, tmp_path):
+    # Before: Keras left a partial models/simple_cnn.keras and the CLI said "files are written whole,
+    # so nothing partial is read back", naming no file.
+    run = tmp_path / "run"
+    shutil.copytree(final_run, run)
+    record = (run / "final.json").read_bytes()
+    with small_disk(run / "models", "64k") as models:  # a disk too small for the model, and only for it
+        proc = subprocess.run([sys.executable, "-m", "bench", "final", "--run", str(run)], env=bench_env(tmp_path),
+                              capture_output=True, text=True, timeout=600)
+        err = " ".join(proc.stderr.split())
+        assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert f"no space left on the disk while writing {models / 'simple_cnn.keras'}" in err
+        assert "nothing partial is read back" not in err and "Traceback" not in err
+        assert list(models.iterdir()) == []  # no partial model, no temporary
+    assert (run / "final.json").read_bytes() == record  # the old record, still with its (old) model
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "m.keras")]) == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_the_held_out_step_of_bench_run_reaches_the_terminal(tiny_space, tmp_path):
+    # Before: under `bench run` the held-out step's stderr is TensorFlow's log, and the reason was only there.
+    out = tmp_path / "run"
+    with small_disk(out / "models", "64k") as models:
+        args = [a for a in run_args(tiny_space, out, 1) if a != "--no-final"]
+        proc = bench_process(args)
+        text = proc.communicate(timeout=900)[0]
+        flat = " ".join(text.split())
+        assert proc.returncode != 0, text
+        assert f"no space left on the disk while writing {models / 'simple_cnn.keras'}" in flat, text
+        assert "The held-out evaluation failed" in flat and list(models.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- several processes, one study

@@ -456,6 +456,17 @@ def _bench_status(path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+# What a `bench run` worker does first: open the storage to write to it (and so repair it).
+_OPEN_AS_WRITER = ("import sys\nfrom pathlib import Path\nfrom bench.search.storage import list_studies, open_storage\n"
+                   "storage = open_storage('journal:' + sys.argv[1], Path(sys.argv[1]).parent)\n"
+                   "print(' '.join(s.name for s in list_studies(storage)))\n")
+
+
+def _open_as_writer(path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _OPEN_AS_WRITER, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.parametrize("damage", ["cut", "cut_then_appended"])
 def test_a_journal_torn_mid_record_is_cut_back_and_kept(tmp_path, damage):
     path = tmp_path / "study.log"
@@ -466,7 +477,9 @@ def test_a_journal_torn_mid_record_is_cut_back_and_kept(tmp_path, damage):
         torn += b'{"op_code":0,"worker_id":"w","study_name":"other","directions":[1]}\n'
     path.write_bytes(torn)
 
-    status = _bench_status(path)
+    writer = _open_as_writer(path)
+    out, err = writer.communicate(timeout=120)
+    status = subprocess.CompletedProcess(writer.args, writer.returncode, out, err)
     assert status.returncode == 0, status.stderr
     assert "torn" in status.stdout and "Traceback" not in status.stderr
     copies = list(tmp_path.glob("study.log.torn-*"))
@@ -487,8 +500,7 @@ def test_a_torn_journal_is_left_alone_while_a_writer_holds_its_lock(tmp_path):
     path.write_bytes(whole[:half])  # a live writer is half-way through its last record
     lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
     lock.acquire()
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "status", "--storage", f"journal:{path}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _open_as_writer(path)
     time.sleep(3)
     assert proc.poll() is None  # waiting for the writer's lock, not cutting its record
     with path.open("ab") as f:
@@ -497,6 +509,26 @@ def test_a_torn_journal_is_left_alone_while_a_writer_holds_its_lock(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert path.read_bytes() == whole and not list(tmp_path.glob("study.log.torn-*"))
+
+
+@pytest.mark.parametrize("damage", ["cut", "cut_then_appended"])
+def test_bench_status_reports_a_torn_journal_and_leaves_it_as_it_is(tmp_path, damage):
+    """`bench status` only reads: it used to cut the journal back (and keep a copy) itself."""
+    path = tmp_path / "study.log"
+    whole = _journal_with_trials(path, 3)
+    last_start = whole.rstrip(b"\n").rfind(b"\n") + 1
+    torn = whole[: last_start + (len(whole) - last_start) // 2]
+    if damage == "cut_then_appended":
+        torn += b'{"op_code":0,"worker_id":"w","study_name":"other","directions":[1]}\n'
+    path.write_bytes(torn)
+
+    status = _bench_status(path)
+    assert status.returncode == 0, status.stderr
+    assert path.read_bytes() == torn and not list(tmp_path.glob("study.log.torn-*"))
+    shown = " ".join(status.stdout.split())
+    assert "torn" in shown and "incomplete record" in shown and "next `bench run`" in shown
+    assert f"{len(torn) - last_start} byte(s)" in shown
+    assert "Traceback" not in status.stderr
 
 
 def _open_at_once(path: str, barrier, results) -> None:

@@ -8,7 +8,6 @@ stays instant. One module per family of commands; this table is the only place t
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 
@@ -22,7 +21,7 @@ from bench.cli.report import ReportCommand
 from bench.cli.search import CVCommand, RunCommand, StatusCommand
 from bench.cli.use import ExplainCommand, ExportCommand, PredictCommand
 from bench.cli.weights import WeightsCommand
-from bench.errors import BenchError
+from bench.errors import BenchError, disk_full
 
 # The order of `bench --help`.
 COMMANDS: dict[str, type[Command]] = {cls.name: cls for cls in (
@@ -73,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         stderr_console().print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        message = disk_full(err)
+        if message is None:
             raise
         # Not a bug and not the user's typo: say where, keep the traceback out of it.
-        where = f" while writing {err.filename}" if err.filename else ""
-        stderr_console().print(f"[bold red]error:[/] no space left on the disk{where}. Free some space and run the "
-                             "same command again: files are written whole, so nothing partial is read back.",
-                             highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        stderr_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -188,6 +188,14 @@ def add_no_verify(parser: argparse.ArgumentParser) -> None:
                              "card you changed on purpose); size, outputs and backbone are still checked")
 
 
+def warn_no_verify(args: argparse.Namespace) -> None:
+    """--no-verify is an override: say so every time, so a forgotten flag in a script is seen."""
+    if getattr(args, "no_verify", False):
+        stderr_console().print("[yellow]warning:[/] --no-verify: the model file's sha256 and its card's binding are "
+                               "not checked; the predictions are only as right as the card beside the model.",
+                               highlight=False, soft_wrap=True)
+
+
 def list_unreadable(unreadable: list[tuple[str, str]]) -> None:
     if not unreadable:
         return

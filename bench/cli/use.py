@@ -14,6 +14,7 @@ from bench.cli._base import (
     list_unreadable,
     quiet_frameworks,
     stdout_console,
+    warn_no_verify,
 )
 from bench.cli.argtypes import positive_int, whole
 from bench.errors import ConfigError
@@ -83,6 +84,7 @@ class PredictCommand(Command):
         from bench.atomic import check_writable
         from bench.deploy.predict import predict_paths
 
+        warn_no_verify(args)
         if args.csv:  # before any prediction: a place that cannot take the CSV would waste them all
             check_writable(args.csv, "--csv", "Give a file in a folder you can write to.", example="predictions.csv")
         result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify,
@@ -147,6 +149,7 @@ class ExplainCommand(Command):
         quiet_frameworks()
         from bench.deploy.explain import explain_paths
 
+        warn_no_verify(args)
         if args.method != "gradcam" and args.block != -1:
             raise ConfigError(f"--block chooses the layer Grad-CAM reads; --method {args.method} has none. "
                               f"Drop --block, or use --method gradcam.")

@@ -9,12 +9,16 @@ CIs, package versions).
 
 Which backbone is "the winner" is decided by the cross-validation objective, never by the test
 score: choosing by the held-out test would make its numbers optimistic.
+
+A run's own model file is trusted only as far as its record: ``bench final`` records each model's
+sha256 and a binding digest (``record_binding``) in final.json when it commits the pair, and every
+reader here (export, predict and explain on ``<run>/models/<entry>.keras``) refuses a file whose
+sha256 is not the recorded one, or a record edited since (``verified_run_model``, ``read_card``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import shutil
@@ -27,6 +31,14 @@ import numpy as np
 
 from bench import metrics as M
 from bench.atomic import atomic_path, write_text_atomic
+from bench.deploy.binding import (  # noqa: F401 (card_binding, record_binding: part of this module's interface)
+    card_binding,
+    clean,
+    prediction_facts,
+    record_binding,
+    verified_run_model,
+)
+from bench.download import sha256_file
 from bench.errors import ConfigError, DataError
 from bench.results import RunDir, entry_keys
 
@@ -86,7 +98,10 @@ def read_card(model_path: Path) -> ModelCard:
         run = RunDir.open(run_dir)
         backbone = model_path.name[: -len(".keras")]
         if backbone in (run.final().get("backbones") or {}):
-            return ModelCard.from_dict(build_card(run, backbone, model_path), run_dir)
+            # The sha256 and binding recorded when `bench final` wrote the model, not ones computed
+            # now from the very file and record they are meant to check.
+            card = build_card(run, backbone, model_path, sealed=True)
+            return ModelCard.from_dict(card, run.file("final"))
     raise DataError(f"No model card beside {model_path} (expected {json_path}): the card says which classes, "
                     f"image size and resize mode the model was trained with. Export the model with "
                     f"`bench export --run DIR --out {model_path}`, or point at a run's models/<backbone>.keras.")
@@ -183,40 +198,24 @@ def select_backbone(run: RunDir, backbone: str | None = None) -> str:
 # ---- the card ------------------------------------------------------------------------------------
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+_sha256 = sha256_file
+_clean = clean
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None, *,
+               sealed: bool = False) -> dict[str, Any]:
+    """The model card of ``backbone``'s final model in ``run`` (as a JSON-ready dict).
 
-
-def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) -> dict[str, Any]:
-    """The model card of ``backbone``'s final model in ``run`` (as a JSON-ready dict)."""
+    ``sealed``: the card of the run's own model file, whose sha256 and binding are the ones
+    final.json recorded (``verify_card`` then checks the file and the record against them).
+    """
     from bench import __version__, environment
-    from bench.models import get_backbone
 
     manifest = run.manifest()
     info = (run.final().get("backbones") or {})[backbone]
     config = dict(info.get("config") or run.configs().get(int(info["trial"]), {}))
     ds = manifest.get("dataset") or {}
-    classes = list(info.get("classes") or ds.get("classes") or [])
-    size = int(info.get("size") or config.get("size"))
-    resize = (manifest.get("cache") or {}).get("resize", "squash")
-    spec = get_backbone(info.get("backbone", backbone))  # an entry of `bench final --by ...` names its backbone
+    classes, size, resize, spec = prediction_facts(manifest, backbone, info, config)
     metric, maximize = _objective(run)
     env = manifest.get("environment") or {}
     model_facts: dict[str, Any] = {
@@ -225,8 +224,13 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) 
         "output": "softmax probabilities, one per class, in the order of `classes`",
         "weights_init": config.get("weights") or "random",
     }
-    if Path(model_path).is_file():
+    if sealed:
+        for key in ("sha256", "binding"):
+            if info.get(f"model_{key}"):
+                model_facts[key] = info[f"model_{key}"]
+    elif Path(model_path).is_file():
         model_facts["sha256"] = _sha256(Path(model_path))
+    if Path(model_path).is_file():
         model_facts["bytes"] = Path(model_path).stat().st_size
     if model is not None:
         model_facts["params"] = int(model.count_params())
@@ -279,7 +283,7 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None) 
         },
     }
     card = _clean(card)
-    if "sha256" in model_facts:
+    if "sha256" in model_facts and not sealed:
         card["model"]["binding"] = card_binding(card)
     return card
 
@@ -297,39 +301,34 @@ def refit_recipe(info: dict[str, Any], config: dict[str, Any]) -> str:
             f"an inner split of {int(n_stop)} other pool images; the held-out test set was scored once, after")
 
 
-def card_binding(card: dict[str, Any]) -> str:
-    """A digest of the model file's sha256 together with every card field a prediction depends on.
-
-    The sha256 alone proves the model file is the exported one, but not that the card beside it
-    still describes it: reversed ``classes`` would flip every prediction with the sha256 intact.
-    Hashing those fields with the sha256 ties them to this model file, so an edited card, or a
-    card moved next to another model, no longer matches.
-    """
-    bound = {"sha256": card["model"]["sha256"], "backbone": card["model"]["backbone"], "classes": card["classes"],
-             "positive_class": card.get("positive_class"), "size": card["preprocessing"]["size"],
-             "resize": card["preprocessing"]["resize"]}
-    if card.get("operating_points"):  # they change predictions when asked for; cards without them keep their digest
-        bound["operating_points"] = card["operating_points"]
-    return hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()
-
-
 def verify_card(model_path: Path, card: ModelCard) -> None:
-    """Refuse a model file that is not the one its card was exported with, or a card edited since."""
+    """Refuse a model file that is not the one its card was exported with, or a card edited since.
+
+    For a run's own model file the "card" is final.json's entry (``read_card``), checked against
+    the sha256 and binding ``bench final`` recorded with the model.
+    """
     model_facts = card.data.get("model") or {}
     sha, binding = model_facts.get("sha256"), model_facts.get("binding")
     override = "or pass --no-verify if you changed them on purpose and know they still agree"
+    run_record = card.source.name == "final.json"
+    if run_record:
+        written, after = "written by `bench final`", "`bench final` wrote it"
+        redo = f"Re-run `bench final --run {card.source.parent}`"
+    else:
+        written, after, redo = "exported", "export", "Re-export with `bench export --run DIR`"
     if not sha or not binding:
-        raise DataError(f"The model card {card.source} has no sha256/binding to check {model_path} against (exported "
-                        f"by an older bench?). Re-export with `bench export --run DIR`, {override}.")
+        raise DataError(f"The model card {card.source} has no sha256/binding to check {model_path} against "
+                        f"({written} by an older bench?). {redo}, {override}.")
     actual = _sha256(Path(model_path))
     if actual != sha:
-        raise DataError(f"{model_path} is not the model its card {card.source} was written for: the card records "
-                        f"sha256 {sha[:16]}..., the file has {actual[:16]}.... Put the exported model and its card "
-                        f"back together (re-export with `bench export --run DIR`), {override}.")
+        what = "the model its record" if run_record else "the model its card"
+        raise DataError(f"{model_path} is not {what} {card.source} was written for: the card records "
+                        f"sha256 {sha[:16]}..., the file has {actual[:16]}.... Put the model and its card "
+                        f"back together ({redo[0].lower() + redo[1:]}), {override}.")
     if card_binding(card.data) != binding:
-        raise DataError(f"The model card {card.source} was edited after export: its classes, positive class, "
-                        f"backbone, size or resize mode no longer match the model {model_path} they were "
-                        f"exported with. Re-export with `bench export --run DIR`, {override}.")
+        raise DataError(f"The model card {card.source} was edited after {after}: its classes, positive "
+                        f"class, backbone, size or resize mode no longer match the model {model_path} they were "
+                        f"{written} with. {redo}, {override}.")
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -484,10 +483,7 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
     """Copy a run's final model to ``out`` (default ``<run>/export/<dataset>-<backbone>.keras``) with its card."""
     run = RunDir.open(Path(run_dir))
     chosen = select_backbone(run, backbone)
-    source = run.model_path(chosen)
-    if not source.is_file():
-        raise DataError(f"{source} is missing although final.json lists it: run `bench final --run {run.path} "
-                        f"--backbone {chosen}` again.")
+    source = verified_run_model(run, chosen)
     out = export_path(run, chosen, out)
     if not (out.exists() and out.resolve() == source.resolve()):
         with atomic_path(out) as tmp:
@@ -499,6 +495,11 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
     if n_out != len(card["classes"]) or side != (card["preprocessing"]["size"],) * 2:
         raise DataError(f"{source} does not match its run's records ({n_out} outputs for {len(card['classes'])} "
                         f"classes, input {side} for size {card['preprocessing']['size']}): re-run `bench final`.")
+    recorded = (run.final().get("backbones") or {})[chosen].get("model_binding")
+    if recorded and card["model"].get("binding") != recorded:
+        raise DataError(f"{run.file('final')} was edited after `bench final` wrote it: the classes, positive class, "
+                        f"backbone, size or resize mode of {chosen!r} no longer match what was recorded with "
+                        f"{source}. Re-run `bench final --run {run.path}`.")
     json_path, md_path = write_card(card, out)
     return ExportResult(chosen, out, json_path, md_path, card)
 

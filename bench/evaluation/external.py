@@ -111,7 +111,7 @@ def _decode(index: DatasetIndex, size: int, resize: str, run_data: Any, has_grou
 def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = None, registry: Path | None = None,
                       backbones: list[str] | None = None, n_boot: int = 1000, drop_overlap: bool = False,
                       console: Any = None) -> dict[str, Any]:
-    from bench.deploy.export import load_model
+    from bench.deploy.export import load_model, verified_run_model
     from bench.training.experiment import prepare_data_from_manifest
 
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -155,7 +155,7 @@ def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = 
             raise DataError(f"--dataset {dataset}: no image left to score (all unreadable or shared with the run).")
         y = to_run[index.labels[rows]]
         groups = np.array([index.groups[i] if has_groups else hashes[i] for i in rows])
-        model = load_model(run.model_path(entry.key))
+        model = load_model(verified_run_model(run, entry.key))  # the model final.json's scores describe
         proba = np.asarray(model.predict(images, batch_size=64, verbose=0), dtype="float64")
         trial = int(info["trial"])
         cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=int((info.get("config") or {}).get("seed", 0)),

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics as M
+from bench.deploy.binding import record_binding
 from bench.errors import DataError
 from bench.evaluation.grouping import DEFAULT_BY, Grouping, entries
 from bench.evaluation.variants import VariantPlan, record_variants
@@ -146,8 +147,6 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
         for c, name in enumerate(idx.classes):
             predictions[f"p_{name}"] = proba[:, c]
         model_path = run.model_path(key)
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.classifier.save(model_path)
         info = {"variant": "refit", "trial": trial, "refit_epochs": epochs, "n_train": int(fit.sum()),
                 "n_inner_val": int(stop.sum()), "n_test": n_test,
                 "seconds": round(seconds, 1), "model": str(model_path.relative_to(run.path)),
@@ -159,7 +158,11 @@ def evaluate_run(run_dir: Path, *, backbones: list[str] | None = None, n_boot: i
                                       n_boot=n_boot, seed=config.seed, say=say))
         if not grouping.is_default:  # a refit of the search's own entries has no "by" (see _final_is_current)
             info["by"] = list(grouping.by)
-        run.write_final_backbone(key, info, metric_rows, predictions)
+        # The model and its record are committed together; the record's binding ties the classes,
+        # size and resize mode a prediction depends on to the model's sha256 (bench.deploy.binding).
+        run.write_final_backbone(key, info, metric_rows, predictions, save_model=trainer.classifier.save,
+                                 seal=lambda sha, info=info, key=key: {
+                                     "model_binding": record_binding(manifest, key, info, sha)})
         _draw_explanation(run, key, {idx.paths[i]: data.images[i] for i in rows}, say, explain)
         ci = cis.get(objective)
         if ci is not None and not math.isnan(ci.value):

@@ -127,8 +127,7 @@ def train_fold_members(data: Any, config: Any, run: RunDir, backbone: str, objec
             raise DataError(f"{backbone}: fold {k} of the fold ensemble did not finish ({result.status}); "
                             f"run `bench final` without --ensemble folds for this backbone.")
         path = run.member_path(backbone, k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.classifier.save(path)
+        run.save_model(path, trainer.classifier.save)
         say(f"  fold model {k + 1}/{s.folds}: {result.epochs_run} epoch(s) on {result.n_train} images")
         paths.append(path)
     return paths

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from bench import __version__, paths
 from bench.data import digests
 from bench.data.spec import DEFAULT_NEAR_THRESHOLD
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, disk_full
 from bench.evaluation.variants import VariantPlan
 from bench.metrics.operating import OperatingPoint
 from bench.results import RunDir, trial_record
@@ -583,6 +583,12 @@ def _final_main(run_dir: str, registry: str | None, mlflow: str | None = None,
         # stdout: under `bench run` this process's descriptor 2 is TensorFlow's log file (bench.environment)
         print(f"error: {err}", file=sys.stdout)
         sys.exit(2)
+    except OSError as err:  # a full disk is the user's to fix too: its reason on the terminal, not in the log
+        message = disk_full(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stdout)
+        sys.exit(1)
 
 
 def _main_thread() -> bool:

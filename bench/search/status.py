@@ -9,13 +9,14 @@ import optuna
 
 from bench.errors import ConfigError
 from bench.search.allocation import entry_counts, study_by
-from bench.search.storage import describe_storage, list_studies, open_storage
+from bench.search.storage import describe_storage, list_studies, open_storage, torn_journal
 from bench.search.summary import best_per_backbone
 
 
 def _storages(spec: str | None, runs_dir: Path) -> list[Any]:
     if spec:
-        return [open_storage(spec, runs_dir)]
+        # Read-only: a journal's torn tail is reported (print_status), never cut back here.
+        return [open_storage(spec, runs_dir, repair=False)]
     found = sorted(runs_dir.glob("*/*/study.db")) if runs_dir.is_dir() else []
     if not found:
         raise ConfigError(f"No studies found under {runs_dir} (looked for */*/study.db). Give --storage URL "
@@ -27,6 +28,11 @@ def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:
     from rich.table import Table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torn = torn_journal(spec) if spec else None
+    if torn:
+        console.print(f"[yellow]warning:[/] {torn[0]} ends in an incomplete record ({torn[1]} byte(s); a writer was "
+                      f"killed mid-write): shown without it. `bench status` only reads; the next `bench run` on this "
+                      f"storage cuts it back, keeping a copy.", highlight=False, soft_wrap=True)
     for storage in _storages(spec, runs_dir):
         table = Table(title=describe_storage(storage), title_justify="left")
         for col in ("study", "dataset", "objective", "allocation", "complete", "pruned", "failed", "running",

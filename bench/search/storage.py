@@ -45,7 +45,6 @@ import logging
 import os
 import random
 import re
-import shutil
 import time
 import warnings
 from collections import Counter
@@ -63,6 +62,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
+from bench.atomic import cut_back
 from bench.errors import ConfigError, close_matches
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ __all__ = [
     "redact",
     "storage_file",
     "supports_heartbeat",
+    "torn_journal",
 ]
 
 
@@ -140,7 +141,7 @@ class _Heartbeat:
 
 @dataclass(frozen=True)
 class _Kind:
-    open: Callable[[str, _Kind, _Heartbeat], BaseStorage]
+    open: Callable[[str, _Kind, _Heartbeat, bool], BaseStorage]  # (target, kind, heartbeat, repair)
     # what to check when the storage cannot be opened
     hint: str
     # create_engine settings that make the database safe for several worker processes
@@ -202,7 +203,8 @@ def _create_rdb(url: URL, engine_kwargs: dict[str, Any], heartbeat: _Heartbeat, 
     raise AssertionError("unreachable")
 
 
-def _open_rdb(url_text: str, kind: _Kind, heartbeat: _Heartbeat) -> BaseStorage:
+def _open_rdb(url_text: str, kind: _Kind, heartbeat: _Heartbeat, repair: bool = True) -> BaseStorage:
+    # ``repair`` is for journals: a database's writes are transactions, never torn.
     try:
         url = make_url(url_text)
     except (sqlalchemy.exc.ArgumentError, ValueError) as err:
@@ -285,11 +287,7 @@ def repair_torn_journal(path: Path) -> Path | None:
         end = _end_of_last_record(data)
         if end is None or end == len(data):  # intact, or not a journal at all (Optuna says so)
             return None
-        copy = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.copy2(path, copy)
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            os.fsync(f.fileno())
+        copy = cut_back(path, end)
     finally:
         lock.release()
     log.warning("%s ended in an incomplete record (a writer was killed mid-write): cut back to its last "
@@ -298,11 +296,35 @@ def repair_torn_journal(path: Path) -> Path | None:
     return copy
 
 
-def _open_journal(path_text: str, kind: _Kind, heartbeat: _Heartbeat) -> BaseStorage:
+def torn_journal_bytes(path: Path) -> int:
+    """How many bytes at the end of a journal a repair would cut (0: intact, empty or not a journal).
+
+    A read-only look: what ``bench status`` reports instead of repairing.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    data = path.read_bytes()
+    end = _end_of_last_record(data)
+    return 0 if end is None else len(data) - end
+
+
+def torn_journal(spec: str) -> tuple[Path, int] | None:
+    """(journal file, bytes of its torn tail) when ``spec`` names a journal whose last record is torn."""
+    scheme, target = _classify(spec.strip())
+    if scheme != "journal":
+        return None
+    path = Path(target).expanduser().resolve()
+    torn = torn_journal_bytes(path)
+    return (path, torn) if torn else None
+
+
+def _open_journal(path_text: str, kind: _Kind, heartbeat: _Heartbeat, repair: bool = True) -> BaseStorage:
     path = Path(path_text).expanduser().resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        repair_torn_journal(path)  # before Optuna replays it: it would fail, then append onto the torn line
+        if repair:  # before Optuna replays it: it would append its next record onto the torn line
+            repair_torn_journal(path)
+        # Without repair (a reader), Optuna's replay skips a torn last line by itself.
         backend = JournalFileBackend(str(path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -414,8 +436,12 @@ def open_storage(
     heartbeat_interval: int = 30,
     grace_period: int | None = None,
     max_retry: int = DEFAULT_MAX_RETRY,
+    repair: bool = True,
 ) -> BaseStorage:
     """The Optuna storage that ``spec`` names; ``None`` means ``<run_dir>/study.db``.
+
+    ``repair=False`` is for commands that only read (``bench status``): a journal's torn tail is
+    left as it is (``torn_journal`` tells them to say so); the next writer cuts it back.
 
     Raises ``ConfigError`` (never with a password in it) for an unknown spec, a missing driver,
     an unreachable or refusing server, or heartbeat settings that make no sense.
@@ -433,7 +459,7 @@ def open_storage(
             f"storage {redact(spec or '')!r}: unknown scheme '{scheme}://', expected one of "
             f"{', '.join(s + '://' for s in _KINDS if s != 'journal')} or journal:PATH." + close_matches(scheme, _KINDS)
         )
-    return kind.open(target, kind, heartbeat)
+    return kind.open(target, kind, heartbeat, repair)
 
 
 # --------------------------------------------------------------------------- reading it back

@@ -261,7 +261,7 @@ def log_final(uri: str, run_dir: Path, keys: Iterable[str], say: Callable[[str],
 def _log_final_entry(client: Any, experiment_id: str, run: Any, manifest: dict[str, Any], key: str) -> str:
     from mlflow.entities import Metric, Param
 
-    from bench.deploy.export import build_card, card_paths, render_markdown
+    from bench.deploy.export import build_card, card_paths, render_markdown, verified_run_model
     from bench.results import entry_keys
 
     info = (run.final().get("backbones") or {})[key]
@@ -301,6 +301,8 @@ def _log_final_entry(client: Any, experiment_id: str, run: Any, manifest: dict[s
     try:
         client.log_batch(run_id, metrics=metrics, params=params, tags=[])
         model = run.model_path(key)
+        if model.is_file():
+            verified_run_model(run, key)  # the card and the file logged are the pair final.json records
         with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as tmp:
             card = build_card(run, key, model)
             card_json, card_md = card_paths(Path(tmp) / model.name)
