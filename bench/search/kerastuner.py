@@ -513,7 +513,7 @@ class KerasTunerSearch:
             # As the Optuna engine: each backbone's best trial refit and scored once on the held-out test.
             import multiprocessing as mp
 
-            from bench.search.runner import run_final_in_subprocess
+            from bench.search.heldout import run_final_in_subprocess
 
             code = run_final_in_subprocess(mp.get_context("spawn"), self.run.path, self.o.registry, self.console,
                                            operating_points=self.o.operating_points, variants=self.o.variants)
