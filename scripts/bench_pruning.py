@@ -89,6 +89,12 @@ def best_at(curve: list[tuple[float, float]], seconds: float) -> float:
     return reached[-1] if reached else float("nan")
 
 
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float:
+    """Seconds until a curve first reached ``target`` (NaN if it never did): the issue's goal reads the
+    pruned arm's time to the unpruned arm's final best, as a share of the unpruned arm's wall time."""
+    return next((t for t, best in curve if best >= target), float("nan"))
+
+
 def summarize(out: Path, trials: list[Any]) -> dict[str, Any]:
     """Trials pruned, the best CV objective, and where the training time went: a pruned trial still
     pays its model's build and first (tracing) epoch, which pruning cannot save."""
@@ -234,6 +240,9 @@ def main() -> int:
         row["best_delta"] = round(row["best"] - ref["best"], 4)
         # Equal budget: what the reference had found by the time this arm ended.
         row["reference_best_at_same_wall"] = best_at(curves[(reference, row["seed"])], row["wall_s"])
+        # Time to the reference's final best, as a share of the reference's whole run (goal: <= 0.7).
+        reached = time_to_reach(curves[(row["pruner"], row["seed"])], ref["best"])
+        row["time_to_reference_best_share"] = round(reached / ref["wall_s"], 3) if reached == reached else float("nan")
     from tabulate import tabulate
 
     title = (f"{args.trials}-trial `{args.space}` search, {args.folds} folds, seeds {args.seeds}, "
