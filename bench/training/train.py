@@ -154,6 +154,7 @@ class FoldResult:
     n_train: int = 0
     n_val: int = 0
     n_stop: int = 0  # images of the inner validation split
+    origin: str = "built"  # BUILT, REUSED or RESTORED: how this fold's compiled model came to be
 
     @property
     def ok(self) -> bool:
@@ -168,6 +169,14 @@ def auto_bn_momentum(n_train: int, batch_size: int) -> float:
     """A momentum whose averaging window is about one epoch, within Keras' usual [0.5, 0.99]."""
     steps = max(1, math.ceil(n_train / batch_size))
     return float(min(0.99, max(0.5, 1.0 - 1.0 / steps)))
+
+
+def trace_seconds(epoch_seconds: list[float]) -> float:
+    """The first epoch's fixed cost (tracing, kernel set-up): its seconds minus the median of the
+    later epochs'. 0 with a single epoch: nothing to tell the fixed cost from the work by."""
+    if len(epoch_seconds) < 2:
+        return 0.0
+    return max(0.0, epoch_seconds[0] - float(np.median(epoch_seconds[1:])))
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -322,6 +331,71 @@ def reseed(seed: int) -> None:
     np.random.seed(seed)
 
 
+# How a fold's trainer came to be (folds.csv's ``model``): built and compiled for this trial,
+# reused from this trial's earlier fold, or restored from an earlier trial's (bench.training.pool).
+BUILT, REUSED, RESTORED = "built", "reused", "restored"
+
+
+def resolve_bn_momentum(config: TrainConfig, n_train_hint: int) -> float | None:
+    if config.bn_momentum == "auto":
+        return auto_bn_momentum(n_train_hint, config.batch_size)
+    if config.bn_momentum == "keep":
+        return None
+    return float(config.bn_momentum)
+
+
+def reseed_all(seed: int) -> None:
+    """What ``keras.utils.set_random_seed`` does, TensorFlow's global seed included, but without
+    clearing TensorFlow's kernel cache: a trainer kept for a later trial (bench.training.pool)
+    would otherwise pay its compiled step's re-instantiation whenever another model is built.
+    The seed still reaches everything that reads it (the shuffle of ``fit``'s data pipeline)."""
+    reseed(seed)
+    if keras.backend.backend() != "tensorflow":
+        return
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    ctx._seed = seed  # tf.random.set_seed minus TFE_ContextClearCaches (context._set_global_seed)
+    ctx._rng = random.Random(seed)
+
+
+def _streams(model: keras.Model) -> list:
+    """The model's variables outside ``weights``: the random streams of dropout and augmentation."""
+    weight_ids = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weight_ids]
+
+
+class _Graph:
+    """The layers of one configuration, built (not compiled) under its seed: the classifier, and
+    the model the trainer fits (the classifier behind the augmentation, or the head on features)."""
+
+    def __init__(self, config: TrainConfig, n_classes: int, bn_momentum: float | None, on_features: bool) -> None:
+        reseed_all(config.seed)
+        self.parts = build_classifier(
+            config.backbone, n_classes, config.size, weights=config.weights,
+            unfrozen=config.unfrozen, bn_momentum=bn_momentum, head=config.head(),
+        )
+        self.classifier: keras.Model = self.parts.model
+        # What the inputs go through: the classifier, or its head on features. BN re-estimation runs on it.
+        self.core = self.classifier
+        self.extractor: keras.Model | None = None
+        self.head_model: keras.Model | None = None
+        if on_features:
+            self.extractor, self.core = features.split_at_backbone(self.classifier, self.parts.base)
+            self.model = self.core
+            return
+        inputs = keras.Input((config.size, config.size, 3), name="image")
+        x = inputs
+        for layer in policy_layers(config.augment, seed=config.seed):
+            x = layer(x)
+        # Augmentation wraps the classifier instead of living inside it: the classifier is what
+        # gets exported, and BN re-estimation runs on un-augmented images.
+        outputs = self.classifier(x)
+        self.model = keras.Model(inputs, outputs, name="train_model")
+        if config.head_epochs:
+            self.head_model = keras.Model(inputs, outputs, name="head_train_model")
+
+
 @dataclass(frozen=True)
 class _Phase:
     """One fit of a fold: a compiled model over the shared layers, trained up to ``end`` epochs."""
@@ -348,53 +422,56 @@ class FoldTrainer:
         self.on_features = on_features
         self.n_classes = n_classes
         t0 = time.perf_counter()
-        keras.utils.set_random_seed(config.seed)
-        if config.bn_momentum == "auto":
-            bn_momentum: float | None = auto_bn_momentum(n_train_hint, config.batch_size)
-        elif config.bn_momentum == "keep":
-            bn_momentum = None
-        else:
-            bn_momentum = float(config.bn_momentum)
-        self.bn_momentum = bn_momentum
-        self.parts = build_classifier(
-            config.backbone, n_classes, config.size, weights=config.weights,
-            unfrozen=config.unfrozen, bn_momentum=bn_momentum, head=config.head(),
-        )
-        self.classifier: keras.Model = self.parts.model
-        # What the inputs go through: the classifier, or its head on features. BN re-estimation runs on it.
-        self.core = self.classifier
-        self.extractor: keras.Model | None = None
-        if on_features:
-            self.extractor, self.core = features.split_at_backbone(self.classifier, self.parts.base)
-            self.model = self.core
-            outputs = None
-        else:
-            inputs = keras.Input((config.size, config.size, 3), name="image")
-            x = inputs
-            for layer in policy_layers(config.augment, seed=config.seed):
-                x = layer(x)
-            # Augmentation wraps the classifier instead of living inside it: the classifier is what
-            # gets exported, and BN re-estimation runs on un-augmented images.
-            outputs = self.classifier(x)
-            self.model = keras.Model(inputs, outputs, name="train_model")
+        self.bn_momentum = resolve_bn_momentum(config, n_train_hint)
+        built = _Graph(config, n_classes, self.bn_momentum, on_features)
+        self.parts, self.classifier, self.core = built.parts, built.classifier, built.core
+        self.extractor, self.model = built.extractor, built.model
         self.optimizer = self._compile(self.model, config.backbone_lr_scale)
         self.phases = [_Phase(self.model, self.optimizer, None, None)]
-        if config.head_epochs and outputs is not None:
+        if built.head_model is not None:
             # Phase 1: a second model over the same layers, compiled while the backbone is frozen.
             trained = Trainability.of(self.parts.base)
             trained.frozen().apply()
-            head_model = keras.Model(inputs, outputs, name="head_train_model")
-            self.phases = [_Phase(head_model, self._compile(head_model, 1.0), trained.frozen(), config.head_epochs),
+            self.phases = [_Phase(built.head_model, self._compile(built.head_model, 1.0), trained.frozen(),
+                                  config.head_epochs),
                            _Phase(self.model, self.optimizer, trained, None)]
             trained.apply()
         self._weights0 = _snapshot(self.model.weights)
         # The random streams of dropout and augmentation layers are variables outside `weights`:
         # restored too, so a fold trains the same however many folds ran before it.
-        weight_ids = {id(w) for w in self.model.weights}
-        self._streams = [v for v in self.model.variables if id(v) not in weight_ids]
+        self._streams = _streams(self.model)
         self._streams0 = _snapshot(self._streams)
         self._opt0 = [_snapshot(p.optimizer.variables) for p in self.phases]
         self.build_seconds = time.perf_counter() - t0
+        self.origin = BUILT
+        self.folds_trained = 0
+
+    def renew(self, config: TrainConfig) -> None:
+        """Make this trainer the one a fresh ``FoldTrainer(config, ...)`` would be, without
+        compiling or tracing again: ``config`` must fix the same graph (``bench.training.pool``'s
+        key). The initial weights and random streams of ``config.seed`` come from building the
+        layers again (cheap, eager, never traced) when the seed differs; every optimizer's state
+        is its fresh state with ``config.lr``. Learning rate, schedule, epochs, early stopping and
+        the seed are read from ``self.config`` by every fit, as folds already do."""
+        t0 = time.perf_counter()
+        if config.seed != self.config.seed:
+            fresh = _Graph(config, self.n_classes, self.bn_momentum, self.on_features)
+            # The whole classifier: on features the fitted model is the head alone, and the
+            # frozen backbone's initial weights (random init) follow the seed too.
+            _restore(self.classifier.weights, _snapshot(fresh.classifier.weights))
+            self._weights0 = _snapshot(fresh.model.weights)
+            self._streams0 = _snapshot(_streams(fresh.model))
+            del fresh
+        self.config = config
+        _restore(self.model.weights, self._weights0)
+        _restore(self._streams, self._streams0)
+        for phase, values in zip(self.phases, self._opt0):
+            _restore(phase.optimizer.variables, values)
+            phase.optimizer.learning_rate.assign(config.lr)
+        self._opt0 = [_snapshot(p.optimizer.variables) for p in self.phases]
+        reseed_all(config.seed)  # what a fresh build leaves behind for the first fold
+        self.build_seconds = time.perf_counter() - t0
+        self.origin = RESTORED
         self.folds_trained = 0
 
     def _compile(self, model: keras.Model, backbone_lr_scale: float) -> keras.optimizers.Optimizer:
@@ -518,9 +595,13 @@ class FoldTrainer:
                                         seed=c.seed * 1000 + fold, scorer=scorer, on_epoch=on_epoch,
                                         callbacks=callbacks)
         epochs_run = len(log.epoch_seconds)
-        seconds = {"build": self.build_seconds if self.folds_trained == 1 else 0.0, "fit": fit_s,
-                   "first_epoch": log.epoch_seconds[0] if log.epoch_seconds else fit_s}
-        sizes = dict(n_train=len(x_train), n_val=len(x_val), n_stop=n_stop)
+        first_fold = self.folds_trained == 1
+        seconds = {"build": self.build_seconds if first_fold and self.origin == BUILT else 0.0,
+                   "restore": self.build_seconds if first_fold and self.origin == RESTORED else 0.0,
+                   "fit": fit_s, "first_epoch": log.epoch_seconds[0] if log.epoch_seconds else fit_s,
+                   "trace": trace_seconds(log.epoch_seconds)}
+        sizes = dict(n_train=len(x_train), n_val=len(x_val), n_stop=n_stop,
+                     origin=self.origin if first_fold else REUSED)
         if log.nan_at:
             return FoldResult(fold, None, history, log.nan_at, epochs_run, 0, seconds, **sizes)
         if log.stopped:
