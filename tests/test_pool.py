@@ -153,3 +153,19 @@ def test_folds_csv_records_how_each_fold_model_came_to_be(tmp_path: Path, monkey
     assert second.seconds_build.iloc[0] == 0 and second.seconds_restore.iloc[0] > 0
     assert (first.seconds_build.iloc[1:] == 0).all() and (second.seconds_restore.iloc[1:] == 0).all()
     POOL.clear()
+
+
+def test_report_line_sums_build_restore_and_trace_seconds() -> None:
+    import pandas as pd
+
+    from bench.report.fixed_cost import cost_lines, fixed_cost_line
+
+    folds = pd.DataFrame({"model": ["built", "reused", "restored", "reused"], "seconds_build": [6.0, 0, 0, 0],
+                          "seconds_restore": [0, 0, 1.0, 0], "seconds_trace": [3.0, 0.5, 0.5, 0.0],
+                          "seconds_fit": [10.0, 4.0, 5.0, 4.0]})
+    line = fixed_cost_line(folds)
+    assert line is not None and "11 s (34%) of 32 training seconds" in line
+    assert "building 1 model(s) (6 s)" in line and "restoring 1" in line and "(1 s;" in line
+    assert "tracing (est. 4 s" in line
+    assert fixed_cost_line(folds.drop(columns="model")) is None  # a run from before the pool
+    assert cost_lines(folds) == [line]  # no fold used the feature cache

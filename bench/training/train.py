@@ -31,7 +31,6 @@ Nothing here knows of Optuna or of run directories: a fold goes in, a ``FoldResu
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,12 @@ from bench.errors import ConfigError, close_matches
 from bench.models import HeadSpec, build_classifier
 from bench.training import features
 from bench.training.augment import policy_layers
+from bench.training.batchnorm import (
+    BN_REFRESH_IMAGES,
+    _batchnorms,
+    auto_bn_momentum,
+    reestimate_batchnorm,
+)
 from bench.training.finetune import Trainability, with_lr_scale
 from bench.training.schedules import (
     DEFAULT_SCHEDULE,
@@ -52,6 +57,7 @@ from bench.training.schedules import (
     learning_rates,
     schedule_problems,
 )
+from bench.training.seeding import reseed, reseed_all
 
 OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "adam": lambda c: keras.optimizers.Adam(c.lr),
@@ -60,11 +66,6 @@ OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "rmsprop": lambda c: keras.optimizers.RMSprop(c.lr),
 }
 
-# BN statistics re-estimation looks at this many training images at most: the mean and variance
-# of a few hundred images are accurate, and on large sets a full pass would cost an epoch.
-BN_REESTIMATE_MAX_IMAGES = 512
-# Before each validation pass during training, a cheaper refresh on this many images.
-BN_REFRESH_IMAGES = 128
 # Reduce-LR-on-plateau: the factor (the floor, MIN_LR_SCALE x the starting rate, is shared
 # with the schedules).
 REDUCE_LR_FACTOR = 0.3
@@ -165,12 +166,6 @@ class FoldResult:
         return self.status.startswith(PRUNED)
 
 
-def auto_bn_momentum(n_train: int, batch_size: int) -> float:
-    """A momentum whose averaging window is about one epoch, within Keras' usual [0.5, 0.99]."""
-    steps = max(1, math.ceil(n_train / batch_size))
-    return float(min(0.99, max(0.5, 1.0 - 1.0 / steps)))
-
-
 def trace_seconds(epoch_seconds: list[float]) -> float:
     """The first epoch's fixed cost (tracing, kernel set-up): its seconds minus the median of the
     later epochs'. 0 with a single epoch: nothing to tell the fixed cost from the work by."""
@@ -269,68 +264,6 @@ def _restore(variables: list, values: list[np.ndarray]) -> None:
         v.assign(value)
 
 
-def _batchnorms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
-
-
-def _chunk_size(image_side: int) -> int:
-    """Images per forward call: large chunks amortise eager dispatch (measured on MobileNetV2
-    64 px: 8 calls of 32 images 2.2 s, 1 call of 256 images 0.75 s); the pixel budget keeps
-    activation memory near that of 256 images at 64 px."""
-    return int(max(16, min(256, 256 * (64 / max(image_side, 1)) ** 2)))
-
-
-def reestimate_batchnorm(
-    model: keras.Model, x: np.ndarray, batch_size: int = 0, seed: int = 0, limit: int = BN_REESTIMATE_MAX_IMAGES
-) -> int:
-    """Recompute moving mean/variance of trainable BN layers from ``x`` (at most ``limit`` images).
-
-    Momentum ``i/(i+1)`` at chunk i makes the moving statistics the plain average of the chunk
-    statistics. Runs eagerly so the changed momentum is read on every call. ``batch_size`` is
-    kept for callers; chunks are sized by image area instead. Returns the number of images used.
-    """
-    layers = _batchnorms(model)
-    if not layers or len(x) == 0:
-        return 0
-    if len(x) > limit:
-        pick = np.random.default_rng(seed).choice(len(x), limit, replace=False)
-        x = x[np.sort(pick)]
-    saved = [l.momentum for l in layers]
-    chunk = _chunk_size(x.shape[1]) if x.ndim == 4 else max(batch_size, 16)
-    try:
-        for i, start in enumerate(range(0, len(x), chunk)):
-            for l in layers:
-                l.momentum = i / (i + 1)
-            model(keras.ops.convert_to_tensor(x[start : start + chunk].astype("float32")), training=True)
-    finally:
-        for l, m in zip(layers, saved):
-            l.momentum = m
-    return len(x)
-
-
-def reseed(seed: int) -> None:
-    """Seed Python, NumPy and Keras' global seed generator for one fold, leaving TensorFlow's
-    global seed as the build set it.
-
-    ``keras.utils.set_random_seed`` calls ``tf.random.set_seed``, which clears TensorFlow's kernel
-    cache: every fold after the first then re-instantiated and re-optimised the compiled train
-    step (measured on MobileNetV2 64 px: a later fold's first epoch 17 s against 3 s for its other
-    epochs). TensorFlow's seed is set once, before anything is traced, by ``FoldTrainer``.
-    """
-    if keras.backend.backend() != "tensorflow":
-        keras.utils.set_random_seed(seed)  # clears no compiled state on other backends
-        return
-    from keras.src.backend.common import global_state
-    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
-    from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
-
-    # What keras.utils.set_random_seed does, but for tf.random.set_seed.
-    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
-    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 # How a fold's trainer came to be (folds.csv's ``model``): built and compiled for this trial,
 # reused from this trial's earlier fold, or restored from an earlier trial's (bench.training.pool).
 BUILT, REUSED, RESTORED = "built", "reused", "restored"
@@ -342,21 +275,6 @@ def resolve_bn_momentum(config: TrainConfig, n_train_hint: int) -> float | None:
     if config.bn_momentum == "keep":
         return None
     return float(config.bn_momentum)
-
-
-def reseed_all(seed: int) -> None:
-    """What ``keras.utils.set_random_seed`` does, TensorFlow's global seed included, but without
-    clearing TensorFlow's kernel cache: a trainer kept for a later trial (bench.training.pool)
-    would otherwise pay its compiled step's re-instantiation whenever another model is built.
-    The seed still reaches everything that reads it (the shuffle of ``fit``'s data pipeline)."""
-    reseed(seed)
-    if keras.backend.backend() != "tensorflow":
-        return
-    from tensorflow.python.eager import context
-
-    ctx = context.context()
-    ctx._seed = seed  # tf.random.set_seed minus TFE_ContextClearCaches (context._set_global_seed)
-    ctx._rng = random.Random(seed)
 
 
 def _streams(model: keras.Model) -> list:
