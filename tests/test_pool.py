@@ -164,7 +164,7 @@ def test_report_line_sums_build_restore_and_trace_seconds() -> None:
                           "seconds_restore": [0, 0, 1.0, 0], "seconds_trace": [3.0, 0.5, 0.5, 0.0],
                           "seconds_fit": [10.0, 4.0, 5.0, 4.0]})
     line = fixed_cost_line(folds)
-    assert line is not None and "11 s (34%) of 32 training seconds" in line
+    assert line is not None and "11 s (37%) of 30 training seconds" in line
     assert "building 1 model(s) (6 s)" in line and "restoring 1" in line and "(1 s;" in line
     assert "tracing (est. 4 s" in line
     assert fixed_cost_line(folds.drop(columns="model")) is None  # a run from before the pool
