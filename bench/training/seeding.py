@@ -15,7 +15,8 @@ def reseed(seed: int) -> None:
     ``keras.utils.set_random_seed`` calls ``tf.random.set_seed``, which clears TensorFlow's kernel
     cache: every fold after the first then re-instantiated and re-optimised the compiled train
     step (measured on MobileNetV2 64 px: a later fold's first epoch 17 s against 3 s for its other
-    epochs). TensorFlow's seed is set once, before anything is traced, by ``FoldTrainer``.
+    epochs). TensorFlow's seed is set once per trial, when its trainer is built or renewed
+    (``reseed_all``).
     """
     if keras.backend.backend() != "tensorflow":
         keras.utils.set_random_seed(seed)  # clears no compiled state on other backends
