@@ -7,7 +7,7 @@ that fixes its compiled graph; a later trial with the same key gets it back ``re
 its own seed's initial weights, fresh optimizer state and its own learning rate, schedule and
 seed (the way a trainer already starts each fold), and trains bit for bit as a fresh build would.
 
-The pool is bounded by ``BENCH_WORKER_MODELS`` trainers (default 2; 0 turns it off), the least
+The pool is bounded by ``BENCH_WORKER_MODELS`` trainers (default 4; 0 turns it off), the least
 recently used going first. It is per process: a worker is recycled after ``max_trials`` trials,
 which bounds what framework state can accumulate.
 """
@@ -24,7 +24,7 @@ from bench.errors import ConfigError
 from bench.training.train import FoldTrainer, TrainConfig, resolve_bn_momentum
 
 POOL_ENV = "BENCH_WORKER_MODELS"
-DEFAULT_MODELS = 2
+DEFAULT_MODELS = 4
 
 
 def capacity() -> int:
