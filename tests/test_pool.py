@@ -88,6 +88,21 @@ def test_a_restored_trainer_trains_bit_for_bit_as_a_fresh_build(pool: TrainerPoo
     assert_identical(two_folds(again, x, y), fresh[first.seed])
 
 
+def test_a_restored_two_phase_trainer_restarts_both_phases(pool: TrainerPool) -> None:
+    """Two compiled phases (head only, then the backbone at a scaled rate): both optimizers start
+    fresh at the new trial's rate, and the phases' trainability is the new trial's."""
+    x, y = toy_data()
+    two_phase = dict(head_epochs=1, backbone_lr_scale=0.5, epochs=3, augment="none")
+    first, later = config(**two_phase), config(**two_phase, seed=21, lr=1e-3)
+    fresh = two_folds(FoldTrainer(later, 2, n_train_hint=56), x, y)[:1]
+    kept = pool.trainer(first, 2, n_train_hint=56)
+    two_folds(kept, x, y)
+    renewed = pool.trainer(later, 2, n_train_hint=56)
+    assert renewed is kept and renewed.origin == RESTORED
+    assert_identical(two_folds(renewed, x, y)[:1], fresh)
+    assert fresh[0].history["phase"] == [1.0, 2.0, 2.0]
+
+
 def test_a_restored_head_on_features_trains_as_a_fresh_build(pool: TrainerPool, tmp_path: Path) -> None:
     """A random-init frozen backbone: the renewed trainer's extractor gives the new seed's
     features (the cache key's weights identity reads them), and its head trains as a fresh one."""

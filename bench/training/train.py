@@ -372,6 +372,11 @@ class FoldTrainer:
         is its fresh state with ``config.lr``. Learning rate, schedule, epochs, early stopping and
         the seed are read from ``self.config`` by every fit, as folds already do."""
         t0 = time.perf_counter()
+        # Optimizer state first: a backbone-rate optimizer (with_lr_scale) also tracks the
+        # backbone's own variables, whose snapshot holds the previous seed's initial values.
+        for phase, values in zip(self.phases, self._opt0):
+            _restore(phase.optimizer.variables, values)
+            phase.optimizer.learning_rate.assign(config.lr)
         if config.seed != self.config.seed:
             fresh = _Graph(config, self.n_classes, self.bn_momentum, self.on_features)
             # The whole classifier: on features the fitted model is the head alone, and the
@@ -383,9 +388,6 @@ class FoldTrainer:
         self.config = config
         _restore(self.model.weights, self._weights0)
         _restore(self._streams, self._streams0)
-        for phase, values in zip(self.phases, self._opt0):
-            _restore(phase.optimizer.variables, values)
-            phase.optimizer.learning_rate.assign(config.lr)
         self._opt0 = [_snapshot(p.optimizer.variables) for p in self.phases]
         reseed_all(config.seed)  # what a fresh build leaves behind for the first fold
         self.build_seconds = time.perf_counter() - t0
