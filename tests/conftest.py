@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,10 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BENCH_RUNS", str(base / "runs"))
     monkeypatch.setenv("BENCH_DATA", str(base / "data"))
     monkeypatch.delenv("BENCH_DATASETS", raising=False)
+    # Each test starts with no trainer kept from another (bench.training.pool), when loaded at all.
+    pool = sys.modules.get("bench.training.pool")
+    if pool is not None:
+        pool.POOL.clear()
     return base
 
 

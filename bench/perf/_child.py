@@ -54,12 +54,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_bench(args: list[str], workdir: Path, *, sample_rss: bool = False) -> ChildRun:
-    """``python -m bench ARGS`` with BENCH_RUNS and BENCH_CACHE under ``workdir``; raises with the
-    tail of its output if it fails."""
+def run_bench(args: list[str], workdir: Path, *, sample_rss: bool = False, env: dict[str, str] | None = None) -> ChildRun:
+    """``python -m bench ARGS`` with BENCH_RUNS and BENCH_CACHE under ``workdir`` (and ``env`` on
+    top of this process's environment); raises with the tail of its output if it fails."""
     if sample_rss and not Path("/proc/self/status").exists():
         raise RuntimeError("peak RSS sampling reads /proc: Linux only")
-    env = {**os.environ, "BENCH_RUNS": str(workdir / "runs"), "BENCH_CACHE": str(workdir / "cache")}
+    env = {**os.environ, **(env or {}), "BENCH_RUNS": str(workdir / "runs"), "BENCH_CACHE": str(workdir / "cache")}
     log = workdir / "child.log"
     peak = [0]
     t0 = time.perf_counter()

@@ -4,11 +4,14 @@ bench's way is ``bench run --space smoke --trials 6 --folds 3`` as a user runs i
 process in empty runs and cache folders: start-up, decoding the images once, building each model
 once per trial, pruning), without the held-out refit (``--no-final``), which the naive loop has
 no counterpart for. The naive way then trains the SAME trial configurations, read back from the
-run directory, on the same folds for exactly the epochs each fold ran in the search (a pruned
-fold's epochs too; folds the search never started are skipped): so the ratio compares two ways of
-doing one amount of work. Naive means: images decoded from disk every epoch (tf.data without a
-cache, as ``image_dataset_from_directory`` does, decoding in parallel), the model rebuilt and
-recompiled for every fold, Keras validating on the validation fold each epoch.
+run directory, on the same folds with the same recipe (the same inner split read by the same
+early stopping, plateau rule and epoch scores, class weights, head, schedule and two-phase
+training: the search's own ``FoldTrainer``), a pruned fold stopped at the epoch the pruner cut
+it; folds the search never started are skipped. So the ratio is the harness's work saved and
+nothing else. Naive means: the image files decoded from disk every epoch (tf.data without a
+cache, as ``image_dataset_from_directory`` does, decoding in parallel; the fold trains on the
+same decoded pixels as bench's), the model rebuilt, recompiled and traced for every fold (no
+trainer kept across folds or trials), the backbone run every epoch (no feature cache).
 """
 
 from __future__ import annotations
@@ -46,67 +49,81 @@ log = true
 """
 
 
-def _dataset(paths: list[str], labels: np.ndarray, n_classes: int, size: int, batch: int, shuffle: bool,
-             seed: int) -> Any:
-    """Decoded from disk every time it is iterated: no ``cache()``, as in the notebooks."""
+def _files(paths: list[str], size: int) -> Any:
+    """The images read and decoded from disk each time it is iterated: no ``cache()``, decoding in
+    parallel, as ``image_dataset_from_directory`` does in the notebooks."""
     import tensorflow as tf
 
-    def load(path: Any, target: Any) -> tuple[Any, Any]:
+    def load(path: Any) -> Any:
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return tf.image.resize(image, (size, size)), target
+        return tf.image.resize(image, (size, size))
 
-    ds = tf.data.Dataset.from_tensor_slices((paths, np.eye(n_classes, dtype="float32")[labels]))
-    if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
+    return tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(64)
 
 
-def naive_fold(config: Any, n_classes: int, train: tuple[list[str], np.ndarray], val: tuple[list[str], np.ndarray],
-               epochs: int) -> None:
-    """One fold the notebook way: a fresh model, compiled, fit on images read from disk."""
+def _decode_every_epoch(paths: list[str], size: int) -> Any:
+    """A callback that pays the notebook's decoding each epoch (the work bench's decode-once cache
+    saves) while the fold trains on the same decoded pixels as bench, so only the cost differs."""
     import keras
 
-    from bench.models import build_classifier
-    from bench.training.augment import policy_layers
-    from bench.training.train import OPTIMIZERS
+    class DecodeEveryEpoch(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.files = _files(paths, size)
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            for _ in self.files:
+                pass
+
+    return DecodeEveryEpoch()
+
+
+def naive_fold(config: Any, data: Any, fold: int, *, stop_after: int | None, metric: str) -> None:
+    """One fold the notebook way, with bench's recipe: a fresh model built, compiled and traced for
+    this fold (no trainer kept, no cached features), the files decoded every epoch; the same
+    inner split, callbacks, class weights, head, schedule and phases as the search's fold, and
+    stopped where a pruner stopped it (``stop_after`` epochs)."""
+    import keras
+
+    from bench.training.experiment import epoch_scorer, inner_split
+    from bench.training.train import FoldTrainer
 
     keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    parts = build_classifier(config.backbone, n_classes, config.size, weights=config.weights,
-                             unfrozen=config.unfrozen, dropout=config.dropout)
-    inputs = keras.Input((config.size, config.size, 3))
-    x = inputs
-    for layer in policy_layers(config.augment, seed=config.seed):
-        x = layer(x)
-    model = keras.Model(inputs, parts.model(x))
-    model.compile(optimizer=OPTIMIZERS[config.optimizer](config),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=["accuracy"])
-    size, batch = config.size, config.batch_size
-    model.fit(_dataset(*train, n_classes, size, batch, True, config.seed), epochs=epochs, verbose=0, shuffle=False,
-              validation_data=_dataset(*val, n_classes, size, batch, False, config.seed))
+    labels = data.index.labels
+    first_train, _ = data.splits.fold_masks(0)
+    trainer = FoldTrainer(config, len(data.index.classes), n_train_hint=int(first_train.sum()))
+    train, val = data.splits.fold_masks(fold)
+    fit, stop = inner_split(data, train, config.inner_val, key=fold)
+    files = [str(data.index.root / data.index.paths[i]) for i in np.flatnonzero(fit | stop)]
+    x = data.images
+    trainer.fit_fold(fold, x[fit], labels[fit], x[val], labels[val], x[stop], labels[stop],
+                     scorer=epoch_scorer(data, (metric,)),
+                     on_epoch=(lambda e, logs: "pruned" if e + 1 >= stop_after else None) if stop_after else None,
+                     callbacks=[_decode_every_epoch(files, config.size)])
 
 
 def naive_replay(run_path: Path) -> tuple[float, int, int]:
     """Train every (trial, fold) of the search run the naive way: (seconds, folds, epochs)."""
     from bench.results import RunDir
+    from bench.training.experiment import prepare_data_from_manifest
     from bench.training.train import TrainConfig
 
     run = RunDir.open(run_path)
-    root = Path(run.manifest()["dataset"]["root"])
-    splits = run.table("splits")
-    classes = sorted(splits.label.unique())
-    cv = splits[splits.split == "cv"]
+    manifest = run.manifest()
+    metric = manifest.get("objective", {}).get("metric", "balanced_accuracy")
     configs = run.configs()
     folds = run.table("folds")
     done = folds[folds.epochs_run > 0]
+    # The same images and splits as the search (prepared before the clock starts: the naive side
+    # is charged its decoding every epoch instead).
+    data = {size: prepare_data_from_manifest(manifest, size=size)
+            for size in sorted({int(configs[int(t)].get("size", 64)) for t in done.trial})}
     t0 = time.perf_counter()
     for row in done.itertuples():
         config = TrainConfig(**configs[int(row.trial)])
-        sides = [cv[cv.fold != row.fold], cv[cv.fold == row.fold]]
-        train, val = ((
-            [str(root / p) for p in side.path], np.array([classes.index(c) for c in side.label])) for side in sides)
-        naive_fold(config, len(classes), train, val, int(row.epochs_run))
+        pruned = str(row.status).startswith("pruned")
+        naive_fold(config, data[config.size], int(row.fold), stop_after=int(row.epochs_run) if pruned else None,
+                   metric=metric)
     return time.perf_counter() - t0, len(done), int(done.epochs_run.sum())
 
 
@@ -130,7 +147,7 @@ def smoke_search(options: PerfOptions) -> list[PerfRow]:
         what=f"bench run --space {'smoke' if not options.quick else 'quick'} --trials {trials} --folds {folds} "
              f"--no-final on {options.dataset}, vs the same {n_folds} trial x fold fits ({n_epochs} epochs, as "
              f"run by the search) done the naive way",
-        baseline="naive: decode every epoch, rebuild per fold",
+        baseline="naive: bench's recipe, decoding every epoch, rebuilt per fold, no feature cache",
         bench="bench run (child process, cold cache)",
         baseline_value=naive_seconds,
         bench_value=search.seconds,

@@ -44,7 +44,7 @@ from bench.report import tables as T
 from bench.report import transfer as X
 from bench.report.cells import Table, slug
 from bench.report.collect import Collection, Note, collect, resolve_runs
-from bench.report.feature_cache import saved_time_line
+from bench.report.fixed_cost import cost_lines
 from bench.report.figures import Figure
 from bench.report.markup import (
     Block,
@@ -424,9 +424,8 @@ class Builder:
         labels = tuple(f"{r.label}:" for r in runs)
         self.notes([n for n in coll.notes_for(d, "search") if n.text.startswith(labels)])
         if not coll.folds.empty:
-            cache_line = saved_time_line(coll.folds[(coll.folds.dataset == d) & (coll.folds.study == study_name)])
-            if cache_line:
-                self.para(cache_line)
+            for line in cost_lines(coll.folds[(coll.folds.dataset == d) & (coll.folds.study == study_name)]):
+                self.para(line)
         prefix = slug(d, study_name)
         objective = runs[0].objective
         if studies:

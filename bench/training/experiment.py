@@ -430,7 +430,12 @@ def cross_validate(
             "n_train": result.n_train, "n_val": result.n_val, "n_inner_val": result.n_stop,
             "seconds_fit": round(result.seconds.get("fit", 0.0), 3),
             "seconds_first_epoch": round(result.seconds.get("first_epoch", 0.0), 3),
+            # How the fold's compiled model came to be (built, reused from the trial's earlier fold,
+            # restored from an earlier trial's in this worker) and what each step cost.
+            "model": result.origin,
             "seconds_build": round(result.seconds.get("build", 0.0), 3),
+            "seconds_restore": round(result.seconds.get("restore", 0.0), 3),
+            "seconds_trace": round(result.seconds.get("trace", 0.0), 3),
             "seconds_bn_reestimate": round(result.seconds.get("bn_reestimate", 0.0), 3),
             "seconds_predict": round(result.seconds.get("predict", 0.0), 3),
             "seconds_per_epoch": round(result.seconds.get("fit", 0.0) / n_epochs, 3),

@@ -14,22 +14,24 @@ import numpy as np
 
 from bench.models import get_backbone, resolve_weights
 from bench.training import features
-from bench.training.train import FoldTrainer
+from bench.training.pool import POOL
 
 
 def trainer_for(config: Any, data: Any, n_train_hint: int, *, cache_dir: Path | None = None) -> tuple[Any, np.ndarray, features.Features | None]:
     """``(trainer, inputs, features)`` for ``config`` on prepared ``data``: a trainer on cached
     features (``inputs`` their array, rows aligned with ``data.images``) when the configuration
-    allows it and the entry fits the budget, else the ordinary trainer on ``data.images``."""
+    allows it and the entry fits the budget, else the ordinary trainer on ``data.images``. Either
+    comes from the process's trainer pool (``bench.training.pool``): built, or an earlier trial's
+    renewed."""
     n_classes = len(data.index.classes)
     # With the cache turned off (a budget of 0) nothing could be cached: do not build the
     # on-features trainer only to build the ordinary one after it.
     if features.eligible(config) and features.budget_bytes() > 0:
-        trainer = FoldTrainer(config, n_classes, n_train_hint, on_features=True)
+        trainer = POOL.trainer(config, n_classes, n_train_hint, on_features=True)
         weights_file = resolve_weights(get_backbone(config.backbone), config.weights)
         key = features.feature_key(features.images_id(data), config.size, data.resize, config.backbone,
                           features.weights_identity(weights_file, trainer.parts.base))
         found = features.load_or_build(trainer.extractor, data.images, key, cache_dir=cache_dir)
         if found is not None:
             return trainer, found.array, found
-    return FoldTrainer(config, n_classes, n_train_hint), data.images, None
+    return POOL.trainer(config, n_classes, n_train_hint), data.images, None

@@ -31,7 +31,6 @@ Nothing here knows of Optuna or of run directories: a fold goes in, a ``FoldResu
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,12 @@ from bench.errors import ConfigError, close_matches
 from bench.models import HeadSpec, build_classifier
 from bench.training import features
 from bench.training.augment import policy_layers
+from bench.training.batchnorm import (
+    BN_REFRESH_IMAGES,
+    _batchnorms,
+    auto_bn_momentum,
+    reestimate_batchnorm,
+)
 from bench.training.finetune import Trainability, with_lr_scale
 from bench.training.schedules import (
     DEFAULT_SCHEDULE,
@@ -52,6 +57,7 @@ from bench.training.schedules import (
     learning_rates,
     schedule_problems,
 )
+from bench.training.seeding import reseed, reseed_all
 
 OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "adam": lambda c: keras.optimizers.Adam(c.lr),
@@ -60,11 +66,6 @@ OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "rmsprop": lambda c: keras.optimizers.RMSprop(c.lr),
 }
 
-# BN statistics re-estimation looks at this many training images at most: the mean and variance
-# of a few hundred images are accurate, and on large sets a full pass would cost an epoch.
-BN_REESTIMATE_MAX_IMAGES = 512
-# Before each validation pass during training, a cheaper refresh on this many images.
-BN_REFRESH_IMAGES = 128
 # Reduce-LR-on-plateau: the factor (the floor, MIN_LR_SCALE x the starting rate, is shared
 # with the schedules).
 REDUCE_LR_FACTOR = 0.3
@@ -154,6 +155,7 @@ class FoldResult:
     n_train: int = 0
     n_val: int = 0
     n_stop: int = 0  # images of the inner validation split
+    origin: str = "built"  # BUILT, REUSED or RESTORED: how this fold's compiled model came to be
 
     @property
     def ok(self) -> bool:
@@ -164,10 +166,12 @@ class FoldResult:
         return self.status.startswith(PRUNED)
 
 
-def auto_bn_momentum(n_train: int, batch_size: int) -> float:
-    """A momentum whose averaging window is about one epoch, within Keras' usual [0.5, 0.99]."""
-    steps = max(1, math.ceil(n_train / batch_size))
-    return float(min(0.99, max(0.5, 1.0 - 1.0 / steps)))
+def trace_seconds(epoch_seconds: list[float]) -> float:
+    """The first epoch's fixed cost (tracing, kernel set-up): its seconds minus the median of the
+    later epochs'. 0 with a single epoch: nothing to tell the fixed cost from the work by."""
+    if len(epoch_seconds) < 2:
+        return 0.0
+    return max(0.0, epoch_seconds[0] - float(np.median(epoch_seconds[1:])))
 
 
 def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -260,66 +264,54 @@ def _restore(variables: list, values: list[np.ndarray]) -> None:
         v.assign(value)
 
 
-def _batchnorms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+# How a fold's trainer came to be (folds.csv's ``model``): built and compiled for this trial,
+# reused from this trial's earlier fold, or restored from an earlier trial's (bench.training.pool).
+BUILT, REUSED, RESTORED = "built", "reused", "restored"
 
 
-def _chunk_size(image_side: int) -> int:
-    """Images per forward call: large chunks amortise eager dispatch (measured on MobileNetV2
-    64 px: 8 calls of 32 images 2.2 s, 1 call of 256 images 0.75 s); the pixel budget keeps
-    activation memory near that of 256 images at 64 px."""
-    return int(max(16, min(256, 256 * (64 / max(image_side, 1)) ** 2)))
+def resolve_bn_momentum(config: TrainConfig, n_train_hint: int) -> float | None:
+    if config.bn_momentum == "auto":
+        return auto_bn_momentum(n_train_hint, config.batch_size)
+    if config.bn_momentum == "keep":
+        return None
+    return float(config.bn_momentum)
 
 
-def reestimate_batchnorm(
-    model: keras.Model, x: np.ndarray, batch_size: int = 0, seed: int = 0, limit: int = BN_REESTIMATE_MAX_IMAGES
-) -> int:
-    """Recompute moving mean/variance of trainable BN layers from ``x`` (at most ``limit`` images).
-
-    Momentum ``i/(i+1)`` at chunk i makes the moving statistics the plain average of the chunk
-    statistics. Runs eagerly so the changed momentum is read on every call. ``batch_size`` is
-    kept for callers; chunks are sized by image area instead. Returns the number of images used.
-    """
-    layers = _batchnorms(model)
-    if not layers or len(x) == 0:
-        return 0
-    if len(x) > limit:
-        pick = np.random.default_rng(seed).choice(len(x), limit, replace=False)
-        x = x[np.sort(pick)]
-    saved = [l.momentum for l in layers]
-    chunk = _chunk_size(x.shape[1]) if x.ndim == 4 else max(batch_size, 16)
-    try:
-        for i, start in enumerate(range(0, len(x), chunk)):
-            for l in layers:
-                l.momentum = i / (i + 1)
-            model(keras.ops.convert_to_tensor(x[start : start + chunk].astype("float32")), training=True)
-    finally:
-        for l, m in zip(layers, saved):
-            l.momentum = m
-    return len(x)
+def _streams(model: keras.Model) -> list:
+    """The model's variables outside ``weights``: the random streams of dropout and augmentation."""
+    weight_ids = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weight_ids]
 
 
-def reseed(seed: int) -> None:
-    """Seed Python, NumPy and Keras' global seed generator for one fold, leaving TensorFlow's
-    global seed as the build set it.
+class _Graph:
+    """The layers of one configuration, built (not compiled) under its seed: the classifier, and
+    the model the trainer fits (the classifier behind the augmentation, or the head on features)."""
 
-    ``keras.utils.set_random_seed`` calls ``tf.random.set_seed``, which clears TensorFlow's kernel
-    cache: every fold after the first then re-instantiated and re-optimised the compiled train
-    step (measured on MobileNetV2 64 px: a later fold's first epoch 17 s against 3 s for its other
-    epochs). TensorFlow's seed is set once, before anything is traced, by ``FoldTrainer``.
-    """
-    if keras.backend.backend() != "tensorflow":
-        keras.utils.set_random_seed(seed)  # clears no compiled state on other backends
-        return
-    from keras.src.backend.common import global_state
-    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
-    from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
-
-    # What keras.utils.set_random_seed does, but for tf.random.set_seed.
-    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
-    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
-    random.seed(seed)
-    np.random.seed(seed)
+    def __init__(self, config: TrainConfig, n_classes: int, bn_momentum: float | None, on_features: bool) -> None:
+        reseed_all(config.seed)
+        self.parts = build_classifier(
+            config.backbone, n_classes, config.size, weights=config.weights,
+            unfrozen=config.unfrozen, bn_momentum=bn_momentum, head=config.head(),
+        )
+        self.classifier: keras.Model = self.parts.model
+        # What the inputs go through: the classifier, or its head on features. BN re-estimation runs on it.
+        self.core = self.classifier
+        self.extractor: keras.Model | None = None
+        self.head_model: keras.Model | None = None
+        if on_features:
+            self.extractor, self.core = features.split_at_backbone(self.classifier, self.parts.base)
+            self.model = self.core
+            return
+        inputs = keras.Input((config.size, config.size, 3), name="image")
+        x = inputs
+        for layer in policy_layers(config.augment, seed=config.seed):
+            x = layer(x)
+        # Augmentation wraps the classifier instead of living inside it: the classifier is what
+        # gets exported, and BN re-estimation runs on un-augmented images.
+        outputs = self.classifier(x)
+        self.model = keras.Model(inputs, outputs, name="train_model")
+        if config.head_epochs:
+            self.head_model = keras.Model(inputs, outputs, name="head_train_model")
 
 
 @dataclass(frozen=True)
@@ -348,53 +340,58 @@ class FoldTrainer:
         self.on_features = on_features
         self.n_classes = n_classes
         t0 = time.perf_counter()
-        keras.utils.set_random_seed(config.seed)
-        if config.bn_momentum == "auto":
-            bn_momentum: float | None = auto_bn_momentum(n_train_hint, config.batch_size)
-        elif config.bn_momentum == "keep":
-            bn_momentum = None
-        else:
-            bn_momentum = float(config.bn_momentum)
-        self.bn_momentum = bn_momentum
-        self.parts = build_classifier(
-            config.backbone, n_classes, config.size, weights=config.weights,
-            unfrozen=config.unfrozen, bn_momentum=bn_momentum, head=config.head(),
-        )
-        self.classifier: keras.Model = self.parts.model
-        # What the inputs go through: the classifier, or its head on features. BN re-estimation runs on it.
-        self.core = self.classifier
-        self.extractor: keras.Model | None = None
-        if on_features:
-            self.extractor, self.core = features.split_at_backbone(self.classifier, self.parts.base)
-            self.model = self.core
-            outputs = None
-        else:
-            inputs = keras.Input((config.size, config.size, 3), name="image")
-            x = inputs
-            for layer in policy_layers(config.augment, seed=config.seed):
-                x = layer(x)
-            # Augmentation wraps the classifier instead of living inside it: the classifier is what
-            # gets exported, and BN re-estimation runs on un-augmented images.
-            outputs = self.classifier(x)
-            self.model = keras.Model(inputs, outputs, name="train_model")
+        self.bn_momentum = resolve_bn_momentum(config, n_train_hint)
+        built = _Graph(config, n_classes, self.bn_momentum, on_features)
+        self.parts, self.classifier, self.core = built.parts, built.classifier, built.core
+        self.extractor, self.model = built.extractor, built.model
         self.optimizer = self._compile(self.model, config.backbone_lr_scale)
         self.phases = [_Phase(self.model, self.optimizer, None, None)]
-        if config.head_epochs and outputs is not None:
+        if built.head_model is not None:
             # Phase 1: a second model over the same layers, compiled while the backbone is frozen.
             trained = Trainability.of(self.parts.base)
             trained.frozen().apply()
-            head_model = keras.Model(inputs, outputs, name="head_train_model")
-            self.phases = [_Phase(head_model, self._compile(head_model, 1.0), trained.frozen(), config.head_epochs),
+            self.phases = [_Phase(built.head_model, self._compile(built.head_model, 1.0), trained.frozen(),
+                                  config.head_epochs),
                            _Phase(self.model, self.optimizer, trained, None)]
             trained.apply()
         self._weights0 = _snapshot(self.model.weights)
         # The random streams of dropout and augmentation layers are variables outside `weights`:
         # restored too, so a fold trains the same however many folds ran before it.
-        weight_ids = {id(w) for w in self.model.weights}
-        self._streams = [v for v in self.model.variables if id(v) not in weight_ids]
+        self._streams = _streams(self.model)
         self._streams0 = _snapshot(self._streams)
         self._opt0 = [_snapshot(p.optimizer.variables) for p in self.phases]
         self.build_seconds = time.perf_counter() - t0
+        self.origin = BUILT
+        self.folds_trained = 0
+
+    def renew(self, config: TrainConfig) -> None:
+        """Make this trainer the one a fresh ``FoldTrainer(config, ...)`` would be, without
+        compiling or tracing again: ``config`` must fix the same graph (``bench.training.pool``'s
+        key). The initial weights and random streams of ``config.seed`` come from building the
+        layers again (cheap, eager, never traced) when the seed differs; every optimizer's state
+        is its fresh state with ``config.lr``. Learning rate, schedule, epochs, early stopping and
+        the seed are read from ``self.config`` by every fit, as folds already do."""
+        t0 = time.perf_counter()
+        # Optimizer state first: a backbone-rate optimizer (with_lr_scale) also tracks the
+        # backbone's own variables, whose snapshot holds the previous seed's initial values.
+        for phase, values in zip(self.phases, self._opt0):
+            _restore(phase.optimizer.variables, values)
+            phase.optimizer.learning_rate.assign(config.lr)
+        if config.seed != self.config.seed:
+            fresh = _Graph(config, self.n_classes, self.bn_momentum, self.on_features)
+            # The whole classifier: on features the fitted model is the head alone, and the
+            # frozen backbone's initial weights (random init) follow the seed too.
+            _restore(self.classifier.weights, _snapshot(fresh.classifier.weights))
+            self._weights0 = _snapshot(fresh.model.weights)
+            self._streams0 = _snapshot(_streams(fresh.model))
+            del fresh
+        self.config = config
+        _restore(self.model.weights, self._weights0)
+        _restore(self._streams, self._streams0)
+        self._opt0 = [_snapshot(p.optimizer.variables) for p in self.phases]
+        reseed_all(config.seed)  # what a fresh build leaves behind for the first fold
+        self.build_seconds = time.perf_counter() - t0
+        self.origin = RESTORED
         self.folds_trained = 0
 
     def _compile(self, model: keras.Model, backbone_lr_scale: float) -> keras.optimizers.Optimizer:
@@ -518,9 +515,13 @@ class FoldTrainer:
                                         seed=c.seed * 1000 + fold, scorer=scorer, on_epoch=on_epoch,
                                         callbacks=callbacks)
         epochs_run = len(log.epoch_seconds)
-        seconds = {"build": self.build_seconds if self.folds_trained == 1 else 0.0, "fit": fit_s,
-                   "first_epoch": log.epoch_seconds[0] if log.epoch_seconds else fit_s}
-        sizes = dict(n_train=len(x_train), n_val=len(x_val), n_stop=n_stop)
+        first_fold = self.folds_trained == 1
+        seconds = {"build": self.build_seconds if first_fold and self.origin == BUILT else 0.0,
+                   "restore": self.build_seconds if first_fold and self.origin == RESTORED else 0.0,
+                   "fit": fit_s, "first_epoch": log.epoch_seconds[0] if log.epoch_seconds else fit_s,
+                   "trace": trace_seconds(log.epoch_seconds)}
+        sizes = dict(n_train=len(x_train), n_val=len(x_val), n_stop=n_stop,
+                     origin=self.origin if first_fold else REUSED)
         if log.nan_at:
             return FoldResult(fold, None, history, log.nan_at, epochs_run, 0, seconds, **sizes)
         if log.stopped:
