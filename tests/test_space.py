@@ -665,6 +665,8 @@ def test_fixed_values_are_pinned_not_suggested():
         smoke.check_fixed({"backbone": "inception_v3"})  # the space fixes size 64
     with pytest.raises(ConfigError, match="'simple_cnn' has no ImageNet weights"):
         smoke.check_fixed({"weights": "imagenet"})
+    # The smoke space gives ImageNet weights to Lite0 alone (`when`): pinning the size checks them for it only.
+    assert smoke.check_fixed({"size": 32}) == {"size": 32}
 
 
 # --- fingerprint ------------------------------------------------------------------------------

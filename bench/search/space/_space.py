@@ -80,8 +80,16 @@ class SearchSpace:
             if backbones and sizes:
                 _check_sizes(where, backbones, sizes)
             if backbones and set(self._possible("weights", pinned) or ()) == {"imagenet"}:
-                _check_imagenet(where, backbones)
+                _check_imagenet(where, self._weighted(backbones, pinned))
         return pinned
+
+    def _weighted(self, backbones: list[Any], pinned: dict[str, Any]) -> list[Any]:
+        """The backbones a ``weights`` parameter applies to: all of them when pinned, else those its
+        ``when`` names (the smoke space gives ImageNet weights to EfficientNet-Lite0 alone)."""
+        if "weights" in pinned or "weights" not in self:
+            return backbones
+        only = dict(self.param("weights").when).get("backbone")
+        return backbones if only is None else [b for b in backbones if b in only]
 
     def _possible(self, name: str, pinned: dict[str, Any]) -> list[Any] | None:
         if name in pinned:
