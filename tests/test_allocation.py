@@ -20,6 +20,7 @@ from bench.cli import main
 from bench.results import RunDir
 from bench.search.allocation import BalancedSampler, balance_factors, entry_counts, next_entry, wrap_sampler
 from bench.search.space import parse_space
+from tests.postgres import postgres_url  # noqa: F401 (the fixture)
 from tests.test_search import REPO, load, run_args
 
 ENTRIES = [("a",), ("b",), ("c",)]
@@ -64,11 +65,15 @@ def test_balanced_gives_each_entry_its_share_where_the_sampler_concentrates():
     assert max(counts.values()) - min(counts.get(b, 0) for b in "abc") > 1, counts
 
 
-def test_workers_asking_at_once_on_two_machines_stay_balanced(tmp_path):
-    """Two 'machines' (two study objects, one SQLite storage) ask for trials before either has
-    chosen its backbone: each trial still gets its own place, none is taken twice."""
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    machines = [_study(_balanced(seed), url) for seed in (1, 2)]
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_workers_asking_at_once_on_two_machines_stay_balanced(kind, tmp_path, request):
+    """Two 'machines' (two study objects, one SQLite or PostgreSQL storage) ask for trials before
+    either has chosen its backbone: each trial still gets its own place, none is taken twice."""
+    if kind == "sqlite":
+        url, name = f"sqlite:///{tmp_path / 'shared.db'}", "s"
+    else:  # a real PostgreSQL server (tests/postgres.py), a study of this test's own
+        url, name = request.getfixturevalue("postgres_url"), f"balanced-{tmp_path.name}"
+    machines = [_study(_balanced(seed), url, name) for seed in (1, 2)]
     for _ in range(3):
         asked = [m.ask() for m in machines for _ in range(2)]  # four trials in flight, no parameters yet
         for trial in reversed(asked):  # the last-numbered chooses first
