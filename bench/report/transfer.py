@@ -99,6 +99,8 @@ def external_tables(coll: Collection, dataset: str, board: pd.DataFrame) -> list
         if len(points):
             test = pd.concat([test, points[points.split == "test"]], ignore_index=True)
         extra = [m for m in dict.fromkeys(mine.metric) if m not in shown and (" at " in m or ", " in m)]
+        # The operating points first (the deploying user's question), then each calibration metric unscaled -> scaled.
+        extra.sort(key=lambda m: (" at " not in m, m.replace("unscaled", "a").replace("temperature-scaled", "b")))
         sets = list(dict.fromkeys(mine.external))
         rows = []
         for m in [*shown, *extra]:
