@@ -123,6 +123,8 @@ FILES = {
 }
 EXTERNAL_DIR = "external"
 EXTERNAL_FILES = {"metrics": "test_metrics.csv", "predictions": "test_predictions.csv", "summary": "summary.json"}
+# ``bench evaluate``'s optional tables, in the schema of the held-out files of the same name.
+EXTERNAL_TABLES = {"operating_points": "operating_points.csv", "calibration": "calibration.csv"}
 
 
 # The held-out tables: one `bench final` entry's rows each, named by its identity columns.
@@ -490,11 +492,14 @@ class RunDir:
         return self.path / EXTERNAL_DIR / slug
 
     def write_external(self, slug: str, summary: dict[str, Any], metrics: pd.DataFrame, predictions: pd.DataFrame,
-                       confusions: dict[str, pd.DataFrame]) -> Path:
-        """``bench evaluate``'s result on one external dataset; a re-run replaces the whole folder's files."""
+                       confusions: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame] | None = None) -> Path:
+        """``bench evaluate``'s result on one external dataset; a re-run replaces the whole folder's files
+        (an earlier ``tables`` file too: its thresholds may be ones the run no longer has)."""
         folder = self.external_dir(slug)
         folder.mkdir(parents=True, exist_ok=True)
         with self.lock():
+            for name, file in EXTERNAL_TABLES.items():
+                _atomic_csv(folder / file, tables[name]) if name in (tables or {}) else (folder / file).unlink(True)
             _atomic_csv(folder / EXTERNAL_FILES["metrics"], metrics)
             _atomic_csv(folder / EXTERNAL_FILES["predictions"], predictions)
             for backbone, frame in confusions.items():
@@ -513,6 +518,12 @@ class RunDir:
                 out[folder.name] = (json.loads(summary.read_text()),
                                     with_entry_columns(frame, self.final().get("backbones") or {}))
         return out
+
+    def external_table(self, slug: str, name: str) -> pd.DataFrame:
+        """One of EXTERNAL_TABLES of an external evaluation (empty if it has none)."""
+        path = self.external_dir(slug) / EXTERNAL_TABLES[name]
+        return with_entry_columns(pd.read_csv(path, dtype={"backbone": str, "entry": str, "class": str}),
+                                  self.final().get("backbones") or {}) if path.is_file() else pd.DataFrame()
 
     def gradcam_path(self, backbone: str) -> Path:
         """Grid of Grad-CAM overlays of the final model's held-out predictions (``bench final``)."""

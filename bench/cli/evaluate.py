@@ -83,6 +83,11 @@ class EvaluateCommand(Command):
         parser.add_argument("--drop-overlap", action="store_true",
                             help="leave out images identical to the run's and images of the run's patients "
                                  "(default: score them, warn and record it)")
+        from bench.evaluation.variants import TTA_SETS
+
+        parser.add_argument("--tta", default="none", choices=list(TTA_SETS),
+                            help="average each prediction over these flips, the ones `bench final --tta` scored "
+                                 "(flip: the image and its horizontal mirror); recorded in summary.json")
 
     def run(self, args: argparse.Namespace) -> int:
         quiet_frameworks()
@@ -90,7 +95,7 @@ class EvaluateCommand(Command):
 
         evaluate_external(args.run, args.dataset, group_regex=args.group_regex, registry=args.registry,
                           backbones=args.backbone, n_boot=args.boot, drop_overlap=args.drop_overlap,
-                          console=stdout_console())
+                          tta=args.tta, console=stdout_console())
         return 0
 
 

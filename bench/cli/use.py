@@ -18,7 +18,7 @@ from bench.cli._base import (
 )
 from bench.cli.argtypes import positive_int, whole
 from bench.errors import ConfigError
-from bench.evaluation.variants import ENSEMBLES
+from bench.evaluation.variants import ENSEMBLES, TTA_SETS
 
 
 class ExportCommand(Command):
@@ -34,6 +34,9 @@ class ExportCommand(Command):
                                  "(default <run>/export/<dataset>-<backbone>.keras)")
         parser.add_argument("--ensemble", default="none", choices=list(ENSEMBLES),
                             help="folds: export the fold ensemble of `bench final --ensemble folds` as one model")
+        parser.add_argument("--tta", default="none", choices=list(TTA_SETS),
+                            help="record this TTA set in the card (`bench predict` then averages over its flips) "
+                                 "with the held-out numbers `bench final --tta` scored under it")
 
     def run(self, args: argparse.Namespace) -> int:
         quiet_frameworks()
@@ -41,7 +44,7 @@ class ExportCommand(Command):
         from bench.evaluation.variants import export_ensemble
 
         export = export_ensemble if args.ensemble == "folds" else export_model
-        result = export(args.run, backbone=args.backbone, out=args.out)
+        result = export(args.run, backbone=args.backbone, out=args.out, tta=args.tta)
         console = stdout_console()
         ev = result.card["evaluation"]
         metric = ev["objective"]["metric"]
@@ -74,6 +77,9 @@ class PredictCommand(Command):
         parser.add_argument("--operating-point", metavar="NAME|default",
                             help="predict with a threshold from the model card (e.g. sens=0.95, as given to "
                                  "`bench final --operating-point`) instead of argmax ('default')")
+        parser.add_argument("--tta", choices=list(TTA_SETS),
+                            help="average over these flips, the ones `bench final --tta` scores (default: the set "
+                                 "the model card records from `bench export --tta`, else none)")
         add_no_verify(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -88,7 +94,7 @@ class PredictCommand(Command):
         if args.csv:  # before any prediction: a place that cannot take the CSV would waste them all
             check_writable(args.csv, "--csv", "Give a file in a folder you can write to.", example="predictions.csv")
         result = predict_paths(args.model, args.paths, batch_size=args.batch_size, verify=not args.no_verify,
-                               operating_point=args.operating_point)
+                               operating_point=args.operating_point, tta=args.tta)
         console = stdout_console()
         frame = result.frame
         table = Table(title=f"{len(frame)} image(s), {args.model.name}")
@@ -105,6 +111,9 @@ class PredictCommand(Command):
         if args.operating_point not in (None, "default"):
             console.print(f"predicted at operating point {args.operating_point} (thresholds from the model card, "
                           f"chosen on cross-validation){'' if len(result.classes) == 2 else '; one yes/no column per class in --csv'}")
+        if result.tta != "none":
+            console.print(f"probabilities averaged over the flips of test-time augmentation set {result.tta}"
+                          + ("" if args.tta else " (recorded in the model card)"))
         counts = frame.predicted.value_counts()
         console.print("predicted: " + ", ".join(f"{c} {int(counts.get(c, 0))}" for c in result.classes))
         if result.metrics is not None:

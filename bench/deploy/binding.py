@@ -104,4 +104,6 @@ def card_binding(card: dict[str, Any]) -> str:
              "resize": card["preprocessing"]["resize"]}
     if card.get("operating_points"):  # they change predictions when asked for; cards without them keep their digest
         bound["operating_points"] = card["operating_points"]
+    if card.get("tta"):  # the flips `bench predict` averages over by default: they change every prediction
+        bound["tta"] = card["tta"]
     return hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()

@@ -38,6 +38,7 @@ from bench.deploy.binding import (  # noqa: F401 (card_binding, record_binding: 
     record_binding,
     verified_run_model,
 )
+from bench.deploy.tta import tta_names, variant_name
 from bench.download import sha256_file
 from bench.errors import ConfigError, DataError
 from bench.results import RunDir, entry_keys
@@ -48,6 +49,13 @@ INTENDED_USE = (
     "for diagnosis, screening or any clinical decision. Its numbers hold for images like the held-out test "
     "set (same source, acquisition and preprocessing) and say nothing about other populations or scanners."
 )
+
+# Why a fold ensemble's card carries no thresholds or temperature (``bench predict --operating-point`` says it too).
+ENSEMBLE_NO_POINTS = (
+    "the thresholds and temperature of `bench final` were chosen on the out-of-fold predictions of single fold "
+    "models for the refit; the ensemble averages the fold models, whose probabilities are smoother, and no "
+    "out-of-fold prediction of the ensemble itself exists (every fold model saw the other folds), so they "
+    "would not mean on it what they meant on CV")
 
 
 # ---- card files ----------------------------------------------------------------------------------
@@ -353,6 +361,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"{card['provenance']['exported']}.",
         "",
         *([f"**An ensemble of {ensemble['members']} models**: {ensemble['description']}", ""] if ensemble else []),
+        *([f"**Test-time augmentation**: `bench predict` averages over the flips {', '.join(card['tta']['transforms'])} "
+           f"(`{card['tta']['set']}`), as the held-out numbers below were scored ({card['tta']['scored_as']}); "
+           f"`--tta none` predicts without them.", ""] if card.get("tta") else []),
         "## Intended use",
         "",
         card["intended_use"],
@@ -429,6 +440,9 @@ def _operating_markdown(card: dict[str, Any]) -> list[str]:
     ev = card["evaluation"]
     lines: list[str] = []
     temperature = (ev.get("calibration") or {}).get("temperature")
+    note = (ev.get("calibration") or {}).get("note")
+    if note:  # a fold ensemble: why it has neither (bench.evaluation.variants.ENSEMBLE_NO_POINTS)
+        lines += [f"No operating points or temperature: {note}.", ""]
     if temperature is not None:
         lines += [f"Calibration: temperature {temperature:.3f}, fitted on "
                   f"{ev['calibration'].get('n_fitted_on')} {ev['calibration'].get('fitted_on')} (never on the test "
@@ -479,10 +493,36 @@ def export_path(run: RunDir, name: str, out: Path | None) -> Path:
     return out
 
 
-def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None = None) -> ExportResult:
-    """Copy a run's final model to ``out`` (default ``<run>/export/<dataset>-<backbone>.keras``) with its card."""
+def with_tta(card: dict[str, Any], run: RunDir, backbone: str, base: str, tta: str) -> dict[str, Any]:
+    """``card`` for the model predicted under the TTA set ``tta`` (``bench export --tta``): the set and its
+    flips recorded (``bench predict`` applies them by default), and the held-out numbers of the variant
+    ``bench final --tta`` scored with those very flips, so the card's numbers are the model's as used."""
+    if tta == "none":
+        return card
+    transforms = list(tta_names(tta))
+    name = variant_name(base, tta)
+    scored = next((e for e in (run.final().get("backbones") or {})[backbone].get("variants") or []
+                   if e.get("variant") == name and list(e.get("tta_transforms") or []) == transforms), None)
+    if scored is None:
+        raise ConfigError(f"--tta {tta}: {run.file('final')} has no held-out score of {backbone} ({base}) under the "
+                          f"flips of {tta}, so the card could not say what the model reaches as it will be used. Run "
+                          f"`bench final --run {run.path} --backbone {backbone} --tta {tta}` first, or export "
+                          f"without --tta.")
+    card["tta"] = {"set": tta, "transforms": transforms, "scored_as": name,
+                   "note": "bench predict averages the probabilities over these flips unless given --tta none; "
+                           "the held-out numbers are those of this variant"}
+    card["evaluation"]["test"] = heldout_summary(run, backbone, name)
+    card["model"]["binding"] = card_binding(card)
+    return card
+
+
+def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None = None,
+                 tta: str = "none") -> ExportResult:
+    """Copy a run's final model to ``out`` (default ``<run>/export/<dataset>-<backbone>.keras``) with its
+    card; ``tta``: a TTA set ``bench final --tta`` scored it under, recorded in the card (``with_tta``)."""
     run = RunDir.open(Path(run_dir))
     chosen = select_backbone(run, backbone)
+    tta_names(tta)  # a wrong name fails before the copy
     source = verified_run_model(run, chosen)
     out = export_path(run, chosen, out)
     if not (out.exists() and out.resolve() == source.resolve()):
@@ -500,6 +540,7 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
         raise DataError(f"{run.file('final')} was edited after `bench final` wrote it: the classes, positive class, "
                         f"backbone, size or resize mode of {chosen!r} no longer match what was recorded with "
                         f"{source}. Re-run `bench final --run {run.path}`.")
+    card = with_tta(card, run, chosen, "refit", tta)  # after the check: the recorded binding has no TTA
     json_path, md_path = write_card(card, out)
     return ExportResult(chosen, out, json_path, md_path, card)
 

@@ -23,7 +23,8 @@ import pandas as pd
 from bench import metrics as M
 from bench.atomic import write_atomic
 from bench.data.walk import NOT_UTF8, is_utf8, printable, walk_files
-from bench.deploy.export import ModelCard, load_model, read_card, verify_card
+from bench.deploy.export import ENSEMBLE_NO_POINTS, ModelCard, load_model, read_card, verify_card
+from bench.deploy.tta import tta_names, tta_proba
 from bench.errors import ConfigError, DataError
 from bench.metrics.operating import Threshold, decide, parse_point
 
@@ -127,6 +128,7 @@ class Predictions:
     metrics: dict[str, float] | None  # over the labelled images, when there are any
     n_labelled: int
     confusion: np.ndarray | None  # rows = truth, columns = predicted
+    tta: str = "none"  # the TTA set the probabilities were averaged over
 
     def write_csv(self, path: Path) -> Path:
         path = Path(path)
@@ -134,10 +136,21 @@ class Predictions:
         return write_atomic(path, lambda f: self.frame.to_csv(f, index=False))
 
 
+def card_tta(card: ModelCard) -> str:
+    """The TTA set the card was exported with (``bench export --tta``), "none" if it has none."""
+    return str((card.data.get("tta") or {}).get("set") or "none")
+
+
 def card_thresholds(card: ModelCard, name: str | None) -> list[Threshold]:
     """The card's thresholds of operating point ``name`` (None or "default": none, argmax)."""
     if name is None or name == "default":
         return []
+    ensemble = (card.data.get("model") or {}).get("ensemble")
+    if ensemble:
+        raise ConfigError(f"--operating-point {name!r}: {card.source} is an ensemble of {ensemble.get('members')} "
+                          f"fold models and has no operating points: {ENSEMBLE_NO_POINTS}. Leave out "
+                          f"--operating-point (argmax), or export the refit (`bench export --run DIR` without "
+                          f"--ensemble), whose thresholds were chosen for it.")
     try:
         name = parse_point(name).name  # "spec=0.90" is stored as "spec=0.9"
     except ValueError:
@@ -155,13 +168,24 @@ def card_thresholds(card: ModelCard, name: str | None) -> list[Threshold]:
 
 def predict_paths(model_path: Path, inputs: Sequence[Path], *, batch_size: int = 64,
                   predictor: Predictor | None = None, verify: bool = True,
-                  operating_point: str | None = None) -> Predictions:
+                  operating_point: str | None = None, tta: str | None = None) -> Predictions:
     """Probabilities and predicted classes; ``operating_point`` (a name in the card, e.g. "sens=0.95")
     replaces argmax: binary sets predict the positive class when its probability reaches the
-    threshold, multiclass sets add one ``<point>:<class>`` yes/no column per class (one-vs-rest)."""
+    threshold, multiclass sets add one ``<point>:<class>`` yes/no column per class (one-vs-rest).
+
+    ``tta``: average over the flips of this TTA set (``bench.deploy.tta``, those ``bench final --tta``
+    scores); None: the set the card records (``bench export --tta``), else none.
+    """
     predictor = predictor or load_predictor(model_path, verify=verify)
     card, classes = predictor.card, predictor.classes
+    tta = card_tta(card) if tta is None else tta
+    tta_names(tta)
     thresholds = card_thresholds(card, operating_point)
+    if thresholds and tta != "none":
+        raise ConfigError(f"--operating-point {operating_point!r} with test-time augmentation ({tta}): the card's "
+                          f"thresholds were chosen on plain out-of-fold predictions, not on ones averaged over "
+                          f"flips, which are smoother. Add --tta none to predict at the operating point, or leave "
+                          f"out --operating-point.")
     from bench.data.images import decode_many
 
     items, unreadable = collect_images(inputs, classes)
@@ -179,7 +203,7 @@ def predict_paths(model_path: Path, inputs: Sequence[Path], *, batch_size: int =
         unreadable.extend((str(chunk[i].path), reasons[i]) for i in sorted(reasons))
         if good:
             kept.extend(chunk[i] for i in good)
-            probas.append(predictor.predict(x[good], batch_size))
+            probas.append(tta_proba(lambda images: predictor.predict(images, batch_size), x[good], tta))
     if not kept:
         listing = "\n".join(f"  {p}: {r}" for p, r in unreadable[:20])
         more = f"\n  ... and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
@@ -210,4 +234,4 @@ def predict_paths(model_path: Path, inputs: Sequence[Path], *, batch_size: int =
         hard = np.eye(len(classes))[pred[labelled]]
         metrics = {m.name: m(y, p if m.needs_proba else hard, positive=positive) for m in M.METRICS.values()}
         cm = M.confusion(y, pred[labelled], len(classes))
-    return Predictions(frame, unreadable, classes, metrics, int(labelled.sum()), cm)
+    return Predictions(frame, unreadable, classes, metrics, int(labelled.sum()), cm, tta)

@@ -7,6 +7,16 @@ scores every final model with bootstrap CIs over D's patients (over images, exac
 together, when D has none). The results go to ``<run>/external/<slug>/`` in the held-out files'
 schema, so the report reads them as it reads the held-out test.
 
+The run's operating points and temperature (final.json: chosen on the out-of-fold CV predictions by
+``bench final --operating-point``) are applied unchanged to the external predictions: the
+sensitivity and specificity each threshold reaches there, and ECE / Brier / log loss before and
+after the temperature, with the same patient bootstrap (``operating_points.csv`` and
+``calibration.csv`` beside the metrics, in the held-out files' schema, split = external). That is
+the deploying user's question: at the threshold chosen on CV, what does the other hospital get?
+``--tta SET`` averages the predictions over the flips ``bench final --tta`` scored; the
+thresholds and temperature were chosen on plain predictions, so under TTA they are not applied
+(summary.json says so).
+
 An external set is only external if it shares nothing with the run's data: images identical to
 one of the run's (same decoded pixels) or patient ids the run also has are counted, warned about
 loudly and recorded; ``--drop-overlap`` leaves them out instead.
@@ -29,7 +39,10 @@ from bench.data.index import DatasetIndex
 from bench.data.registry import resolve
 from bench.data.sources import build_index
 from bench.errors import DataError
+from bench.deploy.tta import tta_names, tta_proba
 from bench.evaluation.grouping import Entry
+from bench.metrics.calibration import calibration_rows
+from bench.metrics.operating import apply_operating_points
 from bench.results import RunDir
 
 SPLIT = "external"
@@ -110,11 +123,12 @@ def _decode(index: DatasetIndex, size: int, resize: str, run_data: Any, has_grou
 
 def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = None, registry: Path | None = None,
                       backbones: list[str] | None = None, n_boot: int = 1000, drop_overlap: bool = False,
-                      console: Any = None) -> dict[str, Any]:
+                      tta: str = "none", console: Any = None) -> dict[str, Any]:
     from bench.deploy.export import load_model, verified_run_model
     from bench.training.experiment import prepare_data_from_manifest
 
     say = console.print if console is not None else (lambda *a, **k: None)
+    transforms = tta_names(tta)  # a wrong name fails before any decoding or prediction
     run = RunDir.open(Path(run_dir))
     manifest = run.manifest()
     final = run.final().get("backbones") or {}
@@ -140,6 +154,7 @@ def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = 
     metric_rows: list[dict[str, Any]] = []
     prediction_frames: list[pd.DataFrame] = []
     confusions: dict[str, pd.DataFrame] = {}
+    clinical: dict[str, list[pd.DataFrame]] = {"operating_points": [], "calibration": []}
     by_size: dict[int, _Decoded] = {}
     for key, info in final.items():
         entry = Entry.from_final(key, info)  # the identity `bench final` gave it, in every row below
@@ -156,10 +171,18 @@ def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = 
         y = to_run[index.labels[rows]]
         groups = np.array([index.groups[i] if has_groups else hashes[i] for i in rows])
         model = load_model(verified_run_model(run, entry.key))  # the model final.json's scores describe
-        proba = np.asarray(model.predict(images, batch_size=64, verbose=0), dtype="float64")
+        proba = tta_proba(lambda x: np.asarray(model.predict(x, batch_size=64, verbose=0), dtype="float64"),
+                          images, tta)
         trial = int(info["trial"])
-        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=int((info.get("config") or {}).get("seed", 0)),
-                              positive=positive, groups=groups, unit="patients" if has_groups else "images")
+        seed = int((info.get("config") or {}).get("seed", 0))
+        unit = "patients" if has_groups else "images"
+        cis = M.bootstrap_all(y, proba, n_boot=n_boot, seed=seed, positive=positive, groups=groups, unit=unit)
+        if tta == "none":
+            for name, rows_ in _clinical_rows(info, y, proba, groups, unit=unit, n_boot=n_boot, seed=seed,
+                                              positive=positive).items():
+                clinical[name].append(_with_entry(rows_, entry.columns, trial))
+                for line in _clinical_lines(name, rows_, entry.label):
+                    say(line)
         metric_rows += [{**entry.columns, "trial": trial, "split": SPLIT, "metric": name, "value": ci.value,
                          "low": ci.low, "high": ci.high, "n_images": len(rows), "n_boot": ci.n_boot,
                          "unit": ci.unit, "n_units": ci.n_units} for name, ci in cis.items()]
@@ -188,12 +211,54 @@ def evaluate_external(run_dir: Path, dataset: str, *, group_regex: str | None = 
                                                      for k, c in enumerate(run_classes)},
         "skipped": [list(s) for s in skipped], "resize": resize, "n_boot": n_boot,
         "overlap": overlap.summary(drop_overlap),
+        "tta": {"set": tta, "transforms": list(transforms)},
+        "operating_points": ("the run's thresholds and temperature (final.json, chosen on out-of-fold CV "
+                             "predictions), applied unchanged" if tta == "none" else
+                             f"not applied: they were chosen on plain predictions, these average over --tta {tta}"),
         "evaluated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    tables = {name: pd.concat(frames, ignore_index=True) for name, frames in clinical.items() if frames}
     folder = run.write_external(slug, summary, pd.DataFrame(metric_rows), pd.concat(prediction_frames,
-                                                                                    ignore_index=True), confusions)
+                                                                                    ignore_index=True), confusions,
+                                tables=tables)
     say(f"written to {folder}")
     return {"slug": slug, "folder": folder, "summary": summary, "metrics": pd.DataFrame(metric_rows)}
+
+
+def _clinical_rows(info: dict[str, Any], y: np.ndarray, proba: np.ndarray, groups: np.ndarray, *, unit: str,
+                   n_boot: int, seed: int, positive: int | None) -> dict[str, pd.DataFrame]:
+    """The entry's CV-chosen thresholds and temperature (final.json) applied to the external predictions."""
+    out = {}
+    thresholds = info.get("operating_points") or []
+    if thresholds:
+        out["operating_points"] = apply_operating_points(thresholds, y, proba, groups, unit=unit, split=SPLIT,
+                                                         n_boot=n_boot, seed=seed)
+    calibration = info.get("calibration")
+    if calibration is not None:  # recorded by every `bench final` that calibrates; T is None without OOF
+        out["calibration"] = pd.DataFrame(calibration_rows(y, proba, calibration.get("temperature"), split=SPLIT,
+                                                           groups=groups, unit=unit, n_boot=n_boot, seed=seed,
+                                                           positive=positive))
+    return out
+
+
+def _with_entry(frame: pd.DataFrame, columns: dict[str, Any], trial: int) -> pd.DataFrame:
+    """The held-out tables' column order (``RunDir.write_backbone_table``): identity first, trial last."""
+    frame = frame.assign(trial=trial).assign(**columns)
+    return frame[[*columns, *(c for c in frame if c not in columns)]]
+
+
+def _clinical_lines(name: str, rows: pd.DataFrame, label: str) -> list[str]:
+    def rate(r: Any, what: str) -> str:
+        return f"{what} {r[what]:.3f} ({r[what + '_low']:.3f}-{r[what + '_high']:.3f})"
+
+    if name == "operating_points":
+        return [f"{label}: external at operating point {r['point']} on {r['class']} (threshold {r['threshold']:.4f}, "
+                f"chosen on CV): {rate(r, 'sensitivity')}, {rate(r, 'specificity')}" for _, r in rows.iterrows()]
+    ece = rows[rows.metric == "ece"].set_index("scaling")
+    if "temperature" not in ece.index:
+        return []
+    return [f"{label}: external ECE {ece.loc['none', 'value']:.3f} -> {ece.loc['temperature', 'value']:.3f} "
+            f"with the CV temperature {ece.loc['temperature', 'temperature']:.3f}"]
 
 
 def _warn_overlap(say: Any, overlap: Overlap, dataset: str, dropped: bool) -> None:

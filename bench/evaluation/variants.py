@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.deploy.tta import TRANSFORMS, TTA_SETS, Transform, tta_names, tta_proba, variant_name  # noqa: F401 (re-exported)
 from bench.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # `bench --help` reads this module's constants: keep numpy, pandas, scikit-learn out of it
@@ -31,41 +32,8 @@ if TYPE_CHECKING:  # `bench --help` reads this module's constants: keep numpy, p
     from bench.metrics import CI
     from bench.results import RunDir
 
-# A flip maps uint8 images (n, height, width, 3) to their mirror images.
-Transform = Callable[[Any], Any]
-TRANSFORMS: dict[str, Transform] = {
-    "identity": lambda x: x,
-    "hflip": lambda x: x[:, :, ::-1],
-    "vflip": lambda x: x[:, ::-1],
-    "hvflip": lambda x: x[:, ::-1, ::-1],
-}
-# The TTA sets ``--tta`` names. "flip" leaves out vertical flips: an upside-down chest X-ray or
-# fundus photo is not an image the model will meet. "flip-hv" is for images without an up
-# (dermoscopy, histology, microscopy).
-TTA_SETS: dict[str, tuple[str, ...]] = {
-    "none": ("identity",),
-    "flip": ("identity", "hflip"),
-    "flip-hv": ("identity", "hflip", "vflip", "hvflip"),
-}
 ENSEMBLES = ("none", "folds")
 REFIT, FOLD_ENSEMBLE = "refit", "fold-ensemble"
-
-
-def tta_names(name: str) -> tuple[str, ...]:
-    if name not in TTA_SETS:
-        raise ConfigError(f"--tta {name!r} is not a TTA set; choose one of {', '.join(TTA_SETS)}.")
-    return TTA_SETS[name]
-
-
-def tta_proba(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, name: str) -> np.ndarray:
-    """The mean of ``predict`` over the images under each transform of the TTA set ``name``."""
-    import numpy as np
-
-    return np.mean([predict(TRANSFORMS[t](images)) for t in tta_names(name)], axis=0)
-
-
-def variant_name(base: str, tta: str) -> str:
-    return base if tta == "none" else f"{base}+tta"
 
 
 @dataclass(frozen=True)
@@ -241,24 +209,33 @@ def predictions_frame(base: pd.DataFrame, scored: Sequence[Scored], classes: Seq
     return pd.concat(frames, ignore_index=True) if frames else base.iloc[:0]
 
 
-def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | None = None) -> Any:
+def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | None = None,
+                    tta: str = "none") -> Any:
     """``bench export --ensemble folds``: the fold models of ``bench final --ensemble folds`` joined
-    into one Keras model (``ensemble_model``) with a card that says so and gives its held-out numbers."""
+    into one Keras model (``ensemble_model``) with a card that says so and gives its held-out numbers.
+
+    The card drops the refit's operating points, temperature and operating-point rates
+    (``ENSEMBLE_NO_POINTS``) and says why; ``bench predict --operating-point`` refuses it.
+    """
     import os
     import tempfile
 
     from bench.deploy.export import (
+        ENSEMBLE_NO_POINTS,
         ExportResult,
         build_card,
+        card_binding,
         export_path,
         heldout_summary,
         select_backbone,
+        with_tta,
         write_card,
     )
     from bench.results import RunDir
 
     run = RunDir.open(Path(run_dir))
     chosen = select_backbone(run, backbone)
+    tta_names(tta)  # a wrong name fails before the models are joined
     entries = (run.final().get("backbones") or {}).get(chosen, {}).get("variants") or []
     entry = next((e for e in entries if e.get("variant") == FOLD_ENSEMBLE), None)
     if entry is None:
@@ -284,5 +261,10 @@ def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | N
     }
     card["training"]["refit"] = f"no refit: the {len(paths)} fold models, averaged"
     card["evaluation"]["test"] = heldout_summary(run, chosen, FOLD_ENSEMBLE)
+    card["operating_points"] = []
+    card["evaluation"]["operating_points"] = []
+    card["evaluation"]["calibration"] = {"temperature": None, "fitted_on": "nothing", "note": ENSEMBLE_NO_POINTS}
+    card = with_tta(card, run, chosen, FOLD_ENSEMBLE, tta)
+    card["model"]["binding"] = card_binding(card)  # the refit's operating points are no longer bound
     json_path, md_path = write_card(card, out)
     return ExportResult(chosen, out, json_path, md_path, card)

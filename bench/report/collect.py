@@ -29,6 +29,7 @@ import pandas as pd
 
 from bench.errors import DataError
 from bench.evaluation.grouping import Entry
+from bench.report.points import as_metric_rows
 from bench.results import FILES, RunDir, trial_record
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "sensitivity", "specificity", "mcc")
@@ -555,6 +556,10 @@ def _externals(run: Run, notes: list[Note]) -> pd.DataFrame:
     frames = []
     for slug, (summary, metrics) in found.items():
         overlap = summary.get("overlap") or {}
+        # The run's CV thresholds and temperature applied to the set: rows of the same table as its metrics.
+        extra = as_metric_rows(run.rundir.external_table(slug, "operating_points"),
+                               run.rundir.external_table(slug, "calibration"))
+        metrics = _concat([metrics, extra])
         frames.append(metrics.assign(external=slug, external_dataset=summary.get("dataset"),
                                      external_images=summary.get("n_images"),
                                      external_patients=summary.get("n_patients"),

@@ -11,6 +11,7 @@ import pandas as pd
 from bench.report.cells import LABELS, Table, ci, count, pm, slug
 from bench.report.collect import KEY_METRICS, Collection
 from bench.report.facts import entry_rows, identity
+from bench.report.points import as_metric_rows
 from bench.report.tables import held_out_rows
 
 # Single model first, then what each addition costs or buys.
@@ -92,12 +93,23 @@ def external_tables(coll: Collection, dataset: str, board: pd.DataFrame) -> list
         if mine.empty:
             continue
         test = held_out_rows(coll, dataset, r)
+        # The operating points' rates and the calibration, as CV chose them and as they carried over.
+        points = as_metric_rows(entry_rows(coll.operating_points, dataset, r), entry_rows(coll.calibration, dataset, r))
+        cv_points = points[points.split == "cv"] if len(points) else points
+        if len(points):
+            test = pd.concat([test, points[points.split == "test"]], ignore_index=True)
+        extra = [m for m in dict.fromkeys(mine.metric) if m not in shown and (" at " in m or ", " in m)]
+        # The operating points first (the deploying user's question), then each calibration metric unscaled -> scaled.
+        extra.sort(key=lambda m: (" at " not in m, m.replace("unscaled", "a").replace("temperature-scaled", "b")))
         sets = list(dict.fromkeys(mine.external))
         rows = []
-        for m in shown:
+        for m in [*shown, *extra]:
+            cv = cv_points[cv_points.metric == m] if len(cv_points) else cv_points
             row: dict[str, Any] = {"dataset": dataset, **identity(r), "metric": m,
-                                   "cv_mean": getattr(r, f"cv_{m}_mean", math.nan),
-                                   "cv_std": getattr(r, f"cv_{m}_std", math.nan)}
+                                   # a rate at a CV-chosen threshold is one pooled out-of-fold number, no std
+                                   "cv_mean": float(cv.value.iloc[0]) if len(cv) else
+                                   getattr(r, f"cv_{m}_mean", math.nan),
+                                   "cv_std": math.nan if len(cv) else getattr(r, f"cv_{m}_std", math.nan)}
             for prefix, frame in [("test", test), *[(f"ext_{s}", mine[mine.external == s]) for s in sets]]:
                 x = frame[frame.metric == m]
                 row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"] = (
@@ -130,7 +142,11 @@ def external_tables(coll: Collection, dataset: str, board: pd.DataFrame) -> list
                                 f"patient(s) the run also has were left out (--drop-overlap)")
         caption = ("The same model from cross-validation (mean ± std over the folds) to the held-out test and to "
                    "data that took no part in the search (`bench evaluate`); [95% CI] by bootstrap over patients "
-                   "where the set has them. Sizes: " + "; ".join(parts) + "."
+                   "where the set has them. "
+                   + ("'at sens=X (class)': the threshold chosen on the out-of-fold CV predictions (its CV column "
+                      "is the pooled out-of-fold rate), applied unchanged to the held-out and external sets; "
+                      "'temperature-scaled': with the temperature fitted on the same CV predictions. " if extra else "")
+                   + "Sizes: " + "; ".join(parts) + "."
                    + "".join(f" Note: {w}." for w in warnings))
         tables.append(Table(slug("external", dataset, getattr(r, "entry", r.backbone)), f"{dataset}: {r.key}: CV -> "
                             f"held-out -> external", caption, data, display))
