@@ -277,7 +277,7 @@ def test_resume_refuses_another_setup(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("extra, message", [
     (("--jobs", "2"), "--jobs"),
     (("--sampler", "random"), "--sampler/--pruner"),
-    (("--pruner", "none"), "--sampler/--pruner"),
+    (("--pruner", "median"), "--sampler/--pruner"),  # a pruner other than the default (none)
     (("--trial-timeout", "60"), "--trial-timeout"),
     (("--storage", "journal:x.log"), "--storage"),
 ])

@@ -250,15 +250,17 @@ class RunCommand(Command):
         g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
         g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
         from bench.search.allocation import ALLOCATIONS, DEFAULT_ALLOCATION
+        from bench.search.pruners import DEFAULT_PRUNER
 
         g.add_argument("--allocation", default=DEFAULT_ALLOCATION, choices=list(ALLOCATIONS),
                        help="how trials are shared among the leaderboard's entries: "
                             + "; ".join(f"{k}: {v.help}" for k, v in ALLOCATIONS.items()))
         add_by(g, "with --allocation balanced: the categorical parameters an entry is (default backbone; "
                   "e.g. backbone,augment balances every combination)")
-        g.add_argument("--pruner", default="median",
-                       help="median (default: cuts a trial below the finished trials' median on an epoch or a "
-                            "fold), halving, wilcoxon (fold scores only; acts at 5+ folds), none")
+        g.add_argument("--pruner", default=DEFAULT_PRUNER,
+                       help="none (default: measured, no pruner reached the unpruned best sooner), median (cuts a "
+                            "trial below its group's median on an epoch or a fold), halving, wilcoxon (fold "
+                            "scores only; acts at 5+ folds)")
         g.add_argument("--engine", default="optuna", choices=["optuna", "kerastuner"],
                        help="optuna (default), or kerastuner to compare search strategies on the same folds")
         g.add_argument("--tuner", default="hyperband", help="with --engine kerastuner: hyperband, bayesian, random")

@@ -59,6 +59,7 @@ import numpy as np
 from bench import paths
 from bench.errors import BenchError, ConfigError, close_matches
 from bench.results import RunDir
+from bench.search.pruners import DEFAULT_PRUNER
 from bench.search.runner import (
     IDENTITY_KEYS,
     SearchOptions,
@@ -193,7 +194,7 @@ class KerasTunerSearch:
             problems.append(f"--storage (KerasTuner keeps its state in <run directory>/{PROJECT})")
         if o.study:
             problems.append("--study (the run directory is <dataset>-<space>-kerastuner-<tuner>, or --out)")
-        if o.sampler != "tpe" or o.pruner != "median":
+        if o.sampler != "tpe" or o.pruner != DEFAULT_PRUNER:
             problems.append("--sampler/--pruner (they choose Optuna's strategy; choose --tuner instead)")
         if problems:
             raise ConfigError("Not available with --engine kerastuner: " + "; ".join(problems) + ".")

@@ -39,7 +39,7 @@ from bench.search import devices
 from bench.search.allocation import ALLOCATIONS, balance_factors, effective_allocation
 from bench.search.heldout import final_is_current, run_final_in_subprocess
 from bench.search.progress import Progress
-from bench.search.pruners import make_pruner
+from bench.search.pruners import DEFAULT_PRUNER, make_pruner
 from bench.search.samplers import make_sampler
 from bench.search.shared import recorded_storage
 from bench.search.space import load_space, resolve_space
@@ -100,7 +100,7 @@ class SearchOptions:
     out: Path | None = None
     runs_dir: Path | None = None
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = DEFAULT_PRUNER
     jobs: int = 1
     timeout: float | None = None
     trial_timeout: float | None = None
