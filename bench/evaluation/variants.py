@@ -236,7 +236,8 @@ def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | N
     run = RunDir.open(Path(run_dir))
     chosen = select_backbone(run, backbone)
     tta_names(tta)  # a wrong name fails before the models are joined
-    entries = (run.final().get("backbones") or {}).get(chosen, {}).get("variants") or []
+    info = (run.final().get("backbones") or {}).get(chosen, {})
+    entries = info.get("variants") or []
     entry = next((e for e in entries if e.get("variant") == FOLD_ENSEMBLE), None)
     if entry is None:
         raise DataError(f"{run.path}: {chosen} has no fold ensemble. Run `bench final --run {run.path} --backbone "
@@ -247,7 +248,9 @@ def export_ensemble(run_dir: Path, *, backbone: str | None = None, out: Path | N
         raise DataError(f"Fold models {missing} are missing although final.json lists them: run `bench final --run "
                         f"{run.path} --backbone {chosen} --ensemble folds` again.")
     out = export_path(run, f"{chosen}-{FOLD_ENSEMBLE}", out)
-    model = ensemble_model(load_members(paths), name=f"{chosen}_classifier")
+    # Named after the backbone, as every bench classifier is (`bench predict` checks it against the card),
+    # not after the entry: under `bench final --by` the entry is a combination's slug.
+    model = ensemble_model(load_members(paths), name=f"{info.get('backbone', chosen)}_classifier")
     # Keras saves only to a name ending in .keras: write in a scratch folder beside it, then rename.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         tmp = Path(scratch) / out.name
