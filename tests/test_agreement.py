@@ -83,3 +83,21 @@ def test_the_report_flags_a_held_out_set_that_reverses_cv(tmp_path, capsys):
     assert "held-out vs CV" in header
     row = next(line for line in md.splitlines() if line.startswith("| 1 | simple_cnn"))
     assert "below CV range" in row or "rank differs" in row
+
+
+def test_a_trial_without_out_of_fold_predictions_here_says_why_no_temperature(tmp_path, capsys):
+    """Issue 22 item 10: a shared study's best trial that ran on another machine has no out-of-fold
+    predictions in this run directory; bench final fits no temperature and the report says why."""
+    out = make_synthetic_run(tmp_path / "runs" / "synthetic-xray" / "tpe")
+    board = pd.read_csv(out / "test_metrics.csv")
+    rows = []
+    for backbone, trial in board.groupby("backbone").trial.first().items():
+        rows += [{"split": "test", "scaling": "none", "temperature": float("nan"), "metric": m, "value": 0.1,
+                  "low": 0.05, "high": 0.2, "n_images": 20, "n_boot": 100, "unit": "patients", "n_units": 20,
+                  "trial": int(trial), "backbone": backbone} for m in ("ece", "brier", "log_loss")]
+    pd.DataFrame(rows).to_csv(out / "calibration.csv", index=False)
+    report = tmp_path / "report"
+    assert main(["report", "--run", str(out), "--out", str(report)]) == 0
+    md = " ".join(report.joinpath("index.md").read_text().split())
+    assert "No temperature was fitted" in md and "ran elsewhere" in md
+    assert "The temperature T was fitted on the out-of-fold CV predictions only" not in md

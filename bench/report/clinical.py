@@ -64,10 +64,16 @@ def calibration_table(coll: Collection, dataset: str, row: Any) -> Table | None:
     })
     phrases = ", ".join(dict.fromkeys(f"{SPLITS.get(s, s)}: {M.bootstrap_phrase(n, u, i)}"
                                       for s, n, u, i in zip(data.split, data.n_units, data.unit, data.n_images)))
+    fitted = ("The temperature T was fitted on the out-of-fold CV predictions only (so the CV row after scaling "
+              "is in-sample) and applied unchanged to the held-out test set." if "cv" in set(data.split) else
+              # A shared study's trial that ran on another machine: its out-of-fold predictions are in that
+              # machine's run directory, not this one.
+              f"No temperature was fitted: trial {getattr(row, 'trial', '?')}'s out-of-fold CV predictions are not "
+              f"in this run directory (on a study shared by several machines, the trial ran elsewhere: its "
+              f"predictions.csv is in that machine's run directory), so the held-out set is shown unscaled.")
     caption = (f"Expected calibration error on the top-class confidence ({M.ECE_BINS} equal-mass bins), Brier score "
                f"(binary: squared error of the positive class's probability; multiclass: summed over classes) and "
-               f"log loss; lower is better. The temperature T was fitted on the out-of-fold CV predictions only "
-               f"(so the CV row after scaling is in-sample) and applied unchanged to the held-out test set. "
+               f"log loss; lower is better. {fitted} "
                f"[95% CI] {phrases} ({count(data.n_boot.min())} resamples).")
     return Table(slug("calibration", dataset, row.key), f"{row.key}: calibration", caption, data, display)
 
