@@ -5,9 +5,8 @@ Every case uses real files made here, real training where a command trains, and 
 
 from __future__ import annotations
 
-import csv
-import os
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from bench.data.registry import resolve
 from bench.data.sources import build_index
 from bench.errors import DataError
 from bench.training.experiment import prepare_data
+from tests.test_data_faults import write_manifest
 
 
 @pytest.fixture
@@ -41,12 +41,6 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, " ".join(err.split())
 
 
-def write_manifest(root: Path, header: tuple[str, ...], rows: list[tuple]) -> Path:
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return root / "manifest.csv"
 
 
 # ---- 3. a patient column under another name ------------------------------------------------------
