@@ -337,3 +337,68 @@ def test_key_changes_with_precision_backend_and_preprocessing(monkeypatch: pytes
     assert key() == plain
     # Another backbone with the same preprocessing mode still differs by name; one with another mode too.
     assert features.feature_key("imgs", 64, "squash", "densenet121", "w") != plain
+
+
+def _on_features(config: TrainConfig, x: np.ndarray, tmp_path: Path) -> tuple[FoldTrainer, np.ndarray]:
+    """A head-on-features trainer for ``config`` and the cached feature maps of ``x``."""
+    trainer = FoldTrainer(config, 2, n_train_hint=56, on_features=True)
+    key = features.feature_key(f"toy-{config.seed}", config.size, "squash", config.backbone,
+                               features.weights_identity(None, trainer.parts.base))
+    found = features.load_or_build(trainer.extractor, x, key, cache_dir=tmp_path)
+    assert found is not None
+    return trainer, found.array
+
+
+def test_the_padded_last_batch_trains_as_the_unpadded_one(tmp_path: Path) -> None:
+    """56 rows in batches of 16: the last batch of 8 is padded to 16 rows of zero weight (one
+    traced step shape), and the loss, its gradient and the history are those of the batch of 8."""
+    from bench.training import loop
+
+    x, y = toy_data()
+    config = frozen(dropout=0.0)  # dropout masks are drawn per batch shape: none to compare
+    runs = []
+    for pad in (True, False):
+        trainer, f = _on_features(config, x, tmp_path)
+        weights = np.where(y[:56] == 1, 2.0, 0.5).astype("float32")  # class weights reach the loss
+        history = loop.train_epochs(trainer.model, f[:56], np.eye(2, dtype="float32")[y[:56]], sample_weight=weights,
+                                    epochs=3, batch_size=16, seed=7, callbacks=[], pad=pad)
+        runs.append((history, [np.array(keras.ops.convert_to_numpy(w)) for w in trainer.model.weights]))
+    (padded, w_padded), (plain, w_plain) = runs
+    assert len(padded["loss"]) == 3 and padded["loss"][-1] < padded["loss"][0]
+    assert np.allclose(padded["loss"], plain["loss"], atol=1e-5), (padded["loss"], plain["loss"])
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(w_padded, w_plain))
+
+
+def test_a_frozen_trial_trains_in_the_loop_with_early_stopping_and_pruning(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``fit`` on the cached path: the loop drives the same callbacks. Early stopping reads the
+    inner split (here labelled against the training set, so its loss only grows: the best epoch is
+    the first) and restores that epoch's weights; the pruning hook ends the fold after its epoch."""
+    x, y = toy_data()
+    trainer, f = _on_features(frozen(epochs=8, early_stopping=2, reduce_lr=0), x, tmp_path)
+    monkeypatch.setattr(keras.Model, "fit", lambda *a, **k: pytest.fail("model.fit called on the cached path"))
+
+    class Snapshots(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights: list[list[np.ndarray]] = []
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.weights.append([np.array(w) for w in self.model.get_weights()])
+
+    seen = Snapshots()
+    fit, stop, val = slice(0, 56), slice(56, 72), slice(72, 96)
+    result = trainer.fit_fold(0, f[fit], y[fit], f[val], y[val], f[stop], 1 - y[stop], callbacks=[seen])
+    assert result.ok and result.best_epoch == 1 and result.epochs_run == 3, (result.best_epoch, result.history)
+    assert result.history["val_loss"][0] < min(result.history["val_loss"][1:])
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert all(np.array_equal(a, b) for a, b in zip(trainer.model.get_weights(), seen.weights[0]))
+    assert not all(np.array_equal(a, b) for a, b in zip(seen.weights[0], seen.weights[-1]))
+
+    def prune(epoch: int, logs: dict[str, float]) -> str | None:
+        assert "val_loss" in logs
+        return f"pruned at epoch {epoch + 1}" if epoch == 1 else None
+
+    pruned = trainer.fit_fold(1, f[fit], y[fit], f[val], y[val], f[stop], y[stop], on_epoch=prune)
+    assert pruned.status == "pruned at epoch 2" and pruned.pruned and pruned.epochs_run == 2
+    assert len(pruned.history["loss"]) == 2

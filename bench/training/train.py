@@ -41,7 +41,7 @@ import numpy as np
 
 from bench.errors import ConfigError, close_matches
 from bench.models import HeadSpec, build_classifier
-from bench.training import features
+from bench.training import features, loop
 from bench.training.augment import policy_layers
 from bench.training.batchnorm import (
     BN_REFRESH_IMAGES,
@@ -455,20 +455,22 @@ class FoldTrainer:
             chosen: list[keras.callbacks.Callback] = [EpochRates(rates)] if rates else []
             if x_stop is not None and len(x_stop):
                 chosen += self._rules(x, x_stop, np.asarray(y_stop), scorer, seed, last=phase is self.phases[-1])
-            hist = phase.model.fit(
-                x, np.eye(self.n_classes, dtype="float32")[y],
-                initial_epoch=start,
-                epochs=end,
-                batch_size=c.batch_size,
-                class_weight=balanced_class_weights(y, self.n_classes) if c.class_weights else None,
-                callbacks=[*chosen, log, *(callbacks or [])],
-                shuffle=True,
-                verbose=0,
-            )
-            for k, vals in hist.history.items():
+            onehot = np.eye(self.n_classes, dtype="float32")[y]
+            weights = balanced_class_weights(y, self.n_classes) if c.class_weights else None
+            hooks = [*chosen, log, *(callbacks or [])]
+            if features.eligible(c):
+                # One phase, nothing random in the inputs: the loop that the cached and the image
+                # path share (bench.training.loop), without fit's per-epoch pipeline set-up.
+                ran = loop.train_epochs(
+                    phase.model, x, onehot, epochs=end, batch_size=c.batch_size, seed=seed, callbacks=hooks,
+                    sample_weight=None if weights is None else np.array(list(weights.values()), "float32")[y])
+            else:
+                ran = phase.model.fit(x, onehot, initial_epoch=start, epochs=end, batch_size=c.batch_size,
+                                      class_weight=weights, callbacks=hooks, shuffle=True, verbose=0).history
+            for k, vals in ran.items():
                 history.setdefault(k, []).extend(float(v) for v in vals)
             if len(self.phases) > 1:  # which phase each epoch ran in, for the history and its figure
-                history.setdefault("phase", []).extend([float(number)] * len(hist.epoch))
+                history.setdefault("phase", []).extend([float(number)] * len(ran.get("loss", [])))
             start = end
             if log.nan_at or log.stopped or end >= epochs:
                 break
