@@ -349,6 +349,17 @@ def _on_features(config: TrainConfig, x: np.ndarray, tmp_path: Path) -> tuple[Fo
     return trainer, found.array
 
 
+def tracing_count(model: keras.Model) -> int:
+    """Traces of the compiled train steps (Keras keeps its tf.functions in closures: the one
+    ``fit`` runs on an iterator and, one wrapper deeper, the one ``train_on_batch`` runs)."""
+    def count(fn: object, depth: int) -> int:
+        if hasattr(fn, "experimental_get_tracing_count"):
+            return fn.experimental_get_tracing_count()
+        cells = getattr(fn, "__closure__", None) or ()
+        return sum(count(c.cell_contents, depth - 1) for c in cells) if depth else 0
+    return count(model.train_function, 2)
+
+
 def test_the_padded_last_batch_trains_as_the_unpadded_one(tmp_path: Path) -> None:
     """56 rows in batches of 16: the last batch of 8 is padded to 16 rows of zero weight (one
     traced step shape), and the loss, its gradient and the history are those of the batch of 8."""
@@ -356,13 +367,15 @@ def test_the_padded_last_batch_trains_as_the_unpadded_one(tmp_path: Path) -> Non
 
     x, y = toy_data()
     config = frozen(dropout=0.0)  # dropout masks are drawn per batch shape: none to compare
-    runs = []
+    runs, traces = [], []
     for pad in (True, False):
         trainer, f = _on_features(config, x, tmp_path)
         weights = np.where(y[:56] == 1, 2.0, 0.5).astype("float32")  # class weights reach the loss
         history = loop.train_epochs(trainer.model, f[:56], np.eye(2, dtype="float32")[y[:56]], sample_weight=weights,
                                     epochs=3, batch_size=16, seed=7, callbacks=[], pad=pad)
         runs.append((history, [np.array(keras.ops.convert_to_numpy(w)) for w in trainer.model.weights]))
+        traces.append(tracing_count(trainer.model))
+    assert traces[0] < traces[1]  # unpadded, the batch of 8 is a shape of its own, traced again
     (padded, w_padded), (plain, w_plain) = runs
     assert len(padded["loss"]) == 3 and padded["loss"][-1] < padded["loss"][0]
     assert np.allclose(padded["loss"], plain["loss"], atol=1e-5), (padded["loss"], plain["loss"])
@@ -402,3 +415,76 @@ def test_a_frozen_trial_trains_in_the_loop_with_early_stopping_and_pruning(tmp_p
     pruned = trainer.fit_fold(1, f[fit], y[fit], f[val], y[val], f[stop], y[stop], on_epoch=prune)
     assert pruned.status == "pruned at epoch 2" and pruned.pruned and pruned.epochs_run == 2
     assert len(pruned.history["loss"]) == 2
+
+
+def _head_alone(config: TrainConfig, cached: np.ndarray, monkeypatch: pytest.MonkeyPatch, base_params: int = 0) -> FoldTrainer:
+    """A trainer on ``cached`` feature maps that builds no backbone (building one fails the test)."""
+    from bench.training import graph
+
+    with monkeypatch.context() as m:
+        m.setattr(graph, "build_classifier", lambda *a, **k: pytest.fail("the backbone was built"))
+        return FoldTrainer(config, 2, n_train_hint=56, on_features=True, feature_shape=cached.shape[1:],
+                           base_params=base_params)
+
+
+@pytest.mark.parametrize("backbone", ["simple_cnn", "dropout_cnn"])
+def test_a_head_trained_alone_equals_the_ordinary_path_and_assembles_into_the_classifier(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, backbone: str) -> None:
+    """The head built alone on the cached maps' shape starts from the classifier's own head's
+    weights (the head's seed does not depend on the backbone's build), trains as the ordinary path
+    on images does (a backbone without and with dropout inside), and the classifier assembled
+    afterwards predicts on images what the head predicted on features."""
+    if backbone == "dropout_cnn":
+        backbone = request.getfixturevalue("dropout_cnn")
+    x, y = toy_data()
+    config = frozen(backbone=backbone, epochs=4)
+    full, f = _on_features(config, x, tmp_path)
+    alone = _head_alone(config, f, monkeypatch, base_params=full.extractor.count_params())
+    assert alone._full is None
+    assert all(np.array_equal(a, b) for a, b in zip(alone.model.get_weights(), full.model.get_weights()))
+    assert (alone.trainable_params, alone.total_params) == (full.trainable_params, full.total_params)
+    fit, stop, val = slice(0, 56), slice(56, 72), slice(72, 96)
+    ordinary = FoldTrainer(config, 2, n_train_hint=56).fit_fold(0, x[fit], y[fit], x[val], y[val], x[stop], y[stop])
+    b = alone.fit_fold(0, f[fit], y[fit], f[val], y[val], f[stop], y[stop])
+    assert ordinary.ok and b.ok and ordinary.epochs_run == b.epochs_run and ordinary.best_epoch == b.best_epoch
+    assert np.allclose(ordinary.history["loss"], b.history["loss"], atol=2e-3), (ordinary.history, b.history)
+    assert np.allclose(ordinary.history["val_loss"], b.history["val_loss"], atol=2e-3)
+    assert np.abs(ordinary.proba - b.proba).max() < 2e-3
+    assert alone._full is None  # trained and predicted without a backbone
+    whole = np.asarray(alone.classifier.predict(x[val].astype("float32"), verbose=0))
+    assert np.abs(whole - b.proba).max() < 2e-3
+    assert np.abs(alone.predict_images(x[val]) - b.proba).max() < 2e-3
+    # A later fold trains the head on: the classifier asked for again holds the new head.
+    c = alone.fit_fold(1, f[24:80], y[24:80], f[:24], y[:24], f[80:], y[80:])
+    assert np.abs(alone.predict_images(x[:24]) - c.proba).max() < 2e-3
+
+
+def test_a_warm_entry_of_a_weights_file_trains_the_head_without_building_the_backbone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cross_validate with a weights file: the first trial builds the backbone and the entry; the
+    next finds the entry, trains the head alone (no backbone built) and scores the same."""
+    from bench.models import build_classifier
+    from bench.training import graph
+    from bench.training.pool import POOL
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "cnn.weights.h5"
+    build_classifier("simple_cnn", 2, 32, weights=None).base.save_weights(weights)
+    data = prepare_data("pneumonia-demo", folds=2, size=32, seed=0)
+    config = frozen(weights=str(weights), epochs=3)
+    POOL.clear()
+    runs = {}
+    for tag in ("cold", "warm"):
+        runs[tag] = RunDir.create(tmp_path / "runs", "demo", tag=tag)
+        with monkeypatch.context() as m:
+            if tag == "warm":
+                m.setattr(graph, "build_classifier", lambda *a, **k: pytest.fail("the backbone was built"))
+            scores = cross_validate(data, config, runs[tag])
+        assert [s.status for s in scores] == ["ok", "ok"]
+    POOL.clear()
+    cold, warm = (runs[t].table("folds") for t in ("cold", "warm"))
+    assert list(warm.features) == ["cached", "cached"] and list(warm.model) == ["built", "reused"]
+    assert list(warm.total_params) == list(cold.total_params)
+    assert list(warm.trainable_params) == list(cold.trainable_params)
+    p = {t: r.table("predictions").filter(like="p_").to_numpy() for t, r in runs.items()}
+    assert np.abs(p["cold"] - p["warm"]).max() < 1e-5

@@ -184,3 +184,24 @@ def test_report_line_sums_build_restore_and_trace_seconds() -> None:
     assert "tracing (est. 4 s" in line
     assert fixed_cost_line(folds.drop(columns="model")) is None  # a run from before the pool
     assert cost_lines(folds) == [line]  # no fold used the feature cache
+
+
+def test_a_restored_head_alone_trains_as_a_fresh_build(pool: TrainerPool, tmp_path: Path) -> None:
+    """A head built alone on cached maps (no backbone): renewed with another seed, it starts from
+    that seed's head and trains bit for bit as a fresh head-only trainer."""
+    x, y = toy_data()
+    frozen = dict(unfrozen=0, augment="none")
+    first, later = config(**frozen), config(**frozen, seed=11, lr=1e-2)
+    full = FoldTrainer(first, 2, n_train_hint=56, on_features=True)
+    found = features.load_or_build(full.extractor, x, "maps", cache_dir=tmp_path)
+    assert found is not None
+    maps = np.asarray(found.array)
+    shape = maps.shape[1:]
+    fresh = two_folds(FoldTrainer(later, 2, n_train_hint=56, on_features=True, feature_shape=shape), maps, y)
+    kept = pool.trainer(first, 2, n_train_hint=56, on_features=True, feature_shape=shape)
+    two_folds(kept, maps, y)
+    assert kept._full is None
+    renewed = pool.trainer(later, 2, n_train_hint=56, on_features=True, feature_shape=shape)
+    assert renewed is kept and renewed.origin == RESTORED
+    assert_identical(two_folds(renewed, maps, y), fresh)
+    assert pool.trainer(later, 2, n_train_hint=56, on_features=True) is not kept  # another graph: the whole classifier

@@ -7,6 +7,7 @@ backbone feature maps must build the same head.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral
@@ -84,6 +85,24 @@ def build_head(features: Any, n_classes: int, spec: HeadSpec) -> Any:
     x = keras.layers.Dropout(spec.dropout, name="head_dropout")(x)
     # float32 output even under a mixed_float16 policy: softmax and the loss need the range.
     return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def seed_head(seed: int | None) -> None:
+    """Make the head's initial weights and dropout streams depend on ``seed`` alone, not on how
+    much randomness the backbone's build consumed: Keras draws an unseeded initializer's or
+    dropout layer's seed from Python's ``random`` when the layer is created. So a head built
+    alone on feature maps (``build_head_model``) starts where the classifier's own head starts."""
+    if seed is not None:
+        random.seed(f"head:{seed}")
+
+
+def build_head_model(feature_shape: tuple[int, ...], n_classes: int, spec: HeadSpec, *,
+                     head_seed: int | None = None) -> keras.Model:
+    """The head alone, feature map -> probabilities: with the same ``head_seed`` its layers and
+    initial weights are those of ``build_classifier``'s head, without building the backbone."""
+    inputs = keras.Input(tuple(int(d) for d in feature_shape), name="features")
+    seed_head(head_seed)
+    return keras.Model(inputs, build_head(inputs, int(n_classes), spec), name="head")
 
 
 @dataclass(frozen=True)
@@ -180,11 +199,12 @@ def build_classifier(
     dropout: float = 0.2,
     bn_momentum: float | None = None,
     head: HeadSpec | None = None,
+    head_seed: int | None = None,
 ) -> Classifier:
     """Build (not compile) a classifier; ``unfrozen`` counts trainable blocks of the base.
 
     ``head`` defaults to global average pooling, ``dropout`` and the softmax layer; when given,
-    its own dropout applies."""
+    its own dropout applies. ``head_seed``: the head's initial weights follow it alone (``seed_head``)."""
     spec = get_backbone(backbone)
     check_size(spec, size)
     if isinstance(n_classes, bool) or not isinstance(n_classes, Integral) or n_classes < 2:
@@ -205,7 +225,9 @@ def build_classifier(
 
     inputs = keras.Input((size, size, 3), name="image")
     x = Preprocess(spec.preprocess, name="preprocess")(inputs)
-    outputs = build_head(base(x), n_classes, head)
+    maps = base(x)
+    seed_head(head_seed)
+    outputs = build_head(maps, n_classes, head)
     model = keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
     return Classifier(
         model=model,

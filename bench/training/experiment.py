@@ -441,8 +441,8 @@ def cross_validate(
             "seconds_per_epoch": round(result.seconds.get("fit", 0.0) / n_epochs, 3),
             "images_per_second": round(result.n_train * n_epochs / max(result.seconds.get("fit", 1e-9), 1e-9), 2),
             "learning_rate_final": trainer.learning_rate,
-            "trainable_params": trainer.parts.trainable_params,
-            "total_params": trainer.parts.total_params,
+            "trainable_params": trainer.trainable_params,
+            "total_params": trainer.total_params,
             **features.fold_info(cached, k == 0, epochs_run=result.epochs_run, n_train=result.n_train,
                                  n_stop=result.n_stop, n_val=result.n_val),
         }

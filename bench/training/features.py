@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,13 @@ def _sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def weights_identity(weights_file: str | None, base: keras.Model) -> str:
-    """sha256 of the weights file (or preset folder), or ``random:<digest of the initial values>``."""
+def weights_identity(weights_file: str | None, base: keras.Model | None) -> str:
+    """sha256 of the weights file (or preset folder), or ``random:<digest of the initial values>``
+    (then ``base``, the built backbone, is needed)."""
     if weights_file is not None:
         return _sha256_file(weights_file)
+    if base is None:
+        raise ValueError("a randomly initialised backbone is identified by its built weights: pass it")
     h = hashlib.sha256()
     for v in base.weights:
         h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
@@ -150,6 +154,26 @@ def _load(npy: Path, meta_path: Path) -> tuple[np.ndarray, dict[str, Any]] | Non
     return array, meta
 
 
+@dataclass(frozen=True)
+class Entry:
+    """What a cached entry's record says, read without the array: enough to build a head alone."""
+
+    feature_shape: tuple[int, ...]  # one image's feature map
+    base_params: int  # the backbone's parameters (the classifier's count is these plus the head's)
+
+
+def peek(key: str, *, cache_dir: Path | None = None) -> Entry | None:
+    """The record of entry ``key`` when it has one that says the backbone's size (older entries
+    do not: the caller then builds the backbone as before). The array itself is checked by
+    ``load_or_build``."""
+    root = cache_dir or features_dir()
+    try:
+        meta = json.loads((root / f"{key}.json").read_text())
+        return Entry(tuple(int(d) for d in meta["shape"][1:]), int(meta["base_params"]))
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
 def _make_room(root: Path, need: int, budget: int, keep: tuple[Path, ...]) -> None:
     """Remove the least recently used entries until ``need`` more bytes fit in the budget.
 
@@ -180,16 +204,22 @@ def _compute(extractor: keras.Model, images: np.ndarray, out: np.ndarray) -> flo
 
 
 def load_or_build(
-    extractor: keras.Model, images: np.ndarray, key: str, *, cache_dir: Path | None = None
+    extractor: keras.Model | Callable[[], keras.Model], images: np.ndarray, key: str, *,
+    cache_dir: Path | None = None, feature_shape: tuple[int, ...] | None = None,
 ) -> Features | None:
     """The features of ``images`` under ``key``; computed only when no whole entry exists.
 
-    None when the entry alone is larger than the budget: the caller then runs the backbone."""
+    ``extractor`` may be a function that builds it: with ``feature_shape`` given, it is called
+    only when the entry has to be computed. None when the entry alone is larger than the budget:
+    the caller then runs the backbone."""
     t0 = time.perf_counter()
     root = cache_dir or features_dir()
     root.mkdir(parents=True, exist_ok=True)
     npy, meta_path = root / f"{key}.npy", root / f"{key}.json"
-    shape = (len(images), *(int(d) for d in extractor.output.shape[1:]))
+    if feature_shape is None:
+        extractor = _model(extractor)
+        feature_shape = tuple(int(d) for d in extractor.output.shape[1:])
+    shape = (len(images), *feature_shape)
     need = int(np.prod(shape)) * 2
     budget = budget_bytes()
     if need > budget:
@@ -204,7 +234,7 @@ def load_or_build(
                     log.info("removed %s, left by a killed writer", stale)
                 meta_path.unlink(missing_ok=True)  # a broken entry: its meta must not outlive the rebuild
                 _make_room(root, need, budget, keep=(npy,))
-                _build(extractor, images, shape, npy, meta_path)
+                _build(_model(extractor), images, shape, npy, meta_path)
                 found = _load(npy, meta_path)
                 if found is None:
                     raise OSError(f"the feature cache {npy} just written does not read back whole")
@@ -228,8 +258,12 @@ def _build(extractor: keras.Model, images: np.ndarray, shape: tuple[int, ...], n
     write_text_atomic(meta_path, json.dumps({
         "shape": list(shape), "digest": digest, "seconds": round(seconds, 4),
         "seconds_per_image": per_image, "keras": keras.__version__, "backend": keras.backend.backend(),
-        "dtype_policy": keras.config.dtype_policy().name,
+        "dtype_policy": keras.config.dtype_policy().name, "base_params": int(extractor.count_params()),
     }))
+
+
+def _model(extractor: keras.Model | Callable[[], keras.Model]) -> keras.Model:
+    return extractor if isinstance(extractor, keras.Model) else extractor()
 
 
 def split_at_backbone(classifier: keras.Model, base: keras.Model) -> tuple[keras.Model, keras.Model]:

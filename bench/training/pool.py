@@ -41,13 +41,15 @@ def capacity() -> int:
     return value
 
 
-def graph_key(config: TrainConfig, n_classes: int, n_train_hint: int, on_features: bool) -> tuple[Any, ...]:
+def graph_key(config: TrainConfig, n_classes: int, n_train_hint: int, on_features: bool,
+              feature_shape: tuple[int, ...] | None = None) -> tuple[Any, ...]:
     """Everything that fixes a trainer's layers and compiled steps. Left out, because every fit
     reads them afresh: the learning rate, schedule, warmup, epochs, early stopping, plateau
     patience, inner split and seed (the seed's initial weights are restored, not traced)."""
     c = config
     return (
         c.backbone, str(c.weights), c.size, c.unfrozen, n_classes, on_features,
+        feature_shape,  # given: the head alone on maps of this shape (no backbone built)
         c.head(), c.augment,  # head shape, pooling and dropout (a layer constant); augmentation layers
         resolve_bn_momentum(c, n_train_hint),  # a layer constant
         c.batch_size,  # batch shapes
@@ -75,16 +77,18 @@ class TrainerPool:
         self._trainers.clear()
 
     def trainer(self, config: TrainConfig, n_classes: int, n_train_hint: int, *,
-                on_features: bool = False) -> FoldTrainer:
+                on_features: bool = False, feature_shape: tuple[int, ...] | None = None,
+                base_params: int = 0) -> FoldTrainer:
         """A trainer for ``config``: an earlier trial's, renewed (``origin`` RESTORED), or a
         new one (BUILT), kept for later trials."""
         limit = capacity()
-        key = graph_key(config, n_classes, n_train_hint, on_features)
+        key = graph_key(config, n_classes, n_train_hint, on_features, feature_shape)
         kept = self._trainers.pop(key, None)
         if kept is not None and limit:
             kept.renew(config)
         else:
-            kept = FoldTrainer(config, n_classes, n_train_hint, on_features=on_features)
+            kept = FoldTrainer(config, n_classes, n_train_hint, on_features=on_features,
+                               feature_shape=feature_shape, base_params=base_params)
         if limit:
             self._trainers[key] = kept
         while len(self._trainers) > limit:  # a lowered bound lets go of the rest too

@@ -40,9 +40,9 @@ import keras
 import numpy as np
 
 from bench.errors import ConfigError, close_matches
-from bench.models import HeadSpec, build_classifier
+from bench.models import HeadSpec
 from bench.training import features, loop
-from bench.training.augment import policy_layers
+from bench.training.graph import Graph, HeadGraph, assemble, copy_weights
 from bench.training.batchnorm import (
     BN_REFRESH_IMAGES,
     _batchnorms,
@@ -255,6 +255,10 @@ class _InnerValidation(keras.callbacks.Callback):
             logs[f"val_{name}"] = float(value)
 
 
+def _count(weights: list) -> int:
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
 def _snapshot(variables: list) -> list[np.ndarray]:
     return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
 
@@ -283,37 +287,6 @@ def _streams(model: keras.Model) -> list:
     return [v for v in model.variables if id(v) not in weight_ids]
 
 
-class _Graph:
-    """The layers of one configuration, built (not compiled) under its seed: the classifier, and
-    the model the trainer fits (the classifier behind the augmentation, or the head on features)."""
-
-    def __init__(self, config: TrainConfig, n_classes: int, bn_momentum: float | None, on_features: bool) -> None:
-        reseed_all(config.seed)
-        self.parts = build_classifier(
-            config.backbone, n_classes, config.size, weights=config.weights,
-            unfrozen=config.unfrozen, bn_momentum=bn_momentum, head=config.head(),
-        )
-        self.classifier: keras.Model = self.parts.model
-        # What the inputs go through: the classifier, or its head on features. BN re-estimation runs on it.
-        self.core = self.classifier
-        self.extractor: keras.Model | None = None
-        self.head_model: keras.Model | None = None
-        if on_features:
-            self.extractor, self.core = features.split_at_backbone(self.classifier, self.parts.base)
-            self.model = self.core
-            return
-        inputs = keras.Input((config.size, config.size, 3), name="image")
-        x = inputs
-        for layer in policy_layers(config.augment, seed=config.seed):
-            x = layer(x)
-        # Augmentation wraps the classifier instead of living inside it: the classifier is what
-        # gets exported, and BN re-estimation runs on un-augmented images.
-        outputs = self.classifier(x)
-        self.model = keras.Model(inputs, outputs, name="train_model")
-        if config.head_epochs:
-            self.head_model = keras.Model(inputs, outputs, name="head_train_model")
-
-
 @dataclass(frozen=True)
 class _Phase:
     """One fit of a fold: a compiled model over the shared layers, trained up to ``end`` epochs."""
@@ -331,19 +304,28 @@ class FoldTrainer:
     trainer's inputs are the backbone's cached feature maps instead of images: the model it fits
     and predicts with is the classifier's own head, with the same loop and callbacks, and
     ``classifier`` is still the whole image -> probabilities model, holding the trained head.
+    Given the feature map's shape too (``feature_shape``, ``base_params``: the backbone's
+    parameters, for the counts), it builds the head alone and assembles the classifier (and
+    ``parts``, ``extractor``) only when one of them is asked for (``bench.training.graph``).
     """
 
-    def __init__(self, config: TrainConfig, n_classes: int, n_train_hint: int, *, on_features: bool = False) -> None:
+    def __init__(self, config: TrainConfig, n_classes: int, n_train_hint: int, *, on_features: bool = False,
+                 feature_shape: tuple[int, ...] | None = None, base_params: int = 0) -> None:
         if on_features and not features.eligible(config):
             raise ValueError("Only a fully frozen backbone without augmentation can train on cached features.")
+        if feature_shape is not None and not on_features:
+            raise ValueError("A feature shape is for a trainer on cached features (on_features=True).")
         self.config = config
         self.on_features = on_features
+        self.feature_shape = None if feature_shape is None else tuple(int(d) for d in feature_shape)
+        self.base_params = int(base_params)
         self.n_classes = n_classes
         t0 = time.perf_counter()
         self.bn_momentum = resolve_bn_momentum(config, n_train_hint)
-        built = _Graph(config, n_classes, self.bn_momentum, on_features)
-        self.parts, self.classifier, self.core = built.parts, built.classifier, built.core
-        self.extractor, self.model = built.extractor, built.model
+        built = self._graph(config)
+        # The whole classifier: this trainer's own graph, or (head alone) assembled on first need.
+        self._full: Graph | None = built if isinstance(built, Graph) else None
+        self.core, self.model = built.core, built.model
         self.optimizer = self._compile(self.model, config.backbone_lr_scale)
         self.phases = [_Phase(self.model, self.optimizer, None, None)]
         if built.head_model is not None:
@@ -378,10 +360,13 @@ class FoldTrainer:
             _restore(phase.optimizer.variables, values)
             phase.optimizer.learning_rate.assign(config.lr)
         if config.seed != self.config.seed:
-            fresh = _Graph(config, self.n_classes, self.bn_momentum, self.on_features)
+            fresh = self._graph(config)
             # The whole classifier: on features the fitted model is the head alone, and the
-            # frozen backbone's initial weights (random init) follow the seed too.
-            _restore(self.classifier.weights, _snapshot(fresh.classifier.weights))
+            # frozen backbone's initial weights (random init) follow the seed too. A head-only
+            # trainer's backbone is a weights file's, whatever the seed; its head is copied in
+            # whenever the classifier is asked for.
+            if isinstance(fresh, Graph):
+                _restore(self.classifier.weights, _snapshot(fresh.classifier.weights))
             self._weights0 = _snapshot(fresh.model.weights)
             self._streams0 = _snapshot(_streams(fresh.model))
             del fresh
@@ -394,6 +379,41 @@ class FoldTrainer:
         self.origin = RESTORED
         self.folds_trained = 0
 
+    def _graph(self, config: TrainConfig) -> Graph | HeadGraph:
+        if self.feature_shape is not None:
+            return HeadGraph(config, self.n_classes, self.feature_shape)
+        return Graph(config, self.n_classes, self.bn_momentum, self.on_features)
+
+    def _assembled(self) -> Graph:
+        """The whole classifier, holding the head as trained so far."""
+        if self._full is None:
+            self._full = assemble(self.config, self.n_classes, self.bn_momentum, self.model)
+        elif self._full.core is not self.model:
+            copy_weights(self.model, self._full.core)
+        return self._full
+
+    @property
+    def classifier(self) -> keras.Model:
+        """Image -> probabilities: what is exported, explained and given test-time augmentation."""
+        return self._assembled().classifier
+
+    @property
+    def parts(self) -> Any:
+        return self._assembled().parts
+
+    @property
+    def extractor(self) -> keras.Model | None:
+        """Image -> feature map (on features), what fills the feature cache."""
+        return self._assembled().extractor
+
+    @property
+    def trainable_params(self) -> int:
+        return self.parts.trainable_params if self._full is not None else _count(self.model.trainable_weights)
+
+    @property
+    def total_params(self) -> int:
+        return self.parts.total_params if self._full is not None else self.base_params + self.model.count_params()
+
     def _compile(self, model: keras.Model, backbone_lr_scale: float) -> keras.optimizers.Optimizer:
         """Compile ``model`` with a fresh optimizer over its trainable variables now; return the
         optimizer it really uses (under mixed_float16 a LossScaleOptimizer, whose loss-scale
@@ -401,7 +421,9 @@ class FoldTrainer:
         c = self.config
         optimizer = OPTIMIZERS[c.optimizer](c)
         if backbone_lr_scale != 1.0:
-            optimizer = with_lr_scale(optimizer, self.parts.base.trainable_variables, backbone_lr_scale)
+            # A head alone has no backbone variables: the frozen backbone's trainable ones are none either.
+            base = self._full.parts.base.trainable_variables if self._full is not None else []
+            optimizer = with_lr_scale(optimizer, base, backbone_lr_scale)
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=c.label_smoothing),
