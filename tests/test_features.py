@@ -488,3 +488,26 @@ def test_a_warm_entry_of_a_weights_file_trains_the_head_without_building_the_bac
     assert list(warm.trainable_params) == list(cold.trainable_params)
     p = {t: r.table("predictions").filter(like="p_").to_numpy() for t, r in runs.items()}
     assert np.abs(p["cold"] - p["warm"]).max() < 1e-5
+
+
+def test_an_entry_without_the_backbone_size_gets_it_on_its_next_load(tmp_path: Path) -> None:
+    """Entries written before their record said the backbone's size are not rebuilt: the next
+    load with the backbone at hand adds it, and from then on a head alone can train on them."""
+    import json
+
+    images = np.random.default_rng(0).integers(0, 255, (12, 8, 8, 3)).astype(np.uint8)
+    extractor = tiny_extractor()
+    assert features.load_or_build(extractor, images, "k", cache_dir=tmp_path) is not None
+    assert features.peek("k", cache_dir=tmp_path) == features.Entry((4, 4, 4), extractor.count_params())
+    meta_path = tmp_path / "k.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["base_params"]
+    meta_path.write_text(json.dumps(meta))
+    assert features.peek("k", cache_dir=tmp_path) is None
+    found = features.load_or_build(extractor, images, "k", cache_dir=tmp_path)
+    assert found is not None and not found.built
+    assert features.peek("k", cache_dir=tmp_path) == features.Entry((4, 4, 4), extractor.count_params())
+    # Known shape: the extractor is not even built to read the entry.
+    again = features.load_or_build(lambda: pytest.fail("built the extractor"), images, "k", cache_dir=tmp_path,
+                                   feature_shape=(4, 4, 4))
+    assert again is not None and np.array_equal(again.array, found.array)

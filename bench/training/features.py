@@ -242,6 +242,9 @@ def load_or_build(
                 return Features(array, key, npy, True, time.perf_counter() - t0, meta["seconds_per_image"])
     os.utime(npy)  # least recently used goes first when the budget is full
     array, meta = found
+    if "base_params" not in meta and isinstance(extractor, keras.Model):
+        # An entry written before records kept it: with it, later trials build the head alone (peek).
+        write_text_atomic(meta_path, json.dumps({**meta, "base_params": int(extractor.count_params())}))
     return Features(array, key, npy, False, time.perf_counter() - t0, meta["seconds_per_image"])
 
 
