@@ -63,6 +63,8 @@ def train_epochs(
     (every key the epoch logs have after the callbacks). Stops when a callback sets
     ``model.stop_training``, after the batch (NaN) or the epoch (early stopping, pruning)."""
     n = len(x)
+    if n == 0:
+        raise ValueError("no training images to train on")
     size = min(batch_size, n)
     steps = math.ceil(n / size)
     w = np.ones(n, "float32") if sample_weight is None else np.asarray(sample_weight, "float32")
