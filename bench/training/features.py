@@ -193,14 +193,28 @@ def _make_room(root: Path, need: int, budget: int, keep: tuple[Path, ...]) -> No
 
 def _compute(extractor: keras.Model, images: np.ndarray, out: np.ndarray) -> float:
     """Fill ``out`` with the extractor's outputs; returns the seconds of one forward pass per
-    image, timed on the first chunk again once traced (the build's own time includes tracing,
-    which the ordinary path pays once per trial, not per epoch)."""
-    for start in range(0, len(images), _CHUNK):
-        out[start : start + _CHUNK] = extractor.predict_on_batch(np.asarray(images[start : start + _CHUNK], "float32"))
-    first = np.asarray(images[:_CHUNK], "float32")
-    t0 = time.perf_counter()
-    extractor.predict_on_batch(first)
-    return (time.perf_counter() - t0) / max(len(first), 1)
+    image, timed on the chunks after the first (the first pays the tracing, which the ordinary
+    path pays once per trial, not per epoch). Every call has the same shape (the last chunk is
+    padded), so the extractor is traced once. Only a set of one chunk is passed through again
+    to be timed: timing it a second time on a larger set cost a third of the build (measured:
+    2.4 of 7.3 s for 976 X-rays at 128 px on Lite0)."""
+    chunk = min(_CHUNK, len(images))
+    timed, timed_images = 0.0, 0
+    for start in range(0, len(images), chunk):
+        batch = np.asarray(images[start : start + chunk], "float32")
+        real = len(batch)
+        if real < chunk:
+            batch = np.concatenate([batch, np.zeros((chunk - real, *batch.shape[1:]), "float32")])
+        t0 = time.perf_counter()
+        result = extractor.predict_on_batch(batch)
+        if start:
+            timed, timed_images = timed + time.perf_counter() - t0, timed_images + chunk
+        out[start : start + real] = np.asarray(result)[:real]
+    if not timed_images:  # one chunk: its only call was the traced one
+        t0 = time.perf_counter()
+        extractor.predict_on_batch(np.asarray(images[:chunk], "float32"))
+        timed, timed_images = time.perf_counter() - t0, chunk
+    return timed / max(timed_images, 1)
 
 
 def load_or_build(
