@@ -45,6 +45,7 @@ class StagedSupervisor(Supervisor):
         super().__init__(options, console)
         self.time_limit = time_limit
         self.clock = clock
+        self.session_start = clock()  # before preparing the data: that time is the budget's too
         self.stage: str | None = None
         self.deadline = math.inf
         self.promoted: tuple[str, ...] = ()
@@ -60,7 +61,7 @@ class StagedSupervisor(Supervisor):
                                f"{self.time_limit:.0f} s, counted from the same start.", highlight=False)
         self.study.set_user_attr("time_limit", self.time_limit)
         spent = float(attrs.get("time_spent", 0.0))
-        self.plan = P.Plan(self.time_limit, spent, self.clock(), self.clock)
+        self.plan = P.Plan(self.time_limit, spent, self.session_start, self.clock)
         self.done: list[str] = list(attrs.get("stages_done", []))
         self.promoted = tuple(attrs.get("promoted", ()))
         self.pretrained = pretrained_backbones(self.space, self.fixed)
