@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -168,12 +168,12 @@ def test_prediction_before_any_trial_comes_from_the_probes_forward_pass() -> Non
     assert got == pytest.approx(20.0 + 0.05 * BACKWARD_FACTOR * 600)
 
 
-def _study_with(seconds: list[float], stage: str = "heads") -> optuna.Study:
+def _study_with(seconds: list[float], stage: str = "heads", backbone: str = "a") -> optuna.Study:
     study = optuna.create_study(direction="maximize")
     for s in seconds:
         trial = optuna.trial.create_trial(
             params={}, distributions={}, value=0.8, state=TrialState.COMPLETE,
-            user_attrs={"config": {"backbone": "a", "epochs": 1, "size": 32}, "seconds": s, "folds_done": 2,
+            user_attrs={"config": {"backbone": backbone, "epochs": 1, "size": 32}, "seconds": s, "folds_done": 2,
                         "stage": stage})
         study.add_trial(trial)
     return study
@@ -197,3 +197,166 @@ def test_the_gate_refuses_exactly_the_trial_that_cannot_finish() -> None:
         assert gate.refuse(trial, config) == refused
         assert study.trials[trial.number].user_attrs["predicted_seconds"] == 10.0
         study.tell(trial, state=TrialState.FAIL)
+
+
+# ---- a real search -----------------------------------------------------------------------------------
+
+SPACE = """
+name = "timed"
+[objective]
+metric = "balanced_accuracy"
+[params.backbone]
+type = "categorical"
+choices = ["simple_cnn", "efficientnet_lite0"]
+[params.weights]
+type = "fixed"
+value = "imagenet"
+when = { backbone = "efficientnet_lite0" }
+[params.size]
+type = "fixed"
+value = 32
+[params.unfrozen]
+type = "blocks"
+low = 0
+high = 1
+when = { backbone = "efficientnet_lite0" }
+[params.epochs]
+type = "fixed"
+value = 1
+[params.augment]
+type = "categorical"
+choices = ["none", "light"]
+[params.lr]
+type = "float"
+low = 1e-3
+high = 1e-2
+log = true
+"""
+LIMIT = "100s"
+
+
+def _study(out: Path) -> optuna.Study:
+    url = f"sqlite:///{out / 'study.db'}"
+    return optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """One real `bench run --time-limit` on pneumonia-demo with an ImageNet backbone (its probe) and a
+    random-init one (no probe, heads and fine-tuning all the same)."""
+    from bench.models import get_backbone, imagenet_path
+
+    root = tmp_path_factory.mktemp("timed")
+    with pytest.MonkeyPatch.context() as mp:
+        if imagenet_path(get_backbone("efficientnet_lite0")) is None:
+            from bench.models import convert_lite0
+
+            mp.setenv("BENCH_WEIGHTS", str(convert_lite0.convert(root / "weights").path.parent))
+        space = root / "timed.toml"
+        space.write_text(SPACE)
+        out = root / "run"
+        args = ["run", "--dataset", "pneumonia-demo", "--space", str(space), "--folds", "2", "--pruner", "none",
+                "--time-limit", LIMIT, "--out", str(out)]
+        import contextlib
+        import io
+
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            code = main(args)
+        yield SimpleNamespace(out=out, args=args, code=code, text=text.getvalue(), mp=mp)
+
+
+@pytest.mark.slow  # about 2 minutes: the time limit, then the held-out evaluation
+def test_a_time_limited_search_goes_through_every_stage_then_the_final(timed) -> None:
+    assert timed.code == 0, timed.text
+    text = timed.text
+    assert "probe stage: simple_cnn has no ImageNet weights in this space: no probe" in text
+    for name in ("probe", "heads", "finetune"):
+        assert f"stage {name} ended" in text
+    probes = pd.read_csv(timed.out / "probes.csv")
+    assert set(probes.backbone) == {"efficientnet_lite0"} and set(probes.probe) == {"linear", "knn"}
+    study = _study(timed.out)
+    attrs = study.user_attrs
+    assert attrs["stages_done"] == ["probe", "heads", "finetune"] and attrs["stage"] == "final"
+    assert set(attrs["probe_scores"]) == {"efficientnet_lite0"}
+    ran = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    by_stage: dict[str, set[str]] = {}
+    for t in ran:
+        by_stage.setdefault(t.user_attrs["stage"], set()).add(t.user_attrs["config"]["backbone"])
+        if t.user_attrs["stage"] == "heads" and t.user_attrs["config"]["backbone"] == "efficientnet_lite0":
+            config = t.user_attrs["config"]
+            assert (config["unfrozen"], config["augment"], config["head_epochs"]) == (0, "none", 0)
+    assert by_stage["heads"] == {"simple_cnn", "efficientnet_lite0"}  # every backbone competes
+    assert by_stage["finetune"] <= set(attrs["promoted"]) and len(attrs["promoted"]) == 1  # ceil(2/2)
+    # A trial kept from starting trained nothing: no fold of it was written.
+    refused = [t.number for t in study.trials if t.user_attrs.get("over_budget")]
+    folds = pd.read_csv(timed.out / "folds.csv")
+    assert not set(refused) & set(folds.trial)
+    for number in refused:
+        assert study.trials[number].user_attrs["fail_reason"].startswith("not started: ")
+    assert (timed.out / "final.json").exists()
+    manifest = json.loads((timed.out / "manifest.json").read_text())
+    plan = manifest["time_limit"]
+    assert [s["stage"] for s in plan["stages"]] == ["probe", "heads", "finetune"]
+    assert all(s["done"] for s in plan["stages"]) and plan["limit_seconds"] == 100.0
+    assert attrs["time_spent"] == plan["spent_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_resumed_search_keeps_its_clock_and_goes_straight_to_the_final(timed, capsys) -> None:
+    assert timed.code == 0, timed.text
+    study = _study(timed.out)
+    before = len(study.trials)
+    # As if the first session had been killed in the heads stage with 95 of its 100 s spent.
+    study.set_user_attr("stages_done", ["probe"])
+    study.set_user_attr("time_spent", 95.0)
+    assert main([*timed.args[:-2], "--out", str(timed.out)]) == 0
+    text = capsys.readouterr().out
+    assert "95 s spent before this session" in text
+    assert "stage heads: skipped, its share of --time-limit is spent" in text
+    assert "stage finetune: skipped" in text
+    study = _study(timed.out)
+    assert len(study.trials) == before  # nothing started
+    assert study.user_attrs["time_spent"] >= 95.0  # the clock went on from where it was
+    assert "Held-out evaluation is up to date" in text  # the final still comes, and has nothing to redo
+
+
+@pytest.mark.slow
+def test_status_and_report_show_the_stages(timed, tmp_path: Path, capsys) -> None:
+    assert timed.code == 0, timed.text
+    assert main(["status", "--storage", str(timed.out / "study.db")]) == 0
+    text = capsys.readouterr().out
+    assert "--time-limit 100 s, stage final (done: probe, heads, finetune)" in text and "left" in text
+    assert main(["report", "--run", str(timed.out), "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    markdown = (tmp_path / "report" / "index.md").read_text()
+    assert "stages of the time-limited search" in markdown and "probes on frozen features" in markdown
+    stages = pd.read_csv(tmp_path / "report" / "tables" / "stages_pneumonia-demo.csv")
+    assert list(stages.stage) == ["probe", "heads", "finetune"]
+
+
+def test_a_trial_predicted_not_to_finish_never_trains_and_no_count_sees_it(tmp_path: Path) -> None:
+    """The objective asks the gate after choosing the parameters and before touching any data."""
+    from bench.results import RunDir
+    from bench.search.allocation import entry_counts
+    from bench.search.objective import make_objective
+    from bench.search.space import load_space
+
+    path = tmp_path / "one.toml"
+    path.write_text('name = "one"\n[objective]\nmetric = "balanced_accuracy"\n[params]\nbackbone = "simple_cnn"\n'
+                    'weights = "none"\nsize = 32\nepochs = 2\n[params.lr]\ntype = "float"\nlow = 1e-3\nhigh = 1e-2\n')
+    study = _study_with([10.0], backbone="simple_cnn")  # 1 epoch x 2 folds in 10 s: 2 epochs predict 20 s
+    clock = FakeClock()
+
+    def no_training(size: int | None) -> None:
+        raise AssertionError("the refused trial reached the data")
+
+    gate = StageGate("heads", deadline=clock() + 19.0, folds=2, clock=clock)
+    objective = make_objective(no_training, load_space(path), RunDir.create(tmp_path, "x", out=tmp_path / "run"),
+                               study_seed=0, gate=gate)
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    refused = study.trials[-1]
+    assert refused.state == TrialState.FAIL
+    assert refused.user_attrs["fail_reason"] == "not started: predicted 20 s, 19 s left in stage heads"
+    assert refused.user_attrs["over_budget"] and refused.user_attrs["surplus"]
+    assert refused.user_attrs["stage"] == "heads"
+    assert sum(c.failed for c in entry_counts(study.get_trials()).values()) == 0  # surplus: no count sees it
