@@ -111,7 +111,8 @@ def test_the_final_reserve_is_each_backbones_best_refit_plus_its_fixed_cost() ->
     trials = [cost("a", 30.0, 0.7, folds_done=3), cost("a", 90.0, 0.9, folds_done=3), cost("b", 12.0, 0.6, folds_done=3),
               cost("b", 99.0, None, folds_done=3)]  # pruned: no value, not a best
     # a: 90 s / 3 folds x 3/2 = 45 s; b: 12 / 3 x 3/2 = 6 s
-    assert P.final_reserve(trials, folds=3, limit=600.0) == pytest.approx(P.FINAL_FIXED_SECONDS + 45.0 + 6.0)
+    assert P.final_reserve(trials, folds=3, limit=600.0) == pytest.approx(
+        P.FINAL_FIXED_SECONDS + 2 * P.FINAL_PER_MODEL_SECONDS + 45.0 + 6.0)
 
 
 def test_the_final_reserve_is_kept_out_of_every_stage() -> None:

@@ -74,8 +74,15 @@ class StagedSupervisor(Supervisor):
         self.study.set_user_attr("time_spent", round(self.plan.spent_now(), 1))
 
     def _tick(self, now: float) -> None:
+        if self.progress.stage != self.stage:
+            self.progress.stage, self.progress.deadline = self.stage, self.deadline
         if self.clock() - self._saved >= CLOCK_EVERY:
             self.save_clock()
+            if self.stage is not None:
+                # The final's reserve grows as better (often dearer) trials finish: the stage ends
+                # sooner rather than eat into it. Workers' gates keep the deadline they started with.
+                self.deadline = min(self.deadline, self.plan.deadline(self.stage, self.reserve()))
+                self.progress.deadline = self.deadline
         if now >= self.deadline and not self.stop.is_set():
             self.stop_reason = f"stage {self.stage}: its share of --time-limit is spent"
             self.stop.set()
