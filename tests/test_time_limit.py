@@ -361,3 +361,19 @@ def test_a_trial_predicted_not_to_finish_never_trains_and_no_count_sees_it(tmp_p
     assert refused.user_attrs["over_budget"] and refused.user_attrs["surplus"]
     assert refused.user_attrs["stage"] == "heads"
     assert sum(c.failed for c in entry_counts(study.get_trials()).values()) == 0  # surplus: no count sees it
+
+
+def test_the_live_panel_shows_the_stage_and_counts_no_refused_trial_as_failed() -> None:
+    from rich.console import Console
+
+    from bench.search.progress import Progress
+
+    study = _study_with([10.0])
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, user_attrs={"surplus": True, "over_budget": True, "stage": "heads"}))
+    progress = Progress(Console(file=None, force_terminal=False), total=100_000, folds=2,
+                        metric="balanced_accuracy", direction="maximize")
+    progress.set_counts(study)
+    assert progress.counts == {"COMPLETE": 1, "PRUNED": 0, "FAIL": 0}
+    progress.stage, progress.deadline = "heads", 1e12
+    assert progress.headline().startswith("stage heads, ") and "100000" not in progress.headline()

@@ -38,7 +38,7 @@ class Progress:
         trials = study.get_trials(deepcopy=False)
         self.entries = entry_counts([t for t in trials if t.state != TrialState.RUNNING], self.grouping.by)
         for t in trials:
-            if t.state.name in self.counts:
+            if t.state.name in self.counts and not t.user_attrs.get("surplus"):  # never ran: not a failure
                 self.counts[t.state.name] += 1
             if t.state == TrialState.COMPLETE and t.value is not None:
                 self._offer(t.value, t.number)
