@@ -377,3 +377,16 @@ def test_the_live_panel_shows_the_stage_and_counts_no_refused_trial_as_failed() 
     assert progress.counts == {"COMPLETE": 1, "PRUNED": 0, "FAIL": 0}
     progress.stage, progress.deadline = "heads", 1e12
     assert progress.headline().startswith("stage heads, ") and "100000" not in progress.headline()
+
+
+def test_the_probe_stage_skips_weights_not_on_this_machine_and_says_how_to_get_them(weights_dir, tmp_path,
+                                                                                    capsys) -> None:
+    from bench.results import RunDir
+    from bench.search.probe_stage import _probe_main, probe_records
+
+    run = RunDir.create(tmp_path, "x", out=tmp_path / "run")
+    _probe_main({"dataset": "pneumonia-demo"}, 32, ["efficientnet_lite0"], str(run.path), 0)
+    assert "skipped efficientnet_lite0: its ImageNet weights are not on this machine; get them with `bench " \
+           "weights convert efficientnet_lite0`" in capsys.readouterr().out
+    assert not run.file("probes").exists()
+    assert probe_records(run, "balanced_accuracy", True, 32) == ({}, {})

@@ -24,13 +24,19 @@ def _probe_main(data_kwargs: dict[str, Any], size: int, backbones: Sequence[str]
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench.environment import native_stderr_to_log
-    from bench.evaluation.probe import probe_all
+    from bench.evaluation.probe import plan, probe_all
     from bench.training.experiment import DataBySize, prepare_data
 
     try:
         with native_stderr_to_log():
+            # A probe never downloads: weights not on this machine skip the probe (the trials get them).
+            pairs, skips = plan(backbones, [size], "imagenet")
+            for skip in skips:
+                print(f"  probe: {skip.line()}", flush=True)
+            if not pairs:
+                return
             data = prepare_data(**data_kwargs, size=size)
-            probe_all(DataBySize(data), [(b, size) for b in backbones], RunDir.open(Path(run_dir)),
+            probe_all(DataBySize(data), pairs, RunDir.open(Path(run_dir)),
                       weights="imagenet", n_boot=PROBE_BOOT, seed=seed,
                       say=lambda text: print(f"  probe: {text}", flush=True))
     except BenchError as err:
