@@ -311,8 +311,10 @@ def test_a_resumed_search_keeps_its_clock_and_goes_straight_to_the_final(timed, 
     # As if the first session had been killed in the heads stage with 95 of its 100 s spent.
     study.set_user_attr("stages_done", ["probe"])
     study.set_user_attr("time_spent", 95.0)
-    assert main([*timed.args[:-2], "--out", str(timed.out)]) == 0
+    args = [*timed.args[:-4], "--time-limit", "110s", "--out", str(timed.out)]  # a new limit applies, said once
+    assert main(args) == 0
     text = capsys.readouterr().out
+    assert text.count("This study was started with --time-limit 100 s; this session uses 110 s") == 1
     assert "95 s spent before this session" in text
     assert "stage heads: skipped, its share of --time-limit is spent" in text
     assert "stage finetune: skipped" in text
@@ -327,7 +329,8 @@ def test_status_and_report_show_the_stages(timed, tmp_path: Path, capsys) -> Non
     assert timed.code == 0, timed.text
     assert main(["status", "--storage", str(timed.out / "study.db")]) == 0
     text = capsys.readouterr().out
-    assert "--time-limit 100 s, stage final (done: probe, heads, finetune)" in text and "left" in text
+    limit = _study(timed.out).user_attrs["time_limit"]  # 110 s once the resume test has run
+    assert f"--time-limit {limit:.0f} s, stage final (done: probe, heads, finetune)" in text and "left" in text
     assert main(["report", "--run", str(timed.out), "--out", str(tmp_path / "report"), "--quiet"]) == 0
     markdown = (tmp_path / "report" / "index.md").read_text()
     assert "stages of the time-limited search" in markdown and "probes on frozen features" in markdown
