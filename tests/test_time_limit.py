@@ -393,3 +393,14 @@ def test_the_probe_stage_skips_weights_not_on_this_machine_and_says_how_to_get_t
            "weights convert efficientnet_lite0`" in capsys.readouterr().out
     assert not run.file("probes").exists()
     assert probe_records(run, "balanced_accuracy", True, 32) == ({}, {})
+
+
+def test_no_time_is_reserved_for_a_final_this_command_does_not_run() -> None:
+    from rich.console import Console
+
+    from bench.search.runner import SearchOptions
+    from bench.search.staged import StagedSupervisor
+
+    for options in (SearchOptions(dataset="x", trials=10, final=False),
+                    SearchOptions(dataset="x", trials=10, storage="journal:/tmp/shared.log")):
+        assert StagedSupervisor(options, Console(), 600.0).reserve() == 0.0

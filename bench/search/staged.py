@@ -89,6 +89,8 @@ class StagedSupervisor(Supervisor):
 
     # ---- the stages ---------------------------------------------------------------------------
     def reserve(self) -> float:
+        if not self.o.final or self.o.storage is not None:
+            return 0.0  # this command runs no held-out step (--no-final; a shared study's is run once, later)
         maximize = self.space.direction == "maximize"
         return P.final_reserve(trial_costs(self.study.get_trials(deepcopy=False)), self.o.folds or 1,
                                self.time_limit, maximize)
