@@ -404,3 +404,15 @@ def test_no_time_is_reserved_for_a_final_this_command_does_not_run() -> None:
     for options in (SearchOptions(dataset="x", trials=10, final=False),
                     SearchOptions(dataset="x", trials=10, storage="journal:/tmp/shared.log")):
         assert StagedSupervisor(options, Console(), 600.0).reserve() == 0.0
+
+
+def test_the_probe_stage_is_cut_at_its_deadline(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    from bench.results import RunDir
+    from bench.search.probe_stage import PROBE_CUT, run_probe_stage
+
+    run = RunDir.create(tmp_path, "x", out=tmp_path / "run")
+    code = run_probe_stage(mp.get_context("spawn"), {"dataset": "pneumonia-demo"}, 32, ["efficientnet_lite0"], run,
+                           0, timeout=0.05)  # the child has not even imported the framework by then
+    assert code == PROBE_CUT

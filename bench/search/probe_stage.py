@@ -44,12 +44,21 @@ def _probe_main(data_kwargs: dict[str, Any], size: int, backbones: Sequence[str]
         sys.exit(2)
 
 
+PROBE_CUT = -1  # run_probe_stage's code when the stage's deadline stopped the probes
+
+
 def run_probe_stage(ctx: Any, data_kwargs: dict[str, Any], size: int, backbones: Sequence[str], run: RunDir,
-                    seed: int) -> int:
+                    seed: int, timeout: float | None = None) -> int:
+    """The probes in a child process; killed at ``timeout`` seconds (the stage's deadline), keeping the
+    backbones already probed (probe_all writes each one as it finishes)."""
     process = ctx.Process(target=_probe_main, args=(data_kwargs, size, list(backbones), str(run.path), seed),
                           name="bench-probe")
     process.start()
-    process.join()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join(10)
+        return PROBE_CUT
     return int(process.exitcode or 0)
 
 

@@ -19,7 +19,7 @@ from bench.errors import ConfigError
 from bench.search import plan as P
 from bench.search.cost import trial_costs
 from bench.search.gate import pretrained_backbones
-from bench.search.probe_stage import probe_records, run_probe_stage
+from bench.search.probe_stage import PROBE_CUT, probe_records, run_probe_stage
 from bench.search.runner import SearchOptions, Supervisor, search_data_kwargs
 from bench.search.worker import WorkerSpec, finished_and_running
 
@@ -154,8 +154,11 @@ class StagedSupervisor(Supervisor):
         if not wanted:
             return 0
         code = run_probe_stage(mp.get_context("spawn"), search_data_kwargs(self.o), int(self.data.size), wanted,
-                               self.run, self.o.seed)
-        if code:
+                               self.run, self.o.seed, timeout=max(self.deadline - self.clock(), 0.0))
+        if code == PROBE_CUT:
+            self.console.print("probe stage: cut at its deadline; the backbones probed so far are kept in "
+                               "probes.csv, the others are ranked by the heads stage alone.", highlight=False)
+        elif code:
             self.console.print(f"[yellow]The probe stage failed (exit code {code}); the heads stage ranks the "
                                f"backbones alone.[/]")
             return 0
