@@ -29,12 +29,16 @@ class Progress:
         self.t0 = time.monotonic()
         self.live = None
         self.jobs = 1
+        # A --time-limit search (bench.search.staged): its stage and that stage's deadline replace the
+        # trial total and the ETA, which mean nothing when the time is the budget.
+        self.stage: str | None = None
+        self.deadline = 0.0
 
     def set_counts(self, study: Any) -> None:
         trials = study.get_trials(deepcopy=False)
         self.entries = entry_counts([t for t in trials if t.state != TrialState.RUNNING], self.grouping.by)
         for t in trials:
-            if t.state.name in self.counts:
+            if t.state.name in self.counts and not t.user_attrs.get("surplus"):  # never ran: not a failure
                 self.counts[t.state.name] += 1
             if t.state == TrialState.COMPLETE and t.value is not None:
                 self._offer(t.value, t.number)
@@ -100,6 +104,10 @@ class Progress:
     def headline(self) -> str:
         c = self.counts
         best = f"{self.best:.4f} (trial {self.best_trial})" if self.best is not None else "-"
+        if self.stage is not None:
+            left = max(self.deadline - time.monotonic(), 0.0)
+            return (f"stage {self.stage}, {left:.0f} s left in it | {c['COMPLETE'] + c['PRUNED']} finished: "
+                    f"{c['COMPLETE']} complete, {c['PRUNED']} pruned | best {self.metric} {best}")
         return (f"{c['COMPLETE'] + c['PRUNED']}/{self.total} finished: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
                 f"{c['FAIL']} failed | best {self.metric} {best} | elapsed {(time.monotonic() - self.t0) / 60:.1f} min, "
                 f"ETA {self.eta()}")
