@@ -51,8 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The anytime-curve helpers and the CSV writer of the pruning benchmark (it puts the repository on the path).
 from bench_pruning import REPO, anytime, best_at, load_trials, time_to_reach, write_csv
 
-from bench.atomic import write_atomic  # after bench_pruning put the repository on the path
-
 SPACE = REPO / "scripts" / "budget_space.toml"
 XRAYS = REPO / "tests" / "data" / "pneumonia"
 ARMS = ("planned", "tpe")
@@ -128,6 +126,8 @@ def run_arm(cmd: list[str], out: Path) -> dict[str, Any]:
         sys.exit(f"{' '.join(cmd[1:])} failed ({ran.returncode}); its output is in {out / 'bench_run.log'}:\n"
                  f"{ran.stdout[-3000:]}")
     record = {"launch": launch.isoformat(), "total_s": round(wall, 1), "command": cmd[1:]}
+    from bench.atomic import write_atomic
+
     write_atomic(done, lambda f: json.dump(record, f, indent=1))
     return record
 
@@ -266,6 +266,8 @@ def main() -> int:
     runs = prefix.with_name(prefix.name + "_runs")
     runs.mkdir(parents=True, exist_ok=True)
     registry = runs / "datasets.toml"
+    from bench.atomic import write_atomic
+
     write_atomic(registry, lambda f: f.write(XRAYS_ENTRY.format(root=XRAYS)))
     # One image cache for every run: the first arm must not pay decoding the others reuse.
     os.environ.setdefault("BENCH_CACHE", str(runs / "cache"))
