@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["at_least", "below_one", "factors", "fraction", "operating_point", "positive_float", "positive_int", "whole"]
+__all__ = ["at_least", "below_one", "duration", "factors", "fraction", "operating_point", "positive_float", "positive_int", "whole"]
 
 
 def _number(value: str, convert: Callable[[str], float], what: str) -> float:
@@ -89,3 +90,23 @@ def factors(value: str) -> tuple[str, ...]:
         return parse_by(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def duration(value: str) -> float:
+    """A wall-clock budget: ``90s``, ``10m``, ``1.5h``, ``2h30m`` (units h, m, s, largest first) -> seconds.
+
+    A bare number is refused: "10" could mean seconds or minutes, and a budget off by 60x is an
+    expensive mistake to find out about hours later."""
+    what = "a duration such as 90s, 10m, 1.5h or 2h30m"
+    text = value.strip().lower().replace(" ", "")
+    found = _DURATION.fullmatch(text)
+    if not text or found is None or not any(found.groups()):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value!r}")
+    seconds = sum(float(v) * unit for v, unit in zip(found.groups(), _DURATION_UNITS.values()) if v)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be {what} longer than 0, got {value!r}")
+    return seconds

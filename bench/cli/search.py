@@ -25,7 +25,7 @@ from bench.cli._base import (
     unfrozen_arg,
     weights_arg,
 )
-from bench.cli.argtypes import below_one, positive_float, positive_int, whole
+from bench.cli.argtypes import below_one, duration, positive_float, positive_int, whole
 from bench.errors import ConfigError
 
 
@@ -246,7 +246,12 @@ class RunCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_data_arguments(parser)
         g = parser.add_argument_group("search")
-        g.add_argument("--trials", type=positive_int, required=True, help="finished (complete or pruned) trials in total")
+        g.add_argument("--trials", type=positive_int,
+                       help="finished (complete or pruned) trials in total (with --time-limit: an upper bound)")
+        g.add_argument("--time-limit", type=duration, metavar="DURATION",
+                       help="wall-time budget (90s, 10m, 1.5h, 2h30m) for a staged plan: probes, cached heads, "
+                            "then fine-tuning of the best backbones, with the held-out evaluation's time reserved; "
+                            "a resumed search continues the same clock (docs/searching.md)")
         g.add_argument("--space", default="default", help="a search space file, or 'default' / 'smoke'")
         g.add_argument("--sampler", default="tpe", help="tpe (default), random, cmaes, gp, grid")
         from bench.search.allocation import ALLOCATIONS, DEFAULT_ALLOCATION
@@ -285,8 +290,16 @@ class RunCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         quiet_frameworks()
         check_run_place(args.out, args.runs_dir)
+        if args.trials is None and args.time_limit is None:
+            raise ConfigError("bench run needs a budget: --trials N (finished trials), or --time-limit DURATION "
+                              "(e.g. --time-limit 10m), or both (--trials then caps the trials).")
+        if args.time_limit is not None and args.engine == "kerastuner":
+            raise ConfigError("--time-limit runs Optuna's staged plan; --engine kerastuner has none. Use --trials "
+                              "with --engine kerastuner, or --engine optuna with --time-limit.")
+        from bench.search.staged import UNBOUNDED_TRIALS
+
         options = dict(
-            trials=args.trials, space=args.space, size=args.size, **data_settings(args), storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
+            trials=args.trials or UNBOUNDED_TRIALS, space=args.space, size=args.size, **data_settings(args), storage=args.storage, study=args.study, out=args.out, runs_dir=args.runs_dir,
             sampler=args.sampler, pruner=args.pruner, jobs=args.jobs, timeout=args.timeout,
             trial_timeout=args.trial_timeout, max_failures=args.max_failures, heartbeat=args.heartbeat,
             grace=max(3 * args.heartbeat, 10), precision=args.precision, final=not args.no_final,
@@ -307,6 +320,10 @@ class RunCommand(Command):
             return run_kerastuner(options, tuner=args.tuner, console=stdout_console())
         from bench.search.runner import SearchOptions, run_search
 
+        if args.time_limit is not None:
+            from bench.search.staged import run_staged_search
+
+            return run_staged_search(SearchOptions(**options), stdout_console(), args.time_limit)
         return run_search(SearchOptions(**options), stdout_console())
 
 

@@ -40,6 +40,7 @@ from bench.report import facts as FA
 from bench.report import figures as F
 from bench.report import probes as P
 from bench.report import significance as S
+from bench.report import stages as ST
 from bench.report import tables as T
 from bench.report import transfer as X
 from bench.report.cells import Table, slug
@@ -228,7 +229,8 @@ class Builder:
         self.heading(2, SECTIONS["leaderboard"])
         for d in coll.datasets:
             self.heading(3, d)
-            self.guard(f"{d}: the probes table", lambda d=d: self.table(P.probes_table(coll, d)))
+            for name, make in (("probes", P.probes_table), ("stages", ST.stages_table)):
+                self.guard(f"{d}: the {name} table", lambda d=d, make=make: self.table(make(coll, d)))
             board = self.boards.get(d, pd.DataFrame())
             if board.empty and P.probe_only(coll, d):
                 continue  # `bench probe` alone: its table is this dataset's leaderboard

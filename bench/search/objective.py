@@ -88,10 +88,12 @@ def make_objective(
     on_event: Event | None = None,
     budget: int | None = None,
     by: tuple[str, ...] = DEFAULT_BY,
+    gate: Any = None,
 ) -> Callable[[optuna.Trial], float]:
     """The function ``study.optimize`` calls; ``on_event`` feeds the progress display; ``by``
     names the leaderboard's entries, within which (and within one training shape) the pruner
-    compares trials."""
+    compares trials; ``gate`` (a ``bench.search.gate.StageGate``) is the stage of a ``--time-limit``
+    search: what it pins, and whether the trial can finish in it."""
     emit = on_event or (lambda kind, payload: None)
     metric = space.metric
     grouping = Grouping(by)
@@ -115,11 +117,20 @@ def make_objective(
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(SURPLUS_REASON)
         try:
-            values = space.suggest(trial, fixed)
+            if gate is not None:
+                trial.set_user_attr("stage", gate.stage)
+            values = space.suggest(trial, gate.fixed_for(trial, space, fixed or {}) if gate is not None else fixed)
             config = config_from_values(values, trial_seed(study_seed, trial.number))
         except BenchError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise TrialFailed(str(err)) from None
+        refused = gate.refuse(trial, config.to_dict()) if gate is not None else None
+        if refused:
+            # Recorded like a surplus trial (no count sees it), with the prediction that stopped it.
+            trial.set_user_attr("fail_reason", refused)
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("over_budget", True)
+            raise SurplusTrial(refused)
         trial.set_user_attr("config", config.to_dict())
         # Before the first report: the pruner reads it to choose the trials this one is held against.
         trial.set_user_attr(GROUP_ATTR, prune_group(grouping.label(config.to_dict()), config.to_dict()))

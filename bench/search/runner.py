@@ -46,6 +46,7 @@ from bench.search.space import load_space, resolve_space
 from bench.search.storage import describe_storage, open_storage, redact
 from bench.search.worker import (
     EXIT_BUDGET_DONE,
+    EXIT_OVER_BUDGET,
     EXIT_SETUP_FAILED,
     EXIT_STOPPED,
     WorkerSpec,
@@ -347,6 +348,7 @@ class Supervisor:
                         raise KeyboardInterrupt
                     self._drain(slots)
                     now = time.monotonic()
+                    self._tick(now)
                     if o.timeout and now - t_start > o.timeout and not self.stop.is_set():
                         self.stop_reason = f"--timeout {o.timeout:g} s reached"
                         self.stop.set()
@@ -375,7 +377,7 @@ class Supervisor:
                         if len(self.failures) >= o.max_failures and not self.stop.is_set():
                             self.stop_reason = f"--max-failures {o.max_failures} reached"
                             self.stop.set()
-                        if code in (EXIT_BUDGET_DONE, EXIT_STOPPED) or self.stop.is_set():
+                        if code in (EXIT_BUDGET_DONE, EXIT_STOPPED, EXIT_OVER_BUDGET) or self.stop.is_set():
                             continue
                         finished, _ = finished_and_running(self.study)
                         if finished < o.trials:  # recycle, failed trial, crash: replace the worker
@@ -402,6 +404,9 @@ class Supervisor:
 
     setup_error: str | None = None
 
+    def _tick(self, now: float) -> None:
+        """Called every turn of the loop (a --time-limit search keeps its clock and deadlines here)."""
+
     def _stop_workers(self, slots: dict[int, _Slot]) -> None:
         self.stop.set()
         for slot in slots.values():
@@ -422,6 +427,8 @@ class Supervisor:
                 self.setup_error = payload["error"]
             elif kind == "trial_start" and slot is not None:
                 slot.trial, slot.trial_started = payload["number"], time.monotonic()
+            elif kind == "not_started":
+                self.console.print(f"trial {payload['number']} {payload['reason']}", highlight=False)
             elif kind == "tracking_failed":
                 self.tracking_errors.append(f"trial {payload['number']}: {payload['error']}")
             elif kind == "trial_end":

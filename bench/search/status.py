@@ -39,6 +39,7 @@ def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:
                     "waiting", "best", "best per backbone"):
             table.add_column(col)
         budgets = []
+        clocks = []
         for s in list_studies(storage):
             study = optuna.load_study(study_name=s.name, storage=storage)
             per_backbone = ", ".join(
@@ -46,16 +47,30 @@ def print_status(console: Any, spec: str | None, runs_dir: Path) -> int:
                 for t in best_per_backbone(study)
             )
             budgets.append(_budget_table(s.name, study, study_by(s.user_attrs)))
+            clocks.append(time_limit_line(s.name, s.user_attrs))
             table.add_row(s.name, str(s.user_attrs.get("dataset", "?")),
                           f"{s.user_attrs.get('metric', '?')} ({s.direction})",
                           str(s.user_attrs.get("allocation", "sampler")), str(s.complete), str(s.pruned),
                           str(s.fail), str(s.running), str(s.waiting),
                           "-" if s.best_value is None else f"{s.best_value:.4f}", per_backbone or "-")
         console.print(table)
+        for line in clocks:
+            if line:
+                console.print(line, highlight=False)
         for budget in budgets:
             if budget is not None:
                 console.print(budget)
     return 0
+
+
+def time_limit_line(name: str, attrs: dict[str, Any]) -> str | None:
+    """A --time-limit study's stage and clock (bench.search.staged keeps them in the study)."""
+    if attrs.get("time_limit") is None:
+        return None
+    limit, spent = float(attrs["time_limit"]), float(attrs.get("time_spent", 0.0))
+    done = ", ".join(attrs.get("stages_done", [])) or "none"
+    return (f"{name}: --time-limit {limit:.0f} s, stage {attrs.get('stage', 'not started')} (done: {done}), "
+            f"spent {spent:.0f} s, left {max(limit - spent, 0.0):.0f} s")
 
 
 def _budget_table(name: str, study: Any, by: tuple[str, ...]) -> Any:

@@ -29,6 +29,7 @@ EXIT_RECYCLE = 10  # ran max_trials trials: replace me
 EXIT_TRIAL_FAILED = 11  # a trial failed in this process: replace me
 EXIT_STOPPED = 12  # the supervisor asked to stop
 EXIT_SETUP_FAILED = 13  # could not start, or cannot go on (bad data, a full disk): do not replace
+EXIT_OVER_BUDGET = 14  # --time-limit: the next trial cannot finish in its stage; this stage is over for me
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class WorkerSpec:
     mlflow: str | None = None  # tracking URI: each worker logs the trials it ran (bench.search.tracking)
     allocation: str = "balanced"  # bench.search.allocation (already resolved by the supervisor)
     by: tuple[str, ...] = ("backbone",)
+    # A --time-limit stage (bench.search.gate.StageGate's fields but the clock); None: no stages.
+    stage: dict[str, Any] | None = None
+    promoted: tuple[str, ...] = ()  # a stage that promotes: only these backbones compete
 
 
 def _die_with_parent() -> None:
@@ -148,12 +152,21 @@ def _setup(spec: WorkerSpec, send: Any) -> tuple[Any, Any, list[Any]]:
     storage = open_storage(spec.storage, run.path, heartbeat_interval=spec.heartbeat, grace_period=spec.grace)
     balances = ALLOCATIONS[spec.allocation].balances
     factors, entries = balance_factors(space, spec.fixed, spec.by) if balances else ((), [])
+    if spec.promoted and "backbone" in factors:
+        at = factors.index("backbone")
+        entries = [e for e in entries if e[at] in spec.promoted]
+    gate = None
+    if spec.stage is not None:
+        from bench.search.gate import StageGate
+
+        gate = StageGate(**spec.stage)
     sampler = wrap_sampler(make_sampler(spec.sampler, spec.seed * 100 + spec.index, space), spec.allocation,
                            factors, entries)
     study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
                               pruner=make_pruner(spec.pruner))
     objective = make_objective(DataBySize(data), space, run, study_seed=spec.seed, fixed=spec.fixed,
-                               on_event=lambda kind, payload: send(kind, payload), budget=spec.trials)
+                               on_event=lambda kind, payload: send(kind, payload), budget=spec.trials,
+                               gate=gate)
     callbacks: list[Any] = []
     if spec.mlflow:
         # Optuna runs callbacks in the process that ran the trial: every worker logs its own.
@@ -192,6 +205,9 @@ def _loop(spec: WorkerSpec, study: Any, objective: Any, send: Any, stop: Any, ru
         mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
                 and (t.user_attrs.get("worker") or {}).get("pid") == os.getpid()]
         trial = mine[-1] if mine else None
+        if trial is not None and trial.user_attrs.get("over_budget"):
+            send("not_started", {"number": trial.number, "reason": trial.user_attrs.get("fail_reason")})
+            return EXIT_OVER_BUDGET
         if trial is not None and trial.user_attrs.get("surplus"):
             continue  # another worker took the last place; wait for the budget to settle
         if trial is not None:
