@@ -11,10 +11,11 @@ folds and the default `--allocation balanced`:
 and writes, under scripts/results/ (or --prefix):
 
     bench_budget.csv          one row per dataset x budget x seed x arm: wall seconds (search, total),
-                              trials complete/pruned/failed and per stage, the best CV objective and
-                              when it was reached, plain TPE's final CV best and when the planned arm
-                              first reached it, the held-out balanced accuracy of the final model
-                              (the best trial's refit) with its CI, the best trial's backbone and config
+                              trials complete/pruned/failed/not started (the plan's gate) in all and
+                              per stage (the probes too), the best CV objective and when it was
+                              reached, plain TPE's final CV best and when the planned arm first
+                              reached it, the held-out balanced accuracy of the final model (the
+                              best trial's refit) with its CI, the best trial's backbone and config
     bench_budget_curves.csv   the anytime curve: best CV objective so far vs seconds since launch
     bench_budget.png          one figure: a panel per dataset x budget, a colour per arm, each seed thin
 
@@ -40,10 +41,10 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ SPACE = REPO / "scripts" / "budget_space.toml"
 XRAYS = REPO / "tests" / "data" / "pneumonia"
 ARMS = ("planned", "tpe")
 OBJECTIVE = "balanced_accuracy"
-MANY_TRIALS = 10_000  # both arms stop on time, never on a trial count
+MANY_TRIALS = 100_000  # plain TPE stops on its --timeout, never on a trial count
 DONE = "bench_budget_run.json"  # written into a run directory once its `bench run` has finished
 
 # Kermany's own split on the real X-rays: the registry entry the tests use (tests/test_splits.py).
@@ -73,14 +74,6 @@ test = {{ kind = "column", column = "kermany_split", value = "test" }}
 """
 
 
-def seconds(duration: str) -> float:
-    """'20m', '90s', '1h', '1.5h' or a bare number of seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", duration)
-    if not m:
-        raise argparse.ArgumentTypeError(f"a budget is like 20m, 90s or 1h, got {duration!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
 def dataset_args(dataset: str, registry: Path) -> list[str]:
     if dataset == "xrays":
         return ["--dataset", "xrays", "--registry", str(registry)]
@@ -88,11 +81,13 @@ def dataset_args(dataset: str, registry: Path) -> list[str]:
 
 
 def arm_command(arm: str, budget: str, seed: int, folds: int, data: list[str], out: Path) -> list[str]:
-    common = [sys.executable, "-m", "bench", "run", *data, "--space", str(SPACE), "--trials", str(MANY_TRIALS),
-              "--folds", str(folds), "--seed", str(seed), "--out", str(out)]
-    if arm == "planned":
+    from bench.cli.argtypes import duration
+
+    common = [sys.executable, "-m", "bench", "run", *data, "--space", str(SPACE), "--folds", str(folds),
+              "--seed", str(seed), "--out", str(out)]
+    if arm == "planned":  # the time is its budget; --trials would only cap it
         return [*common, "--time-limit", budget]
-    return [*common, "--sampler", "tpe", "--timeout", str(int(seconds(budget)))]
+    return [*common, "--sampler", "tpe", "--timeout", str(round(duration(budget))), "--trials", str(MANY_TRIALS)]
 
 
 def ensure_weights() -> None:
@@ -132,18 +127,36 @@ def run_arm(cmd: list[str], out: Path) -> dict[str, Any]:
     return record
 
 
+def outcome(t: Any) -> str:
+    """complete, pruned, fail, or not_started: the plan's gate records a trial it would not start
+    (predicted not to finish in its stage) as failed with a reason; that is no failure of training."""
+    if t.state.name == "FAIL" and str(t.user_attrs.get("fail_reason", "")).startswith("not started"):
+        return "not_started"
+    return t.state.name.lower()
+
+
 def stage_counts(trials: list[Any]) -> dict[str, dict[str, int]]:
-    """Trials per stage (the plan's `stage` user attribute; plain TPE's are all `search`) and state."""
+    """Trials per stage (the plan's `stage` user attribute; plain TPE's are all `search`) and outcome."""
     counts: dict[str, dict[str, int]] = {}
     for t in trials:
         stage = counts.setdefault(str(t.user_attrs.get("stage", "search")), {})
-        stage[t.state.name.lower()] = stage.get(t.state.name.lower(), 0) + 1
+        stage[outcome(t)] = stage.get(outcome(t), 0) + 1
     return counts
 
 
 def stage_text(counts: dict[str, dict[str, int]]) -> str:
-    return "; ".join(f"{stage} {n.get('complete', 0)}+{n.get('pruned', 0)}p" + (f"+{n['fail']}f" if n.get("fail") else "")
+    """e.g. "heads 4 complete, 1 pruned, 1 not started" per stage."""
+    return "; ".join(f"{stage} " + ", ".join(f"{k} {n[k]}".replace("_", " ") for k in
+                                             ("complete", "pruned", "fail", "not_started") if n.get(k) or k == "complete")
                      for stage, n in counts.items())
+
+
+def probed(out: Path) -> str:
+    """The plan's probe stage is no trial: it leaves probes.csv, one row per backbone x size x probe x metric."""
+    from bench.results import RunDir
+
+    probes = RunDir.open(out).table("probes") if (out / "probes.csv").exists() else None
+    return f"probe {probes.backbone.nunique()} backbone(s); " if probes is not None and len(probes) else ""
 
 
 def held_out(out: Path, best_trial: int) -> dict[str, Any]:
@@ -168,7 +181,7 @@ def held_out(out: Path, best_trial: int) -> dict[str, Any]:
             "heldout_high": round(float(r.high), 4), "heldout_trial": int(r.trial)}
 
 
-def summarize(trials: list[Any], launch: dt.datetime, total_s: float, searched: list[str]) -> dict[str, Any]:
+def summarize(out: Path, trials: list[Any], launch: dt.datetime, total_s: float, searched: list[str]) -> dict[str, Any]:
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     best = max(complete, key=lambda t: t.value) if complete else None
     ended = [t.datetime_complete for t in trials if t.datetime_complete is not None]
@@ -179,8 +192,9 @@ def summarize(trials: list[Any], launch: dt.datetime, total_s: float, searched: 
     return {"search_s": search_s, "total_s": total_s,
             "final_s": round(total_s - search_s, 1) if ended else math.nan,
             "complete": len(complete), "pruned": sum(t.state.name == "PRUNED" for t in trials),
-            "failed": sum(t.state.name == "FAIL" for t in trials),
-            "per_stage": stage_text(stage_counts(trials)),
+            "failed": sum(outcome(t) == "fail" for t in trials),
+            "not_started": sum(outcome(t) == "not_started" for t in trials),
+            "per_stage": probed(out) + stage_text(stage_counts(trials)),
             "best_cv": round(float(best.value), 4) if best else math.nan,
             "best_at_s": round((best.datetime_complete - launch).total_seconds(), 1) if best else math.nan,
             "best_trial": best.number if best else -1,
@@ -224,7 +238,8 @@ def plot(path: Path, curves: dict[tuple[str, str, int, str], list[tuple[float, f
 
     datasets = sorted({d for d, _, _, _ in curves})
     names = sorted(budgets, key=budgets.get)
-    fig, axes = plt.subplots(len(datasets), len(names), figsize=(4.6 * len(names), 3.4 * len(datasets)),
+    width = max(7.0, 4.6 * len(names))
+    fig, axes = plt.subplots(len(datasets), len(names), figsize=(width, 3.4 * len(datasets) + 0.4),
                              squeeze=False, sharey="row")
     for i, dataset in enumerate(datasets):
         for j, budget in enumerate(names):
@@ -238,13 +253,14 @@ def plot(path: Path, curves: dict[tuple[str, str, int, str], list[tuple[float, f
                     ax.plot(grid, [np.mean([best_at(c, s) for c in mine]) for s in grid], color=f"C{k}", lw=2.2,
                             label=f"{arm} (mean of {len(mine)} seeds)")
             ax.axvline(budgets[budget], color="grey", ls=":", lw=1)
+            ax.set_xlim(left=0)  # from the launch: data preparation and probes are part of the budget
             ax.set_title(f"{dataset}, budget {budget}", fontsize=9)
             ax.set_xlabel("wall time since launch (s)")
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel(f"best CV {OBJECTIVE} so far")
             ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -261,7 +277,14 @@ def main() -> int:
     p.add_argument("--prefix", type=Path, default=REPO / "scripts" / "results" / "bench_budget",
                    help="output files are <prefix>.csv, <prefix>_curves.csv, <prefix>.png; runs under <prefix>_runs/")
     args = p.parse_args()
-    budgets = {b: seconds(b) for b in args.budgets}
+
+    # `bench run --time-limit`'s own reading of a budget, so both arms read it alike.
+    from bench.cli.argtypes import duration
+
+    try:
+        budgets = {b: duration(b) for b in args.budgets}
+    except argparse.ArgumentTypeError as err:
+        p.error(f"--budgets: {err}")
     prefix = args.prefix
     runs = prefix.with_name(prefix.name + "_runs")
     runs.mkdir(parents=True, exist_ok=True)
@@ -291,7 +314,7 @@ def main() -> int:
                     curve = curves[(dataset, budget, seed, arm)] = anytime(trials, launch)
                     curve_rows += [{"dataset": dataset, "budget": budget, "seed": seed, "arm": arm, "seconds": t,
                                     "best": b} for t, b in curve]
-                    summary = summarize(trials, launch, ran["total_s"], searched)
+                    summary = summarize(out, trials, launch, ran["total_s"], searched)
                     arms[arm] = {"dataset": dataset, "budget": budget, "budget_s": budget_s, "seed": seed, "arm": arm,
                                  **summary, **held_out(out, summary["best_trial"]), "_curve": curve}
                 for arm in ARMS:
