@@ -146,7 +146,7 @@ def stage_counts(trials: list[Any]) -> dict[str, dict[str, int]]:
 
 def stage_text(counts: dict[str, dict[str, int]]) -> str:
     """e.g. "heads 4 complete, 1 pruned, 1 not started" per stage."""
-    return "; ".join(f"{stage} " + ", ".join(f"{k} {n[k]}".replace("_", " ") for k in
+    return "; ".join(f"{stage} " + ", ".join(f"{k} {n.get(k, 0)}".replace("_", " ") for k in
                                              ("complete", "pruned", "fail", "not_started") if n.get(k) or k == "complete")
                      for stage, n in counts.items())
 
@@ -195,7 +195,8 @@ def summarize(out: Path, trials: list[Any], launch: dt.datetime, total_s: float,
             "failed": sum(outcome(t) == "fail" for t in trials),
             "not_started": sum(outcome(t) == "not_started" for t in trials),
             "per_stage": probed(out) + stage_text(stage_counts(trials)),
-            "best_cv": round(float(best.value), 4) if best else math.nan,
+            # Unrounded: the planned arm's time to reach it compares against this very number.
+            "best_cv": float(best.value) if best else math.nan,
             "best_at_s": round((best.datetime_complete - launch).total_seconds(), 1) if best else math.nan,
             "best_trial": best.number if best else -1,
             "best_stage": str(best.user_attrs.get("stage", "search")) if best else "-",
@@ -334,7 +335,7 @@ def main() -> int:
     print(f"\n{title}")
     print("plain TPE's held-out refit runs after its --timeout: its total_s exceeds the budget, the planned "
           "arm's includes its final (search_s: to the last trial's end; total_s: the whole `bench run`).")
-    print(tabulate([{k: r[k] for k in shown} for r in rows], headers="keys", tablefmt="github"))
+    print(tabulate([{k: r[k] for k in shown} for r in rows], headers="keys", tablefmt="github", floatfmt=".4g"))
     print("\nThe goal per seed (held-out bacc >= plain TPE's, and TPE's final CV best within half the budget):")
     for r in rows:
         if r["arm"] == "planned":
