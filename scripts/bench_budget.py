@@ -30,6 +30,7 @@ reused when the script is run again, so an interrupted benchmark continues where
 unfinished run is started again: a time budget cannot be resumed fairly).
 
     python scripts/bench_budget.py                        # both datasets, 20 and 40 min, seeds 0 1, 3 folds
+    python scripts/bench_budget.py --side-by-side         # the same, each seed's two arms at once, a CPU each
     python scripts/bench_budget.py --datasets demo --budgets 2m --seeds 0 --folds 2 \\
         --prefix /tmp/budgetbench/bench_budget            # a check that it runs
 """
@@ -45,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +103,11 @@ def ensure_weights() -> None:
                        env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def run_arm(cmd: list[str], out: Path) -> dict[str, Any]:
+def run_arm(cmd: list[str], out: Path, core: int | None = None) -> dict[str, Any]:
     """Run one arm unless a finished run is there; returns its launch time (Optuna's clock: naive local
-    time) and total wall seconds, kept in the run directory so a second pass reuses them."""
+    time) and total wall seconds, kept in the run directory so a second pass reuses them. ``core``:
+    the arm runs on that CPU alone (its process tree inherits the affinity; TensorFlow sizes its
+    thread pools by the CPUs it may use)."""
     done = out / DONE
     if done.exists():
         print(f"reusing {out}", flush=True)
@@ -113,14 +117,16 @@ def run_arm(cmd: list[str], out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"running: {' '.join(cmd[1:])}", flush=True)
     launch = dt.datetime.now()
-    ran = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, check=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), **({"BENCH_WORKER_THREADS": "1"} if core is not None else {})}
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    ran = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+                         preexec_fn=pin)
     wall = (dt.datetime.now() - launch).total_seconds()
     (out / "bench_run.log").write_text(ran.stdout)
     if ran.returncode != 0:
         sys.exit(f"{' '.join(cmd[1:])} failed ({ran.returncode}); its output is in {out / 'bench_run.log'}:\n"
                  f"{ran.stdout[-3000:]}")
-    record = {"launch": launch.isoformat(), "total_s": round(wall, 1), "command": cmd[1:]}
+    record = {"launch": launch.isoformat(), "total_s": round(wall, 1), "command": cmd[1:], "core": core}
     from bench.atomic import write_atomic
 
     write_atomic(done, lambda f: json.dump(record, f, indent=1))
@@ -275,6 +281,9 @@ def main() -> int:
     p.add_argument("--budgets", nargs="+", default=["20m", "40m"], help="wall-time budgets: 20m, 90s, 1h")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--side-by-side", action="store_true",
+                   help="run the two arms of a seed at the same time, each pinned to a CPU of its own (needs 2): "
+                        "both see the same machine load, and the benchmark takes half the wall time")
     p.add_argument("--prefix", type=Path, default=REPO / "scripts" / "results" / "bench_budget",
                    help="output files are <prefix>.csv, <prefix>_curves.csv, <prefix>.png; runs under <prefix>_runs/")
     args = p.parse_args()
@@ -307,9 +316,17 @@ def main() -> int:
         for budget, budget_s in budgets.items():
             for seed in args.seeds:
                 arms: dict[str, dict[str, Any]] = {}
-                for arm in reversed(ARMS):  # plain TPE first: the planned arm is read against it
-                    out = runs / f"{dataset}-{budget}-seed{seed}-{arm}"
-                    ran = run_arm(arm_command(arm, budget, seed, args.folds, dataset_args(dataset, registry), out), out)
+                outs = {arm: runs / f"{dataset}-{budget}-seed{seed}-{arm}" for arm in ARMS}
+                cmds = {arm: arm_command(arm, budget, seed, args.folds, dataset_args(dataset, registry), outs[arm])
+                        for arm in ARMS}
+                if args.side_by_side:
+                    with ThreadPoolExecutor(len(ARMS)) as pool:
+                        futures = {arm: pool.submit(run_arm, cmds[arm], outs[arm], core) for core, arm in enumerate(ARMS)}
+                        ran_by_arm = {arm: f.result() for arm, f in futures.items()}
+                else:  # plain TPE first: the planned arm is read against it
+                    ran_by_arm = {arm: run_arm(cmds[arm], outs[arm]) for arm in reversed(ARMS)}
+                for arm in reversed(ARMS):
+                    out, ran = outs[arm], ran_by_arm[arm]
                     launch = dt.datetime.fromisoformat(ran["launch"])
                     trials = load_trials(out)
                     curve = curves[(dataset, budget, seed, arm)] = anytime(trials, launch)
@@ -317,7 +334,8 @@ def main() -> int:
                                     "best": b} for t, b in curve]
                     summary = summarize(out, trials, launch, ran["total_s"], searched)
                     arms[arm] = {"dataset": dataset, "budget": budget, "budget_s": budget_s, "seed": seed, "arm": arm,
-                                 **summary, **held_out(out, summary["best_trial"]), "_curve": curve}
+                                 "core": ran.get("core"), **summary, **held_out(out, summary["best_trial"]),
+                                 "_curve": curve}
                 for arm in ARMS:
                     arms[arm].update(compare(arms[arm], arms["tpe"], arms[arm]["_curve"]))
                     print(f"{dataset} {budget} seed {seed} {arm}: "
@@ -329,7 +347,8 @@ def main() -> int:
     from tabulate import tabulate
 
     title = (f"`bench run --time-limit` (planned) against plain TPE with --timeout, {args.folds} folds, "
-             f"seeds {args.seeds}, space {SPACE.name}")
+             f"seeds {args.seeds}, space {SPACE.name}"
+             + (", the two arms side by side on one CPU each" if args.side_by_side else ""))
     shown = ["dataset", "budget", "seed", "arm", "search_s", "total_s", "per_stage", "best_cv", "best_at_s",
              "reached_tpe_cv_s", "heldout_bacc", "heldout_low", "heldout_high", "best_backbone"]
     print(f"\n{title}")
