@@ -281,6 +281,8 @@ def main() -> int:
     p.add_argument("--budgets", nargs="+", default=["20m", "40m"], help="wall-time budgets: 20m, 90s, 1h")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--only", nargs="+", metavar="DATASET:BUDGET",
+                   help="run these dataset x budget pairs instead of every combination, e.g. xrays:20m demo:10m")
     p.add_argument("--side-by-side", action="store_true",
                    help="run the two arms of a seed at the same time, each pinned to a CPU of its own (needs 2): "
                         "both see the same machine load, and the benchmark takes half the wall time")
@@ -292,7 +294,11 @@ def main() -> int:
     from bench.cli.argtypes import duration
 
     try:
-        budgets = {b: duration(b) for b in args.budgets}
+        pairs = [tuple(o.split(":", 1)) for o in args.only] if args.only else [
+            (d, b) for d in args.datasets for b in args.budgets]
+        if any(len(pair) != 2 or pair[0] not in ("xrays", "demo") for pair in pairs):
+            p.error(f"--only takes DATASET:BUDGET with DATASET xrays or demo, got {' '.join(args.only)}")
+        budgets = {b: duration(b) for _, b in pairs}
     except argparse.ArgumentTypeError as err:
         p.error(f"--budgets: {err}")
     prefix = args.prefix
@@ -312,37 +318,37 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
     curves: dict[tuple[str, str, int, str], list[tuple[float, float]]] = {}
-    for dataset in args.datasets:
-        for budget, budget_s in budgets.items():
-            for seed in args.seeds:
-                arms: dict[str, dict[str, Any]] = {}
-                outs = {arm: runs / f"{dataset}-{budget}-seed{seed}-{arm}" for arm in ARMS}
-                cmds = {arm: arm_command(arm, budget, seed, args.folds, dataset_args(dataset, registry), outs[arm])
-                        for arm in ARMS}
-                if args.side_by_side:
-                    with ThreadPoolExecutor(len(ARMS)) as pool:
-                        futures = {arm: pool.submit(run_arm, cmds[arm], outs[arm], core) for core, arm in enumerate(ARMS)}
-                        ran_by_arm = {arm: f.result() for arm, f in futures.items()}
-                else:  # plain TPE first: the planned arm is read against it
-                    ran_by_arm = {arm: run_arm(cmds[arm], outs[arm]) for arm in reversed(ARMS)}
-                for arm in reversed(ARMS):
-                    out, ran = outs[arm], ran_by_arm[arm]
-                    launch = dt.datetime.fromisoformat(ran["launch"])
-                    trials = load_trials(out)
-                    curve = curves[(dataset, budget, seed, arm)] = anytime(trials, launch)
-                    curve_rows += [{"dataset": dataset, "budget": budget, "seed": seed, "arm": arm, "seconds": t,
-                                    "best": b} for t, b in curve]
-                    summary = summarize(out, trials, launch, ran["total_s"], searched)
-                    arms[arm] = {"dataset": dataset, "budget": budget, "budget_s": budget_s, "seed": seed, "arm": arm,
-                                 "core": ran.get("core"), **summary, **held_out(out, summary["best_trial"]),
-                                 "_curve": curve}
-                for arm in ARMS:
-                    arms[arm].update(compare(arms[arm], arms["tpe"], arms[arm]["_curve"]))
-                    print(f"{dataset} {budget} seed {seed} {arm}: "
-                          f"{ {k: v for k, v in arms[arm].items() if k not in ('_curve', 'best_config')} }", flush=True)
-                arms["planned"]["verdict"] = verdict(arms["planned"], arms["tpe"])
-                arms["tpe"]["verdict"] = "(reference)"
-                rows += [{k: v for k, v in arms[arm].items() if k != "_curve"} for arm in ARMS]
+    for dataset, budget in pairs:
+        budget_s = budgets[budget]
+        for seed in args.seeds:
+            arms: dict[str, dict[str, Any]] = {}
+            outs = {arm: runs / f"{dataset}-{budget}-seed{seed}-{arm}" for arm in ARMS}
+            cmds = {arm: arm_command(arm, budget, seed, args.folds, dataset_args(dataset, registry), outs[arm])
+                    for arm in ARMS}
+            if args.side_by_side:
+                with ThreadPoolExecutor(len(ARMS)) as pool:
+                    futures = {arm: pool.submit(run_arm, cmds[arm], outs[arm], core) for core, arm in enumerate(ARMS)}
+                    ran_by_arm = {arm: f.result() for arm, f in futures.items()}
+            else:  # plain TPE first: the planned arm is read against it
+                ran_by_arm = {arm: run_arm(cmds[arm], outs[arm]) for arm in reversed(ARMS)}
+            for arm in reversed(ARMS):
+                out, ran = outs[arm], ran_by_arm[arm]
+                launch = dt.datetime.fromisoformat(ran["launch"])
+                trials = load_trials(out)
+                curve = curves[(dataset, budget, seed, arm)] = anytime(trials, launch)
+                curve_rows += [{"dataset": dataset, "budget": budget, "seed": seed, "arm": arm, "seconds": t,
+                                "best": b} for t, b in curve]
+                summary = summarize(out, trials, launch, ran["total_s"], searched)
+                arms[arm] = {"dataset": dataset, "budget": budget, "budget_s": budget_s, "seed": seed, "arm": arm,
+                             "core": ran.get("core"), **summary, **held_out(out, summary["best_trial"]),
+                             "_curve": curve}
+            for arm in ARMS:
+                arms[arm].update(compare(arms[arm], arms["tpe"], arms[arm]["_curve"]))
+                print(f"{dataset} {budget} seed {seed} {arm}: "
+                      f"{ {k: v for k, v in arms[arm].items() if k not in ('_curve', 'best_config')} }", flush=True)
+            arms["planned"]["verdict"] = verdict(arms["planned"], arms["tpe"])
+            arms["tpe"]["verdict"] = "(reference)"
+            rows += [{k: v for k, v in arms[arm].items() if k != "_curve"} for arm in ARMS]
 
     from tabulate import tabulate
 
