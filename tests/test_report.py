@@ -347,6 +347,15 @@ def test_leaderboard_shows_each_entrys_trials_and_the_allocation(synthetic_run, 
     md = (tmp_path / "again" / "index.md").read_text()
     assert "Allocation of trials to entries: balanced — every entry drew the same number of trials" in md
 
+    # A --time-limit plan balances within its stages but fine-tunes only the promoted backbones:
+    # the caption must not claim equal trials.
+    manifest["time_limit"] = {"limit_seconds": 600, "promoted": ["simple_cnn"], "stages": []}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert report(["--run", str(run), "--out", str(tmp_path / "staged"), "--quiet"], capsys)[0] == 0
+    md = (tmp_path / "staged" / "index.md").read_text()
+    assert "staged (--time-limit; fine-tuning for simple_cnn)" in md and "only the promoted backbones" in md
+    assert "every entry drew the same number of trials" not in md
+
     # An entry with no complete trial has no row; its budget is still said (here: trial 1 pruned too).
     trials = pd.read_csv(run / "trials.csv")
     trials.loc[trials.number == 1, ["state", "value"]] = ["PRUNED", None]

@@ -336,6 +336,7 @@ def test_status_and_report_show_the_stages(timed, tmp_path: Path, capsys) -> Non
     assert "stages of the time-limited search" in markdown and "probes on frozen features" in markdown
     stages = pd.read_csv(tmp_path / "report" / "tables" / "stages_pneumonia-demo.csv")
     assert list(stages.stage) == ["probe", "heads", "finetune"]
+    assert "Allocation of trials to entries: staged (--time-limit" in markdown
 
 
 def test_a_trial_predicted_not_to_finish_never_trains_and_no_count_sees_it(tmp_path: Path) -> None:

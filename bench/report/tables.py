@@ -241,15 +241,21 @@ def allocation_phrase(coll: Collection, dataset: str) -> str:
             continue
         sessions = run.manifest.get("sessions") or [{}]
         kinds = dict.fromkeys(str(x.get("allocation", "sampler (not recorded)")) for x in sessions)
+        plan = run.manifest.get("time_limit")
+        if plan:  # a --time-limit plan balances within a stage, and fine-tunes only the promoted backbones
+            kinds = {f"staged (--time-limit; fine-tuning for {', '.join(plan.get('promoted') or ['none'])})": None}
         used.setdefault(" then ".join(kinds), []).append(run.study)
     if not used:
         return ""
     what = "; ".join(f"{a} ({', '.join(sorted(set(studies)))})" if len(used) > 1 else a
                      for a, studies in used.items())
-    fair = set(used) == {"balanced"}
-    return (f"Allocation of trials to entries: {what}" + (
-        " — every entry drew the same number of trials (±1)." if fair else
-        " — the search chose how many trials each entry drew: compare the trials column before the ranks."))
+    if set(used) == {"balanced"}:
+        return f"Allocation of trials to entries: {what} — every entry drew the same number of trials (±1)."
+    if all(a.startswith("staged") for a in used):
+        return (f"Allocation of trials to entries: {what} — equal trials per backbone within each stage, but only "
+                "the promoted backbones were fine-tuned: the trials column and the stages table say what each drew.")
+    return (f"Allocation of trials to entries: {what} — the search chose how many trials each entry drew: compare "
+            "the trials column before the ranks.")
 
 
 def _test_values(coll: Collection, dataset: str, study: str, backbone: str, trial: int, metric: str,
