@@ -139,6 +139,18 @@ def test_promotion_takes_the_top_half_by_the_best_of_probe_and_heads_scores() ->
     assert P.promote({"a": 0.2, "b": 0.1}, maximize=False) == ["b"]
 
 
+def test_promotion_always_fine_tunes_the_better_half_of_the_pretrained_backbones() -> None:
+    """A frozen backbone's cheap score is a lower bound of its fine-tuned one; a scratch network's
+    is not: ranked with the scratch ones alone, no pretrained backbone would be fine-tuned."""
+    scores = {"scratch": 0.944, "lite0": 0.920}
+    assert P.promote(scores) == ["scratch"]  # without knowing which are pretrained
+    assert P.promote(scores, pretrained={"lite0"}) == ["scratch", "lite0"]
+    five = {"cnn": 0.95, "mnv2_scratch": 0.94, "lite0": 0.90, "resnet": 0.85, "vgg": 0.80, "dense": 0.70}
+    pretrained = {"lite0", "resnet", "vgg", "dense"}
+    assert P.promote(five, pretrained) == ["cnn", "mnv2_scratch", "lite0", "resnet"]  # top 3 of 6, top 2 of 4
+    assert P.promote({"lite0": 0.9, "resnet": 0.8}, {"lite0", "resnet"}) == ["lite0"]
+
+
 def test_heads_pin_frozen_unaugmented_trials_only_on_pretrained_backbones() -> None:
     assert P.heads_fixed({}, pretrained=True) == {"unfrozen": 0, "augment": "none", "head_epochs": 0}
     assert P.heads_fixed({}, pretrained=False) == {"augment": "none"}  # a random network trains whole
@@ -288,7 +300,8 @@ def test_a_time_limited_search_goes_through_every_stage_then_the_final(timed) ->
             config = t.user_attrs["config"]
             assert (config["unfrozen"], config["augment"], config["head_epochs"]) == (0, "none", 0)
     assert by_stage["heads"] == {"simple_cnn", "efficientnet_lite0"}  # every backbone competes
-    assert by_stage["finetune"] <= set(attrs["promoted"]) and len(attrs["promoted"]) == 1  # ceil(2/2)
+    # ceil(2/2) of all, and the one pretrained backbone (a frozen score is a lower bound): both go on.
+    assert by_stage["finetune"] <= set(attrs["promoted"]) and "efficientnet_lite0" in attrs["promoted"]
     # A trial kept from starting trained nothing: no fold of it was written.
     refused = [t.number for t in study.trials if t.user_attrs.get("over_budget")]
     folds = pd.read_csv(timed.out / "folds.csv")

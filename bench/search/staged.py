@@ -174,7 +174,7 @@ class StagedSupervisor(Supervisor):
             scores = P.best_scores(self.study.user_attrs.get("probe_scores", {}),
                                    trial_costs(self.study.get_trials(deepcopy=False)), maximize)
             scores = {b: v for b, v in scores.items() if b in self._backbones()}
-            self.promoted = tuple(P.promote(scores, maximize=maximize)) or tuple(self._backbones())
+            self.promoted = tuple(P.promote(scores, self.pretrained, maximize=maximize)) or tuple(self._backbones())
             self.study.set_user_attr("promoted", list(self.promoted))
             self.console.print(f"stage {s.name}: promoted {', '.join(self.promoted)} (best of probe and heads CV "
                                f"{self.space.metric}: " + ", ".join(f"{b} {v:.3f}" for b, v in scores.items()) + ")",
