@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench.errors import ConfigError
+from bench.models import RateDropout, iter_layers
 from bench.results import RunDir
 from bench.training import features
 from bench.training.pool import POOL, POOL_ENV, TrainerPool, capacity, graph_key
@@ -55,6 +56,11 @@ def tracing_count(model) -> int:
     return sum(f.experimental_get_tracing_count() for f in cells if hasattr(f, "experimental_get_tracing_count"))
 
 
+def rates(model) -> list[float]:
+    """The head's dropout rates (bench.models.dropout), rounded to float32's precision."""
+    return [round(layer.rate, 6) for layer in iter_layers(model) if isinstance(layer, RateDropout)]
+
+
 @pytest.fixture
 def pool(monkeypatch: pytest.MonkeyPatch) -> TrainerPool:
     monkeypatch.setenv(POOL_ENV, "2")
@@ -64,9 +70,9 @@ def pool(monkeypatch: pytest.MonkeyPatch) -> TrainerPool:
 def test_a_restored_trainer_trains_bit_for_bit_as_a_fresh_build(pool: TrainerPool) -> None:
     x, y = toy_data()
     first = config()
-    # Same graph, another trial: its own seed (other initial weights), rate and schedule.
-    later = config(seed=8, lr=1e-3, schedule="cosine", epochs=4, early_stopping=0)
-    other = config(dropout=0.1)  # another graph (dropout is a layer constant)
+    # Same graph, another trial: its own seed (other initial weights), rate, schedule and dropout.
+    later = config(seed=8, lr=1e-3, schedule="cosine", epochs=4, early_stopping=0, dropout=0.1)
+    other = config(batch_size=8)  # another graph (batch shapes)
     fresh = {c.seed: two_folds(FoldTrainer(c, 2, n_train_hint=56), x, y) for c in (first, later)}
 
     kept = pool.trainer(first, 2, n_train_hint=56)
@@ -105,10 +111,11 @@ def test_a_restored_two_phase_trainer_restarts_both_phases(pool: TrainerPool) ->
 
 def test_a_restored_head_on_features_trains_as_a_fresh_build(pool: TrainerPool, tmp_path: Path) -> None:
     """A random-init frozen backbone: the renewed trainer's extractor gives the new seed's
-    features (the cache key's weights identity reads them), and its head trains as a fresh one."""
+    features (the cache key's weights identity reads them), and its head trains as a fresh one
+    (at its own dropout rate)."""
     x, y = toy_data()
     frozen = dict(unfrozen=0, augment="none")
-    first, later = config(**frozen), config(**frozen, seed=11, lr=1e-2)
+    first, later = config(**frozen), config(**frozen, seed=11, lr=1e-2, dropout=0.1)
 
     def on_features(trainer: FoldTrainer, tag: str) -> list[FoldResult]:
         key = features.feature_key(tag, 32, "squash", "simple_cnn", features.weights_identity(None, trainer.parts.base))
@@ -125,7 +132,7 @@ def test_a_restored_head_on_features_trains_as_a_fresh_build(pool: TrainerPool, 
 
 
 def test_the_pool_keeps_its_bound_least_recently_used_out(pool: TrainerPool, monkeypatch: pytest.MonkeyPatch) -> None:
-    a, b, c = config(epochs=1), config(epochs=1, dropout=0.1), config(epochs=1, batch_size=8)
+    a, b, c = config(epochs=1), config(epochs=1, pooling="max"), config(epochs=1, batch_size=8)
     ta = pool.trainer(a, 2, 56)
     tb = pool.trainer(b, 2, 56)
     assert pool.trainer(a, 2, 56) is ta  # a is now the most recently used
@@ -186,12 +193,15 @@ def test_report_line_sums_build_restore_and_trace_seconds() -> None:
     assert cost_lines(folds) == [line]  # no fold used the feature cache
 
 
-def test_a_restored_head_alone_trains_as_a_fresh_build(pool: TrainerPool, tmp_path: Path) -> None:
-    """A head built alone on cached maps (no backbone): renewed with another seed, it starts from
-    that seed's head and trains bit for bit as a fresh head-only trainer."""
+@pytest.mark.parametrize("change", [dict(seed=11, lr=1e-2), dict(seed=11, lr=1e-2, dropout=0.0), dict(dropout=0.6)],
+                         ids=["seed", "seed-and-dropout", "dropout"])
+def test_a_restored_head_alone_trains_as_a_fresh_build(pool: TrainerPool, tmp_path: Path, change: dict) -> None:
+    """A head built alone on cached maps (no backbone): renewed with another seed, dropout or
+    both, it starts from that seed's head at that rate and trains bit for bit as a fresh
+    head-only trainer; the classifier it assembles carries the rate."""
     x, y = toy_data()
     frozen = dict(unfrozen=0, augment="none")
-    first, later = config(**frozen), config(**frozen, seed=11, lr=1e-2)
+    first, later = config(**frozen), config(**frozen, **change)
     full = FoldTrainer(first, 2, n_train_hint=56, on_features=True)
     found = features.load_or_build(full.extractor, x, "maps", cache_dir=tmp_path)
     assert found is not None
@@ -204,4 +214,35 @@ def test_a_restored_head_alone_trains_as_a_fresh_build(pool: TrainerPool, tmp_pa
     renewed = pool.trainer(later, 2, n_train_hint=56, on_features=True, feature_shape=shape)
     assert renewed is kept and renewed.origin == RESTORED
     assert_identical(two_folds(renewed, maps, y), fresh)
+    assert rates(renewed.classifier) == [later.dropout]
+    back = pool.trainer(first, 2, n_train_hint=56, on_features=True, feature_shape=shape)
+    assert back is kept and rates(back.classifier) == [first.dropout]  # the assembled classifier follows
     assert pool.trainer(later, 2, n_train_hint=56, on_features=True) is not kept  # another graph: the whole classifier
+
+
+def test_dropout_is_not_part_of_the_graph_key() -> None:
+    """The head's rate is a weight a renewed trainer sets: 0 and 0.25 are one graph; the head's
+    shape and pooling are not."""
+    assert graph_key(config(dropout=0.0), 2, 56, False) == graph_key(config(dropout=0.25), 2, 56, False)
+    assert graph_key(config(), 2, 56, False) != graph_key(config(head_layers=1), 2, 56, False)
+    assert graph_key(config(), 2, 56, False) != graph_key(config(pooling="max"), 2, 56, False)
+
+
+def test_a_trainer_renewed_with_only_another_dropout_trains_at_that_rate(pool: TrainerPool) -> None:
+    """Same seed, so the initial weights are not rebuilt: the renewed trainer's rate alone changes,
+    through the step traced at the first trial's rate, and it trains as a fresh build at its own
+    rate (and differently from the first rate); back at the first rate it trains as that one."""
+    x, y = toy_data()
+    first, later = config(dropout=0.0), config(dropout=0.5)
+    fresh = {c.dropout: two_folds(FoldTrainer(c, 2, n_train_hint=56), x, y) for c in (first, later)}
+    assert fresh[0.0][0].history["loss"] != fresh[0.5][0].history["loss"]
+    kept = pool.trainer(first, 2, n_train_hint=56)
+    assert_identical(two_folds(kept, x, y), fresh[0.0])
+    renewed = pool.trainer(later, 2, n_train_hint=56)
+    assert renewed is kept and renewed.origin == RESTORED
+    assert rates(renewed.classifier) == [0.5]
+    assert_identical(two_folds(renewed, x, y), fresh[0.5])  # both folds: the reset keeps the rate
+    assert tracing_count(renewed.model) == 1
+    again = pool.trainer(first, 2, n_train_hint=56)
+    assert again is kept and rates(again.classifier) == [0.0]
+    assert_identical(two_folds(again, x, y), fresh[0.0])

@@ -241,7 +241,9 @@ def build_card(run: RunDir, backbone: str, model_path: Path, model: Any = None, 
     if Path(model_path).is_file():
         model_facts["bytes"] = Path(model_path).stat().st_size
     if model is not None:
-        model_facts["params"] = int(model.count_params())
+        from bench.models.dropout import parameter_count  # keras, only when a model is given
+
+        model_facts["params"] = parameter_count(model)
     card = {
         "schema": CARD_SCHEMA,
         "name": f"{ds.get('name', 'dataset')}-{backbone}",
@@ -546,9 +548,10 @@ def export_model(run_dir: Path, *, backbone: str | None = None, out: Path | None
 
 
 def load_model(path: Path) -> Any:
-    """Load a saved bench classifier (its Preprocess layer registered first), uncompiled."""
+    """Load a saved bench classifier (its Preprocess and RateDropout layers registered first), uncompiled."""
     import keras
 
+    import bench.models.dropout  # noqa: F401  (registers the head's RateDropout layer for deserialisation)
     import bench.models.preprocess  # noqa: F401  (registers the Preprocess layer for deserialisation)
 
     path = Path(path)

@@ -15,6 +15,7 @@ from bench.models.blocks import (
     iter_layers,
     set_unfrozen,
 )
+from bench.models.dropout import RateDropout, parameter_count, set_dropout_rate
 from bench.models.head import (
     FLATTEN_MAX_SIDE,
     POOLINGS,
@@ -47,6 +48,7 @@ __all__ = [
     "Classifier",
     "HeadSpec",
     "Preprocess",
+    "RateDropout",
     "backbone_names",
     "block_ends",
     "block_outputs",
@@ -62,9 +64,11 @@ __all__ = [
     "imagenet_path",
     "iter_layers",
     "load_weights_file",
+    "parameter_count",
     "register_backbone",
     "resolve_weights",
     "set_bn_momentum",
+    "set_dropout_rate",
     "set_unfrozen",
     "weights_dirs",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 from bench.data.room import memory_bytes
 from bench.errors import ConfigError, close_matches
 from bench.models.blocks import blocks, cut_points, iter_layers, set_unfrozen
+from bench.models.dropout import RateDropout, parameter_count
 from bench.models.frozen import run_frozen_in_inference
 from bench.models.preprocess import Preprocess
 from bench.models.registry import Backbone, get_backbone
@@ -41,7 +42,8 @@ POOLINGS: dict[str, Callable[[], keras.layers.Layer]] = {
 @dataclass(frozen=True)
 class HeadSpec:
     """The head on a backbone's feature map: pooling, ``layers`` hidden ReLU dense layers of
-    ``units`` each, and the softmax classifier; dropout before every dense layer."""
+    ``units`` each, and the softmax classifier; dropout before every dense layer (``RateDropout``:
+    its rate is a variable of the built model, not part of its graph)."""
 
     pooling: str = "avg"
     layers: int = 0
@@ -80,9 +82,9 @@ def build_head(features: Any, n_classes: int, spec: HeadSpec) -> Any:
         )
     x = POOLINGS[spec.pooling]()(features)
     for i in range(1, spec.layers + 1):
-        x = keras.layers.Dropout(spec.dropout, name=f"head_dropout_{i}")(x)
+        x = RateDropout(spec.dropout, name=f"head_dropout_{i}")(x)
         x = keras.layers.Dense(spec.units, activation="relu", name=f"head_dense_{i}")(x)
-    x = keras.layers.Dropout(spec.dropout, name="head_dropout")(x)
+    x = RateDropout(spec.dropout, name="head_dropout")(x)
     # float32 output even under a mixed_float16 policy: softmax and the loss need the range.
     return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
@@ -234,7 +236,7 @@ def build_classifier(
         base=base,
         n_blocks=n_blocks,
         trainable_blocks=trainable_blocks,
-        total_params=model.count_params(),
+        total_params=parameter_count(model),
         trainable_params=_count(model.trainable_weights),
     )
 

@@ -4,8 +4,10 @@ A search worker runs trial after trial in one process, and many trials share an 
 the smoke search's pruned 12 trials spent 215 of 345 training seconds building and tracing models
 a previous trial had already traced. A ``FoldTrainer`` is kept here under the key of everything
 that fixes its compiled graph; a later trial with the same key gets it back ``renew``-ed with
-its own seed's initial weights, fresh optimizer state and its own learning rate, schedule and
-seed (the way a trainer already starts each fold), and trains bit for bit as a fresh build would.
+its own seed's initial weights, fresh optimizer state and its own learning rate, schedule,
+dropout rate and seed (the way a trainer already starts each fold), and trains bit for bit as a
+fresh build would. The head's dropout rate is a variable of the built model, not a constant traced
+into the step (``bench.models.dropout``), so a search over a float dropout still reuses trainers.
 
 The pool is bounded by ``BENCH_WORKER_MODELS`` trainers (default 4; 0 turns it off), the least
 recently used going first. It is per process: a worker is recycled after ``max_trials`` trials,
@@ -14,6 +16,7 @@ which bounds what framework state can accumulate.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from typing import Any
@@ -45,12 +48,14 @@ def graph_key(config: TrainConfig, n_classes: int, n_train_hint: int, on_feature
               feature_shape: tuple[int, ...] | None = None) -> tuple[Any, ...]:
     """Everything that fixes a trainer's layers and compiled steps. Left out, because every fit
     reads them afresh: the learning rate, schedule, warmup, epochs, early stopping, plateau
-    patience, inner split and seed (the seed's initial weights are restored, not traced)."""
+    patience, inner split and seed (the seed's initial weights are restored, not traced), and the
+    head's dropout rate (a weight that ``renew`` sets)."""
     c = config
     return (
         c.backbone, str(c.weights), c.size, c.unfrozen, n_classes, on_features,
         feature_shape,  # given: the head alone on maps of this shape (no backbone built)
-        c.head(), c.augment,  # head shape, pooling and dropout (a layer constant); augmentation layers
+        # Head shape and pooling, not its dropout: the rate is a weight that renew sets (bench.models.dropout).
+        dataclasses.replace(c.head(), dropout=0.0), c.augment,  # and augmentation layers
         resolve_bn_momentum(c, n_train_hint),  # a layer constant
         c.batch_size,  # batch shapes
         c.optimizer, c.momentum if c.optimizer == "sgd" else None, c.weight_decay if c.optimizer == "adamw" else None,

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 
 from bench.errors import ConfigError, close_matches
-from bench.models import HeadSpec
+from bench.models import HeadSpec, parameter_count, set_dropout_rate
 from bench.training import features, loop
 from bench.training.graph import Graph, HeadGraph, assemble, copy_weights
 from bench.training.batchnorm import (
@@ -351,8 +351,8 @@ class FoldTrainer:
         compiling or tracing again: ``config`` must fix the same graph (``bench.training.pool``'s
         key). The initial weights and random streams of ``config.seed`` come from building the
         layers again (cheap, eager, never traced) when the seed differs; every optimizer's state
-        is its fresh state with ``config.lr``. Learning rate, schedule, epochs, early stopping and
-        the seed are read from ``self.config`` by every fit, as folds already do."""
+        is its fresh state with ``config.lr``; the head's dropout rate is ``config.dropout``. Rate,
+        schedule, epochs, early stopping and seed are read from ``self.config`` by every fit."""
         t0 = time.perf_counter()
         # Optimizer state first: a backbone-rate optimizer (with_lr_scale) also tracks the
         # backbone's own variables, whose snapshot holds the previous seed's initial values.
@@ -372,6 +372,10 @@ class FoldTrainer:
             del fresh
         self.config = config
         _restore(self.model.weights, self._weights0)
+        # The head's dropout rate is a weight, not a graph constant (bench.models.dropout): this
+        # trial's rate is part of its fresh state, which every fold's reset restores.
+        set_dropout_rate(self.model, config.dropout)
+        self._weights0 = _snapshot(self.model.weights)
         _restore(self._streams, self._streams0)
         self._opt0 = [_snapshot(p.optimizer.variables) for p in self.phases]
         reseed_all(config.seed)  # what a fresh build leaves behind for the first fold
@@ -412,7 +416,7 @@ class FoldTrainer:
 
     @property
     def total_params(self) -> int:
-        return self.parts.total_params if self._full is not None else self.base_params + self.model.count_params()
+        return self.parts.total_params if self._full is not None else self.base_params + parameter_count(self.model)
 
     def _compile(self, model: keras.Model, backbone_lr_scale: float) -> keras.optimizers.Optimizer:
         """Compile ``model`` with a fresh optimizer over its trainable variables now; return the
