@@ -47,4 +47,4 @@ def test_quick_trial_overhead_runs_the_search_with_and_without_the_pool(tmp_path
     row = pd.read_csv(out).iloc[0]
     assert row.measurement == "trial_overhead" and row.baseline_value > 0 and row.bench_value > 0
     # Three trials of one architecture in one worker: the second and third restore the first's trainer.
-    assert "(2 trial(s) restored a trainer)" in row.note and "without the pool" in row.note
+    assert "(2 trial(s) restored a trainer, 1 built one" in row.note and "without the pool" in row.note

@@ -44,13 +44,14 @@ log = true
 """
 
 
-def fixed_cost(folds: pd.DataFrame) -> tuple[float, float, int]:
-    """(build + restore + trace seconds, training seconds, folds restored) of a run's folds.csv."""
+def fixed_cost(folds: pd.DataFrame) -> tuple[float, float, int, int]:
+    """(build + restore + trace seconds, training seconds, trials restored, trials built) of a run's
+    folds.csv. The trials built are the floor no pool removes: each distinct graph is traced once."""
     column = lambda name: folds[name].fillna(0).sum() if name in folds else 0.0  # noqa: E731
     fixed = column("seconds_build") + column("seconds_restore") + column("seconds_trace")
     training = column("seconds_build") + column("seconds_restore") + column("seconds_fit")
-    restored = int((folds["model"] == "restored").sum()) if "model" in folds else 0
-    return float(fixed), float(training), restored
+    count = lambda origin: int((folds["model"] == origin).sum()) if "model" in folds else 0  # noqa: E731
+    return float(fixed), float(training), count("restored"), count("built")
 
 
 @register_perf("trial_overhead")
@@ -74,7 +75,7 @@ def trial_overhead(options: PerfOptions) -> list[PerfRow]:
             home.mkdir()
             run_bench(args, home, env={POOL_ENV: models})
             measured[models] = fixed_cost(RunDir.open(run_path).table("folds"))
-    (off, off_total, _), (on, on_total, restored) = measured["0"], measured[str(DEFAULT_MODELS)]
+    (off, off_total, _, _), (on, on_total, restored, built) = measured["0"], measured[str(DEFAULT_MODELS)]
     share = lambda part, whole: f"{part / whole:.0%}" if whole > 0 else "n/a"  # noqa: E731
     return [PerfRow(
         measurement="trial_overhead",
@@ -86,5 +87,6 @@ def trial_overhead(options: PerfOptions) -> list[PerfRow]:
         baseline_value=off,
         bench_value=on,
         note=f"fixed cost {share(off, off_total)} of {off_total:.0f} training seconds without the pool, "
-             f"{share(on, on_total)} of {on_total:.0f} with it ({restored} trial(s) restored a trainer)",
+             f"{share(on, on_total)} of {on_total:.0f} with it ({restored} trial(s) restored a trainer, {built} "
+             f"built one: a graph seen for the first time, which no pool can save)",
     )]
