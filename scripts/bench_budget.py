@@ -282,7 +282,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--only", nargs="+", metavar="DATASET:BUDGET",
-                   help="run these dataset x budget pairs instead of every combination, e.g. xrays:20m demo:10m")
+                   help="run these dataset x budget pairs instead of every combination, e.g. xrays:20m demo:10m; "
+                        "DATASET:BUDGET:SEED[,SEED] gives a pair its own seeds (else --seeds)")
     p.add_argument("--side-by-side", action="store_true",
                    help="run the two arms of a seed at the same time, each pinned to a CPU of its own (needs 2): "
                         "both see the same machine load, and the benchmark takes half the wall time")
@@ -294,13 +295,14 @@ def main() -> int:
     from bench.cli.argtypes import duration
 
     try:
-        pairs = [tuple(o.split(":", 1)) for o in args.only] if args.only else [
-            (d, b) for d in args.datasets for b in args.budgets]
-        if any(len(pair) != 2 or pair[0] not in ("xrays", "demo") for pair in pairs):
-            p.error(f"--only takes DATASET:BUDGET with DATASET xrays or demo, got {' '.join(args.only)}")
-        budgets = {b: duration(b) for _, b in pairs}
-    except argparse.ArgumentTypeError as err:
-        p.error(f"--budgets: {err}")
+        parts = [o.split(":") for o in args.only] if args.only else [[d, b] for d in args.datasets for b in args.budgets]
+        if any(len(part) not in (2, 3) or part[0] not in ("xrays", "demo") for part in parts):
+            p.error(f"--only takes DATASET:BUDGET[:SEEDS] with DATASET xrays or demo, got {' '.join(args.only)}")
+        pairs = [(part[0], part[1], [int(x) for x in part[2].split(",")] if len(part) == 3 else args.seeds)
+                 for part in parts]
+        budgets = {b: duration(b) for _, b, _ in pairs}
+    except (argparse.ArgumentTypeError, ValueError) as err:
+        p.error(f"--budgets or --only: {err}")
     prefix = args.prefix
     runs = prefix.with_name(prefix.name + "_runs")
     runs.mkdir(parents=True, exist_ok=True)
@@ -318,9 +320,9 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
     curves: dict[tuple[str, str, int, str], list[tuple[float, float]]] = {}
-    for dataset, budget in pairs:
+    for dataset, budget, seeds in pairs:
         budget_s = budgets[budget]
-        for seed in args.seeds:
+        for seed in seeds:
             arms: dict[str, dict[str, Any]] = {}
             outs = {arm: runs / f"{dataset}-{budget}-seed{seed}-{arm}" for arm in ARMS}
             cmds = {arm: arm_command(arm, budget, seed, args.folds, dataset_args(dataset, registry), outs[arm])
