@@ -50,10 +50,12 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs serve
 
-# Speed ratios measured side by side on this machine (README, "Speed: bench perf"); about 45 minutes
-# on the 2 shared cores under load (the peak-memory row, over 8,000 generated images, is most of it).
+# Speed ratios measured side by side on this machine (README, "Speed"); about 30 minutes on 2 idle
+# cores (the peak-memory row, over 8,000 generated images, is a third of it). The frozen-feature row
+# runs again on the 976 real X-rays, where the issue's figures were taken.
 perf: $(STAMP)
 	$(BIN)/bench perf --out scripts/results/bench_perf.csv
+	$(BIN)/bench perf --only feature_cache --dataset tests/data/pneumonia --out scripts/results/bench_perf_xrays.csv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .site
