@@ -243,30 +243,28 @@ def plot(path: Path, curves: dict[tuple[str, str, int, str], list[tuple[float, f
 
     from bench.atomic import atomic_path
 
-    datasets = sorted({d for d, _, _, _ in curves})
-    names = sorted(budgets, key=budgets.get)
-    width = max(7.0, 4.6 * len(names))
-    fig, axes = plt.subplots(len(datasets), len(names), figsize=(width, 3.4 * len(datasets) + 0.4),
-                             squeeze=False, sharey="row")
-    for i, dataset in enumerate(datasets):
-        for j, budget in enumerate(names):
-            ax = axes[i][j]
-            for k, arm in enumerate(ARMS):
-                mine = [c for (d, b, _, a), c in curves.items() if (d, b, a) == (dataset, budget, arm) and c]
-                for c in mine:
-                    ax.step([t for t, _ in c], [v for _, v in c], where="post", color=f"C{k}", alpha=0.35, lw=1)
-                if mine:
-                    grid = np.linspace(0, max(t for c in mine for t, _ in c), 200)
-                    ax.plot(grid, [np.mean([best_at(c, s) for c in mine]) for s in grid], color=f"C{k}", lw=2.2,
-                            label=f"{arm} (mean of {len(mine)} seeds)")
-            ax.axvline(budgets[budget], color="grey", ls=":", lw=1)
-            ax.set_xlim(left=0)  # from the launch: data preparation and probes are part of the budget
-            ax.set_title(f"{dataset}, budget {budget}", fontsize=9)
-            ax.set_xlabel("wall time since launch (s)")
-            ax.grid(alpha=0.3)
-            if j == 0:
-                ax.set_ylabel(f"best CV {OBJECTIVE} so far")
-            ax.legend(fontsize=7, loc="lower right")
+    # One panel per dataset x budget that was run (--only may run some pairs, not the product).
+    panels = sorted({(d, b) for d, b, _, _ in curves}, key=lambda p: (p[0], budgets[p[1]]))
+    width = max(7.0, 4.6 * len(panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.8), squeeze=False)
+    for j, (dataset, budget) in enumerate(panels):
+        ax = axes[0][j]
+        for k, arm in enumerate(ARMS):
+            mine = [c for (d, b, _, a), c in curves.items() if (d, b, a) == (dataset, budget, arm) and c]
+            for c in mine:
+                ax.step([t for t, _ in c], [v for _, v in c], where="post", color=f"C{k}", alpha=0.35, lw=1)
+            if mine:
+                grid = np.linspace(0, max(t for c in mine for t, _ in c), 200)
+                ax.plot(grid, [np.mean([best_at(c, s) for c in mine]) for s in grid], color=f"C{k}", lw=2.2,
+                        label=f"{arm} (mean of {len(mine)} seeds)")
+        ax.axvline(budgets[budget], color="grey", ls=":", lw=1)
+        ax.set_xlim(left=0)  # from the launch: data preparation and probes are part of the budget
+        ax.set_title(f"{dataset}, budget {budget}", fontsize=9)
+        ax.set_xlabel("wall time since launch (s)")
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.set_ylabel(f"best CV {OBJECTIVE} so far")
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
