@@ -48,8 +48,8 @@ def stages_table(coll: Collection, dataset: str) -> Table | None:
                f"{plan.get('final_reserve_seconds', 0):.0f} s reserved for the held-out evaluation. Each stage's "
                f"share is of the time left after that reserve; trials are scored by {split.get('protocol_label', 'CV')} "
                f"on {split.get('cv_images', '?')} images (held-out test of {split.get('test_images', '?')} images "
-               f"not used). Fine-tuning went to {promoted}, the top half by the best of each backbone's probe and "
-               f"cached-heads CV score. \"Not started\": trials the cost model predicted could not finish in "
+               f"not used). Fine-tuning went to {promoted}: the top half of all backbones and of the pretrained ones, "
+               f"by the best of each backbone's probe and cached-heads CV score. \"Not started\": trials the cost model predicted could not finish in "
                f"their stage.")
     return Table(slug("stages", dataset), f"{dataset}: stages of the time-limited search", caption, display,
                  display, terminal=True)
