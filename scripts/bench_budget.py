@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The anytime-curve helpers and the CSV writer of the pruning benchmark (it puts the repository on the path).
-from bench_pruning import REPO, anytime, best_at, load_trials, time_to_reach, write_csv
+from bench_pruning import REPO, anytime, best_at, load_trials, save_figure, time_to_reach, write_csv
 
 SPACE = REPO / "scripts" / "budget_space.toml"
 XRAYS = REPO / "tests" / "data" / "pneumonia"
@@ -241,7 +241,6 @@ def plot(path: Path, curves: dict[tuple[str, str, int, str], list[tuple[float, f
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from bench.atomic import atomic_path
 
     # One panel per dataset x budget that was run (--only may run some pairs, not the product).
     panels = sorted({(d, b) for d, b, _, _ in curves}, key=lambda p: (p[0], budgets[p[1]]))
@@ -266,11 +265,7 @@ def plot(path: Path, curves: dict[tuple[str, str, int, str], list[tuple[float, f
             ax.set_ylabel(f"best CV {OBJECTIVE} so far")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(textwrap.fill(title, int(width * 14)), fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    print(f"written to {path}")
+    save_figure(fig, path)
 
 
 def main() -> int:

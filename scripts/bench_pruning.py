@@ -177,7 +177,6 @@ def plot(path: Path, curves: dict[tuple[str, int], list[tuple[float, float]]], t
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from bench.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     pruners = sorted({p for p, _ in curves}, key=lambda p: p == "none")
@@ -195,6 +194,15 @@ def plot(path: Path, curves: dict[tuple[str, int], list[tuple[float, float]]], t
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write atomically as PNG, close."""
+    import matplotlib.pyplot as plt
+
+    from bench.atomic import atomic_path
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

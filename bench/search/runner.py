@@ -550,7 +550,11 @@ def _main_thread() -> bool:
 
 
 def run_search(options: SearchOptions, console: Any) -> int:
-    supervisor = Supervisor(options, console)
+    return drive(Supervisor(options, console))
+
+
+def drive(supervisor: Supervisor) -> int:
+    """Prepare, run the workers, then finish (held-out step); Ctrl-C (130) skips the finish."""
     supervisor.prepare()
     with supervisor.run.failed_on_error():
         code = supervisor.run_workers()

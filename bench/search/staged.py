@@ -20,7 +20,7 @@ from bench.search import plan as P
 from bench.search.cost import trial_costs
 from bench.search.gate import pretrained_backbones
 from bench.search.probe_stage import PROBE_CUT, probe_records, run_probe_stage
-from bench.search.runner import SearchOptions, Supervisor, search_data_kwargs
+from bench.search.runner import SearchOptions, Supervisor, drive, search_data_kwargs
 from bench.search.worker import WorkerSpec, finished_and_running
 
 CLOCK_EVERY = 5.0  # seconds between writes of the spent time to the study
@@ -230,10 +230,4 @@ class StagedSupervisor(Supervisor):
 
 
 def run_staged_search(options: SearchOptions, console: Any, time_limit: float) -> int:
-    supervisor = StagedSupervisor(options, console, time_limit)
-    supervisor.prepare()
-    with supervisor.run.failed_on_error():
-        code = supervisor.run_workers()
-    if code == 130:
-        return code
-    return supervisor.finish(code)
+    return drive(StagedSupervisor(options, console, time_limit))
